@@ -1,0 +1,27 @@
+"""ceers-steps: JWST pipeline plugin steps that align NIRCam images the CEERS way.
+
+The step classes are imported lazily, so that ``stpipe list`` and the entry
+point stay fast and importing :mod:`ceers_steps` does not pull in ``jwst``.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "CatalogStep": "ceers_steps.catalog_step",
+    "CeersTweakRegStep": "ceers_steps.tweakreg_step",
+    "ApplyWcsStep": "ceers_steps.apply_wcs_step",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ceers_steps' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

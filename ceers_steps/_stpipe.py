@@ -1,0 +1,61 @@
+"""Offline base classes shared by every step of the package.
+
+jwst-based steps ask CRDS for ``pars-<class>`` parameter reference files when
+they are run through ``strun`` or ``Step.call`` and die (CRDS FATAL) when no
+server is reachable. Our steps need no reference files at all, so they never
+ask. They also register the package's logger with stpipe, which (from stpipe
+0.8 on) only routes the logger names a step declares.
+"""
+
+import logging
+
+from jwst.stpipe import Step as JwstStep
+
+__all__ = ["CeersStep", "LOGGER_NAME"]
+
+LOGGER_NAME = "ceers_steps"
+
+if not hasattr(JwstStep, "get_stpipe_loggers"):
+    # stpipe < 0.8 (jwst 1.16) forwards every record reaching the root logger to the
+    # running step's log, but our logger would inherit the root's WARNING level.
+    logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
+
+
+def _empty_config(cls):
+    from stpipe.config_parser import ConfigObj
+
+    if hasattr(cls, "_empty_config"):  # stpipe >= 0.8
+        return cls._empty_config()
+    return ConfigObj()
+
+
+class CeersStep(JwstStep):
+    """A jwst Step that never contacts CRDS and logs under ``ceers_steps``."""
+
+    # No reference files: nothing to prefetch.
+    reference_file_types = []
+    prefetch_references = False
+
+    @classmethod
+    def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
+        """No ``pars-*`` reference files exist for this package: never ask CRDS."""
+        return _empty_config(cls)
+
+    @classmethod
+    def _get_crds_parameters(cls, dataset):
+        # Only used to look up parameter reference files, which we never do;
+        # returning nothing also avoids opening the input twice.
+        return {}, "jwst"
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Names of the loggers stpipe configures and records into ``cal_logs``."""
+        base = getattr(JwstStep, "get_stpipe_loggers", None)
+        names = tuple(base()) if base is not None else ("jwst", "stpipe", "tweakwcs")
+        return (*names, LOGGER_NAME)
+
+
+def get_logger(name):
+    """Return the package logger for module ``name``."""
+    logger = logging.getLogger(name if name.startswith(LOGGER_NAME) else f"{LOGGER_NAME}.{name}")
+    return logger

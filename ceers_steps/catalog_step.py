@@ -1,0 +1,132 @@
+"""CatalogStep: per-image SEP catalogs with the CEERS detection recipe (``strun ceers_catalog``)."""
+
+import json
+import os
+from pathlib import Path
+
+from ._stpipe import CeersStep, get_logger
+from .catalogs import build_catalog, catalog_path_for, write_catalog
+from .detection import DetectionParameters
+from .fileio import atomic_output
+from .inputs import load_inputs, open_image
+
+__all__ = ["CatalogStep"]
+
+log = get_logger(__name__)
+
+
+class CatalogStep(CeersStep):
+    """
+    Detect sources on calibrated images with SEP, the CEERS way, and write catalogs.
+
+    For every image: SEP background (mesh ``back_size``, filter
+    ``back_filtersize``), detection on the background-subtracted SCI array
+    with a flat RMS (median of the positive ERR values) and the 3x3
+    ``default.conv`` filter, windowed centroids (Source Extractor's
+    XWIN/YWIN, 0-based) and AUTO fluxes. DO_NOT_USE, NaN and zero-ERR pixels
+    are masked. Writes ``<input stem>_cat.ecsv`` into the output directory,
+    records it in ``meta.tweakreg_catalog`` and, for an association, writes a
+    copy of the association whose members carry ``tweakreg_catalog``, which
+    both `CeersTweakRegStep` and jwst's ``TweakRegStep(use_custom_catalogs=True)``
+    read.
+    """
+
+    class_alias = "ceers_catalog"
+
+    spec = """
+        detect_thresh = float(default=4.0)  # Detection (and analysis) threshold in units of the RMS (CEERS cfg detect_thresh)
+        detect_minarea = integer(default=16)  # Minimum number of connected pixels above threshold (CEERS cfg detect_minarea)
+        back_size = integer(default=128)  # Background mesh size, pixels (Source Extractor BACK_SIZE)
+        back_filtersize = integer(default=4)  # Background median filter size, meshes (BACK_FILTERSIZE)
+        kernel = string(default='default')  # Detection filter: 'default' (3x3 default.conv, CEERS), 'none', 'gauss_<fwhm>_<n>x<n>' or 'tophat_<diameter>_<n>x<n>'
+        rms = option('flat', 'map', default='flat')  # Detection noise: 'flat' = median of positive ERR values (CEERS), 'map' = the ERR array
+        deblend_nthresh = integer(default=4)  # Number of deblending thresholds (CEERS cfg deblend; DEBLEND_NTHRESH)
+        deblend_cont = float(default=0.005)  # Minimum contrast for deblending (DEBLEND_MINCONT)
+        clean = boolean(default=True)  # Remove spurious detections near bright sources (CLEAN)
+        clean_param = float(default=1.0)  # Cleaning efficiency (CLEAN_PARAM)
+        catalog_suffix = string(default='cat')  # Catalogs are named <input stem>_<catalog_suffix>.ecsv
+        save_images = boolean(default=False)  # Also save the images (with meta.tweakreg_catalog set) when saving results
+        output_use_model = boolean(default=True)  # Name outputs after meta.filename
+    """  # noqa: E501
+
+    def detection_parameters(self):
+        """The step's detection parameters as a `DetectionParameters`."""
+        return DetectionParameters(
+            detect_thresh=self.detect_thresh,
+            detect_minarea=self.detect_minarea,
+            back_size=self.back_size,
+            back_filtersize=self.back_filtersize,
+            kernel=self.kernel,
+            rms=self.rms,
+            deblend_nthresh=self.deblend_nthresh,
+            deblend_cont=self.deblend_cont,
+            clean=self.clean,
+            clean_param=self.clean_param,
+        )
+
+    def catalog_dir(self):
+        """Where catalogs go: the step's (or its pipeline's) output directory, else the cwd."""
+        return Path(self.search_attr("output_dir") or os.getcwd())
+
+    def save_model(self, model, *args, **kwargs):
+        """The step's product is the catalogs; images are saved only with ``save_images``."""
+        if not self.save_images:
+            return None
+        return super().save_model(model, *args, **kwargs)
+
+    def process(self, input_data):
+        params = self.detection_parameters()
+        inputs = load_inputs(input_data)
+        out_dir = self.catalog_dir()
+        models = []
+        paths = []
+        for image in inputs.images:
+            model = open_image(image)
+            catalog = build_catalog(model, params)
+            path = catalog_path_for(model.meta.filename or image.name, out_dir,
+                                    self.catalog_suffix)
+            if image.path is not None and path.resolve() == image.path.resolve():
+                raise ValueError(f"{image.name}: catalog would overwrite the input file")
+            write_catalog(catalog, path)
+            if "warning" in catalog.meta:
+                log.warning("%s: %s: empty catalog written to %s", image.name,
+                            catalog.meta["warning"], path)
+            else:
+                log.info("%s: %d sources (rms %.4g, %d dropped) -> %s", image.name,
+                         len(catalog), catalog.meta["rms"], catalog.meta["n_rejected"], path)
+            model.meta.tweakreg_catalog = str(path.resolve())
+            models.append(model)
+            paths.append(path.resolve())
+
+        if inputs.asn_path is not None:
+            asn_out = write_catalog_association(inputs, paths, out_dir)
+            log.info("Association with tweakreg_catalog members: %s", asn_out)
+
+        if len(models) == 1 and inputs.asn is None:
+            return models[0]
+        from jwst.datamodels import ModelLibrary
+
+        return ModelLibrary(models)
+
+
+def write_catalog_association(inputs, catalog_paths, out_dir):
+    """
+    Write ``<asn stem>_cat_asn.json`` into ``out_dir``: the input association
+    with every member's ``expname`` and ``tweakreg_catalog`` relative to it.
+    """
+    out_dir = Path(out_dir).resolve()
+    asn = json.loads(json.dumps(inputs.asn))
+    by_path = {image.path: cat for image, cat in zip(inputs.images, catalog_paths)}
+    for product in asn["products"]:
+        for member in product["members"]:
+            member_path = (inputs.asn_dir / member["expname"]).resolve()
+            if member_path in by_path:
+                member["expname"] = os.path.relpath(member_path, out_dir)
+                member["tweakreg_catalog"] = os.path.relpath(by_path[member_path], out_dir)
+    stem = inputs.asn_path.name.removesuffix(".json").removesuffix("_asn")
+    out = out_dir / f"{stem}_cat_asn.json"
+    if out.resolve() == inputs.asn_path.resolve():
+        raise ValueError(f"{inputs.asn_path}: refusing to overwrite the input association")
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(asn, indent=2))
+    return out

@@ -1,0 +1,178 @@
+"""Image catalogs and reference catalogs: build, write, read.
+
+Image catalogs are ECSV tables with 0-based pixel columns ``xcentroid`` and
+``ycentroid`` (the names jwst's TweakRegStep reads), ``id`` and ``flux``;
+reading also accepts ``x``/``y`` and ``x_centroid``/``y_centroid``.
+Reference catalogs are anything `astropy.table.Table.read` reads with RA/Dec
+columns (any case) or a ``sky_centroid`` column.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from . import __version__
+from .detection import DetectionParameters, detect_sources
+from .fileio import atomic_output
+
+__all__ = [
+    "build_catalog",
+    "catalog_path_for",
+    "read_catalog",
+    "read_refcat",
+    "write_catalog",
+]
+
+_XY_NAMES = (("x", "y"), ("xcentroid", "ycentroid"), ("x_centroid", "y_centroid"))
+
+
+def catalog_path_for(filename, output_dir, suffix="cat"):
+    """``<output_dir>/<stem>_<suffix>.ecsv`` for an image file name (jwst's naming)."""
+    stem = Path(filename).name
+    for ext in (".fits", ".fits.gz", ".asdf"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return Path(output_dir) / f"{stem}_{suffix}.ecsv"
+
+
+def build_catalog(model, params=None):
+    """
+    Detect sources on a calibrated image and return its catalog.
+
+    Parameters
+    ----------
+    model : `~stdatamodels.jwst.datamodels.ImageModel`
+        Calibrated image with SCI, ERR, DQ and a WCS.
+    params : `~ceers_steps.detection.DetectionParameters`, optional
+        CEERS defaults when omitted.
+
+    Returns
+    -------
+    catalog : `~astropy.table.Table`
+        Columns of `~ceers_steps.detection.detect_sources` plus ``ra``, ``dec``
+        (deg, from the image WCS). ``meta`` names the image and the parameters.
+    """
+    params = params or DetectionParameters()
+    catalog = detect_sources(model.data, model.err, model.dq, params)
+    if len(catalog):
+        ra, dec = model.meta.wcs(catalog["xcentroid"], catalog["ycentroid"],
+                                 with_bounding_box=False)
+        catalog["ra"] = np.asarray(ra, dtype=float)
+        catalog["dec"] = np.asarray(dec, dtype=float)
+    else:
+        catalog["ra"] = np.zeros(0)
+        catalog["dec"] = np.zeros(0)
+    catalog["ra"].unit = catalog["dec"].unit = "deg"
+    catalog.meta.update(
+        {
+            "image": model.meta.filename,
+            "pixel_origin": 0,
+            "centroid": "windowed (SEP winpos, Source Extractor XWIN/YWIN convention)",
+            "flux": "AUTO (Kron k=2.5, minimum radius 3.5)",
+            "detection_parameters": params.as_dict(),
+            "software": f"ceers_steps {__version__}",
+        }
+    )
+    return catalog
+
+
+def write_catalog(catalog, path):
+    """Write a catalog as ECSV, completely or not at all."""
+    with atomic_output(path) as tmp:
+        catalog.write(tmp, format="ascii.ecsv", overwrite=True)
+    return Path(path)
+
+
+def read_catalog(path):
+    """
+    Read an image catalog and return it with 0-based ``x``/``y`` columns.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file cannot be read as a table, or has no pixel columns.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"catalog file not found: {path}")
+    try:
+        table = Table.read(path, format="ascii.ecsv") if path.suffix == ".ecsv" else Table.read(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot be read as a catalog table: {exc}") from exc
+    names = {n.lower(): n for n in table.colnames}
+    for xname, yname in _XY_NAMES:
+        if xname in names and yname in names:
+            out = Table({"x": np.asarray(table[names[xname]], dtype=float),
+                         "y": np.asarray(table[names[yname]], dtype=float)})
+            if "weight" in names:
+                out["weight"] = np.asarray(table[names["weight"]], dtype=float)
+            if "flux" in names:
+                out["flux"] = np.asarray(table[names["flux"]], dtype=float)
+            out.meta.update(table.meta)
+            return out
+    raise ValueError(
+        f"{path}: no pixel position columns (expected x/y, xcentroid/ycentroid or "
+        f"x_centroid/y_centroid; found {', '.join(table.colnames) or 'none'})"
+    )
+
+
+def read_refcat(path, mag_column=None, mag_min=None, mag_max=None):
+    """
+    Read an absolute reference catalog and return ``RA``, ``DEC`` (deg) [+ ``MAG``].
+
+    Parameters
+    ----------
+    path : str or Path
+        Any format `astropy.table.Table.read` understands (ECSV, FITS, CSV...).
+    mag_column : str, optional
+        Magnitude column for the optional limits; by default ``mag`` in any case.
+    mag_min, mag_max : float, optional
+        Keep only sources with ``mag_min <= mag <= mag_max``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"reference catalog not found: {path}")
+    try:
+        if path.suffix == ".ecsv":
+            table = Table.read(path, format="ascii.ecsv")
+        elif path.suffix in (".csv", ".txt", ".dat", ".cat"):
+            table = Table.read(path, format="ascii")
+        else:
+            table = Table.read(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot be read as a table: {exc}") from exc
+    names = {n.lower(): n for n in table.colnames}
+    if "ra" in names and "dec" in names:
+        ra = np.asarray(table[names["ra"]], dtype=float)
+        dec = np.asarray(table[names["dec"]], dtype=float)
+    elif "sky_centroid" in names:
+        sky = table[names["sky_centroid"]]
+        ra, dec = sky.ra.deg, sky.dec.deg
+    else:
+        raise ValueError(
+            f"{path}: reference catalog has no RA/DEC columns (any case) or sky_centroid "
+            f"column; found {', '.join(table.colnames) or 'none'}"
+        )
+    out = Table({"RA": ra, "DEC": dec})
+    mag_name = names.get((mag_column or "mag").lower())
+    if mag_name is not None:
+        out["MAG"] = np.asarray(table[mag_name], dtype=float)
+    elif mag_column is not None:
+        raise ValueError(f"{path}: no magnitude column {mag_column!r}")
+    if mag_min is not None or mag_max is not None:
+        if "MAG" not in out.colnames:
+            raise ValueError(f"{path}: magnitude limits given but the catalog has no MAG column")
+        keep = np.ones(len(out), bool)
+        if mag_min is not None:
+            keep &= out["MAG"] >= mag_min
+        if mag_max is not None:
+            keep &= out["MAG"] <= mag_max
+        out = out[keep]
+    good = np.isfinite(out["RA"]) & np.isfinite(out["DEC"])
+    out = out[good]
+    out.meta["source"] = str(path)
+    return out

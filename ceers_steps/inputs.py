@@ -1,0 +1,165 @@
+"""Resolve step inputs (files, lists, associations, models, libraries) into a flat list.
+
+Every step accepts one cal file, a list of files or models, an association
+(``.json``), a `ModelContainer` or a `ModelLibrary`. Each becomes an
+`InputImage` that knows where it came from, so outputs are named after the
+input and catalogs named in an association are found relative to it.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._stpipe import get_logger
+
+__all__ = ["InputImage", "InputSet", "load_inputs", "open_image"]
+
+log = get_logger(__name__)
+
+_SCIENCE = {"science", None}
+
+
+@dataclass
+class InputImage:
+    """One input image: a path and/or an open model, plus its association member."""
+
+    path: Path | None = None
+    model: object = None
+    member: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        """The image's file name (for messages and output names)."""
+        if self.path is not None:
+            return self.path.name
+        filename = getattr(getattr(self.model, "meta", None), "filename", None)
+        return filename or "<in-memory model>"
+
+
+@dataclass
+class InputSet:
+    """All input images, and the association they came from (if any)."""
+
+    images: list
+    asn_path: Path | None = None
+    asn: dict | None = None
+    asn_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.asn_dir is None and self.asn_path is not None:
+            self.asn_dir = self.asn_path.parent
+
+    def __len__(self):
+        return len(self.images)
+
+
+def _read_asn(path):
+    try:
+        asn = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a valid association (JSON error: {exc})") from None
+    try:
+        products = asn["products"]
+        members = [m for p in products for m in p["members"]]
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not an association: no products/members") from None
+    images = []
+    for member in members:
+        if str(member.get("exptype", "science")).lower() not in ("science",):
+            continue
+        if "expname" not in member:
+            raise ValueError(f"{path}: association member without 'expname': {member}")
+        member_path = (path.parent / member["expname"]).resolve()
+        if not member_path.exists():
+            raise FileNotFoundError(f"{path}: member {member['expname']} not found ({member_path})")
+        images.append(InputImage(path=member_path, member=dict(member)))
+    if not images:
+        raise ValueError(f"{path}: association has no science members")
+    return images, asn
+
+
+def load_inputs(obj):
+    """
+    Flatten any supported step input into an `InputSet`.
+
+    Parameters
+    ----------
+    obj : str, Path, DataModel, list, ModelContainer or ModelLibrary
+        The input.
+
+    Returns
+    -------
+    inputs : `InputSet`
+
+    Raises
+    ------
+    FileNotFoundError
+        A named file does not exist (the message names it).
+    TypeError
+        The input is of an unsupported kind.
+    """
+    from stdatamodels import DataModel
+
+    from jwst.datamodels import ModelLibrary
+
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.exists():
+            raise FileNotFoundError(f"input file not found: {path}")
+        if path.suffix.lower() == ".json":
+            images, asn = _read_asn(path)
+            return InputSet(images=images, asn_path=path.resolve(), asn=asn)
+        return InputSet(images=[InputImage(path=path.resolve())])
+    if isinstance(obj, DataModel):
+        return InputSet(images=[InputImage(model=obj)])
+    if isinstance(obj, ModelLibrary):
+        on_disk = bool(getattr(obj, "on_disk", getattr(obj, "_on_disk", False)))
+        images = []
+        with obj:
+            for i in range(len(obj)):
+                model = obj.borrow(i)
+                member = dict(obj.asn["products"][0]["members"][i])
+                # An on-disk library closes what is shelved: keep a copy instead.
+                images.append(InputImage(model=model.copy() if on_disk else model, member=member))
+                obj.shelve(model, i, modify=False)
+        asn_dir = getattr(obj, "asn_dir", None) or getattr(obj, "_asn_dir", None)
+        return InputSet(images=images, asn=obj.asn, asn_dir=Path(asn_dir) if asn_dir else None)
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ModelContainer":
+        images = []
+        for item in obj:
+            sub = load_inputs(item)
+            if sub.asn_path is not None:
+                raise TypeError("an association cannot be nested in a list of inputs")
+            images.extend(sub.images)
+        if not images:
+            raise ValueError("empty input list")
+        return InputSet(images=images)
+    raise TypeError(f"unsupported input of type {type(obj).__name__}: {obj!r}")
+
+
+def open_image(image):
+    """
+    Open an `InputImage` as an `ImageModel`, checking it is a 2-D image with a WCS.
+
+    Returns a model the caller owns (a copy for in-memory inputs, so that the
+    caller's models are never modified).
+    """
+    from stdatamodels.jwst import datamodels
+
+    if image.model is not None:
+        model = image.model.copy()
+    else:
+        try:
+            model = datamodels.open(image.path)
+        except Exception as exc:
+            raise OSError(f"{image.path}: cannot be opened as a JWST data model: {exc}") from exc
+    if not isinstance(model, datamodels.ImageModel):
+        kind = type(model).__name__
+        model.close()
+        raise TypeError(f"{image.name}: expected a 2-D image (ImageModel), got a {kind}")
+    if model.meta.wcs is None:
+        model.close()
+        raise ValueError(f"{image.name}: the image has no WCS (run assign_wcs first)")
+    if image.path is not None and not model.meta.filename:
+        model.meta.filename = image.path.name
+    return model
