@@ -116,7 +116,7 @@ def write_catalog_association(inputs, catalog_paths, out_dir):
     """
     out_dir = Path(out_dir).resolve()
     asn = json.loads(json.dumps(inputs.asn))
-    by_path = {image.path: cat for image, cat in zip(inputs.images, catalog_paths)}
+    by_path = {image.path: cat for image, cat in zip(inputs.images, catalog_paths, strict=True)}
     for product in asn["products"]:
         for member in product["members"]:
             member_path = (inputs.asn_dir / member["expname"]).resolve()

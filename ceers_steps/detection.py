@@ -281,17 +281,13 @@ def detect_sources(data, err=None, dq=None, params=None):
     b = np.where(np.isfinite(b) & (b > 0), b, 1.0)
     theta = np.where(np.isfinite(theta), theta, 0.0)
 
-    # FLUX_AUTO: Kron radius with k = 2.5 and a minimum 3.5-pixel circular diameter.
+    # FLUX_AUTO as Source Extractor's PHOT_AUTOPARAMS 2.5, 3.5: an ellipse of 2.5 Kron
+    # radii, at least 3.5 (both in units of a and b).
     kronrad, kflag = sep.kron_radius(sub, x, y, a, b, theta, 6.0, mask=mask)
-    kronrad = np.where(np.isfinite(kronrad) & (kronrad > 0), kronrad, 1.0)
-    flux, flux_err, aflag = sep.sum_ellipse(sub, x, y, a, b, theta, 2.5 * kronrad,
+    kronrad = np.where(np.isfinite(kronrad) & (kronrad > 0), kronrad, 0.0)
+    flux, flux_err, aflag = sep.sum_ellipse(sub, x, y, a, b, theta,
+                                            np.maximum(2.5 * kronrad, 3.5),
                                             err=noise, mask=mask, subpix=1)
-    use_circle = kronrad * np.sqrt(a * b) < 1.75
-    if use_circle.any():
-        cflux, cerr, cflag = sep.sum_circle(sub, x[use_circle], y[use_circle], 1.75,
-                                            err=noise, mask=mask, subpix=1)
-        flux[use_circle], flux_err[use_circle] = cflux, cerr
-        aflag[use_circle] = cflag
     flags |= kflag.astype(np.int32) | aflag.astype(np.int32)
 
     # FLUX_RADIUS normalised by FLUX_AUTO, then XWIN/YWIN with Source Extractor's

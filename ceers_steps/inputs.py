@@ -98,9 +98,8 @@ def load_inputs(obj):
     TypeError
         The input is of an unsupported kind.
     """
-    from stdatamodels import DataModel
-
     from jwst.datamodels import ModelLibrary
+    from stdatamodels import DataModel
 
     if isinstance(obj, (str, Path)):
         path = Path(obj)
@@ -157,7 +156,7 @@ def open_image(image):
         kind = type(model).__name__
         model.close()
         raise TypeError(f"{image.name}: expected a 2-D image (ImageModel), got a {kind}")
-    if model.meta.wcs is None:
+    if getattr(model.meta, "wcs", None) is None:
         model.close()
         raise ValueError(f"{image.name}: the image has no WCS (run assign_wcs first)")
     if image.path is not None and not model.meta.filename:

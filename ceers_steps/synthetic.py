@@ -27,8 +27,8 @@ import numpy as np
 from astropy import coordinates as coord
 from astropy import units as u
 from astropy.modeling import models
-from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 from astropy.table import Table
+from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 from scipy.special import erf
 
 from .wcs_utils import world_to_pixel_exact
@@ -297,7 +297,7 @@ def render_sources(shape, x, y, flux, sigma, rng=None, nsig=5.0):
     """
     ny, nx = shape
     image = np.zeros(shape, dtype=np.float64)
-    for xi, yi, fi, si in zip(x, y, flux, sigma):
+    for xi, yi, fi, si in zip(x, y, flux, sigma, strict=True):
         r = int(np.ceil(nsig * si)) + 1
         x0, x1 = max(int(xi) - r, 0), min(int(xi) + r + 1, nx)
         y0, y1 = max(int(yi) - r, 0), min(int(yi) + r + 1, ny)
@@ -323,7 +323,7 @@ def make_visit(
     dither_error=0.020,
     detector_error=0.0,
     galaxy_scatter=0.010,
-    noise=0.01,
+    noise=0.1,
     mag_limit=26.5,
     zeropoint=27.0,
     seed=1,
@@ -354,7 +354,8 @@ def make_visit(
     galaxy_scatter : float
         RMS per axis of the intrinsic offset of each source from its catalog position, arcsec.
     noise : float
-        Pixel noise sigma (image units, MJy/sr-like).
+        Pixel noise sigma (image units, MJy/sr-like). The default gives ~30-60
+        CEERS-recipe detections per SW detector and ~140 per LW detector.
     mag_limit : float
         Faintest catalog magnitude rendered.
     zeropoint : float
