@@ -1,6 +1,7 @@
 """Writing files completely or not at all."""
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,21 +12,20 @@ __all__ = ["atomic_output"]
 @contextmanager
 def atomic_output(path):
     """
-    Yield a temporary path beside ``path``; move it onto ``path`` only on success.
+    Yield a temporary path for writing ``path``; move it into place only on success.
 
-    An interrupted or failed write leaves no partial file under the final name.
-    The temporary name keeps the final suffix, so writers that pick a format from
-    the extension (astropy, stdatamodels, asdf) still work.
+    The temporary file has the final file name, inside a hidden folder beside
+    the target (same filesystem, so the final move is atomic). Writers that
+    record the name they write to (stdatamodels' ``meta.filename``) or choose a
+    format from the extension therefore behave as if writing ``path``. An
+    interrupted or failed write leaves nothing under the final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
+        tmp = tmpdir / path.name
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmpdir, ignore_errors=True)

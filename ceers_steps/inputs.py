@@ -7,12 +7,22 @@ input and catalogs named in an association are found relative to it.
 """
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ._stpipe import get_logger
 
-__all__ = ["InputImage", "InputSet", "load_inputs", "open_image"]
+__all__ = [
+    "InputImage",
+    "InputSet",
+    "copy_sharing_pixels",
+    "load_inputs",
+    "open_image",
+    "trusted_assignment",
+]
 
 log = get_logger(__name__)
 
@@ -136,17 +146,67 @@ def load_inputs(obj):
     raise TypeError(f"unsupported input of type {type(obj).__name__}: {obj!r}")
 
 
-def open_image(image):
+def _pixel_arrays(node, found):
+    if isinstance(node, np.ndarray):
+        if node.size >= 4096:
+            found.append(node)
+    elif isinstance(node, dict):
+        for value in node.values():
+            _pixel_arrays(value, found)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _pixel_arrays(value, found)
+    return found
+
+
+def copy_sharing_pixels(model):
+    """
+    A copy of a data model whose metadata and WCS are independent but whose large
+    pixel arrays (SCI, ERR, DQ, variances...) are shared with the original.
+
+    The steps of this package change metadata and WCS only, never pixel values,
+    so the caller's model is left untouched while a visit's pixels are not held
+    twice in memory.
+    """
+    arrays = _pixel_arrays(getattr(model, "_instance", {}), [])
+    return model.copy(memo={id(a): a for a in arrays})
+
+
+@contextmanager
+def trusted_assignment(model):
+    """
+    Assign metadata without schema-validating every assignment.
+
+    Validating ``meta.wcs`` walks the whole gwcs through the ASDF schema (~0.2 s
+    a time). Use only for values made by gwcs, tweakwcs or jwst themselves; the
+    model is still validated in full when it is saved.
+    """
+    previous = getattr(model, "_validate_on_assignment", None)
+    if previous is not None:
+        model._validate_on_assignment = False
+    try:
+        yield model
+    finally:
+        if previous is not None:
+            model._validate_on_assignment = previous
+
+
+def open_image(image, copy=True):
     """
     Open an `InputImage` as an `ImageModel`, checking it is a 2-D image with a WCS.
 
-    Returns a model the caller owns (a copy for in-memory inputs, so that the
-    caller's models are never modified).
+    Parameters
+    ----------
+    image : InputImage
+    copy : bool
+        For in-memory inputs, work on a copy (metadata and WCS independent,
+        pixels shared) so the caller's model is never modified. Pipelines pass
+        False, as jwst 3.x steps do inside a pipeline.
     """
     from stdatamodels.jwst import datamodels
 
     if image.model is not None:
-        model = image.model.copy()
+        model = copy_sharing_pixels(image.model) if copy else image.model
     else:
         try:
             model = datamodels.open(image.path)

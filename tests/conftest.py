@@ -50,3 +50,92 @@ def run_cli(args, cwd, timeout=600):
     cmd = [str(exe) if exe.exists() else shutil.which(args[0]), *args[1:]]
     return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _visit_with_catalogs(tmp_path_factory, name, **kwargs):
+    """A synthetic visit whose models carry SEP catalogs (files) and a written refcat."""
+    from ceers_steps.catalogs import build_catalog, write_catalog
+    from ceers_steps.synthetic import make_visit
+
+    visit = make_visit(**kwargs)
+    directory = tmp_path_factory.mktemp(name)
+    for image in visit.images:
+        cat = build_catalog(image.model)
+        path = directory / image.model.meta.filename.replace(".fits", "_cat.ecsv")
+        write_catalog(cat, path)
+        image.model.meta.tweakreg_catalog = str(path)
+    refcat = directory / "refcat.ecsv"
+    visit.refcat.write(refcat)
+    return {"visit": visit, "dir": directory, "refcat": refcat}
+
+
+SW = ("nrca1", "nrca2", "nrca3", "nrca4", "nrcb1", "nrcb2", "nrcb3", "nrcb4")
+
+
+@pytest.fixture(scope="session")
+def real_sw_visit(ceers_dir, tmp_path_factory):
+    """Real CEERS truth, 8 SW detectors x 3 dithers, no detector errors."""
+    return _visit_with_catalogs(tmp_path_factory, "real_sw", detectors=SW, n_dithers=3,
+                                use_real=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def real_sw_det_visit(ceers_dir, tmp_path_factory):
+    """Real CEERS truth, 8 SW detectors x 3 dithers, 30 mas rms detector placement errors."""
+    return _visit_with_catalogs(tmp_path_factory, "real_sw_det", detectors=SW, n_dithers=3,
+                                use_real=True, detector_error=0.03, seed=1)
+
+
+@pytest.fixture(scope="session")
+def real_lw_visit(ceers_dir, tmp_path_factory):
+    """Real CEERS truth, 2 LW detectors x 3 dithers."""
+    return _visit_with_catalogs(tmp_path_factory, "real_lw", detectors=("nrcalong", "nrcblong"),
+                                n_dithers=3, use_real=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def builtin_visit(tmp_path_factory):
+    """Built-in NIRCam-like truth (no files needed): 4 SW detectors x 3 dithers, 1024x1024."""
+    return _visit_with_catalogs(tmp_path_factory, "builtin", detectors=("nrca1", "nrca3", "nrcb2",
+                                                                       "nrcb4"),
+                                n_dithers=3, shape=(1024, 1024), noise=0.03, use_real=False, seed=4)
+
+
+def library_of(visit, subset=None):
+    """Fresh copies of a visit's models (or of a subset) in a ModelLibrary."""
+    from jwst.datamodels import ModelLibrary
+
+    idx = range(len(visit.images)) if subset is None else subset
+    return ModelLibrary([visit.images[i].model.copy() for i in idx])
+
+
+def models_of(library):
+    with library:
+        models = [library.borrow(i) for i in range(len(library))]
+        for i, m in enumerate(models):
+            library.shelve(m, i, modify=False)
+    return models
+
+
+def accuracy(models, visit, subset=None):
+    """Median per-image RMS and worst grid point (mas) of aligned vs true WCS."""
+    import numpy as np
+
+    from ceers_steps.wcs_utils import sky_difference_mas
+
+    idx = range(len(visit.images)) if subset is None else subset
+    per, worst = [], 0.0
+    for model, image in zip(models, [visit.images[i] for i in idx], strict=True):
+        d = sky_difference_mas(model.meta.wcs, image.true_wcs, model.data.shape)
+        per.append(float(np.sqrt(np.mean(d**2))))
+        worst = max(worst, float(d.max()))
+    return float(np.median(per)), worst
+
+
+# The real CEERS parameters of jw01345001001 (nircam1 f200w / f444w), unchanged.
+CEERS_F200W = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.05, nclip=1, sigma=0.7,
+                   abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
+                   abs_nclip=1, abs_sigma=0.6, abs_fitgeometry="rshift")
+CEERS_F444W = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.02, nclip=1, sigma=0.6,
+                   abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
+                   abs_nclip=1, abs_sigma=0.7, abs_fitgeometry="rscale")

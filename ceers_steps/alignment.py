@@ -1,0 +1,446 @@
+"""Relative and absolute alignment of NIRCam images, built on tweakwcs.
+
+Plain functions on `AlignImage` objects (an image model, its catalog and its
+identity); the Step only reads parameters, calls `align_visit` and writes
+outputs. Every fit produces one result row per image (a dict, see
+`result_row`), taken from tweakwcs' ``fit_info`` or from the joint fit, never
+from log text. Failures are per group: the group's WCS is left unchanged and
+its rows say why.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.table import Table
+
+from ._stpipe import get_logger
+from .grouping import group_images
+from .jointfit import JointParameters, joint_fit
+
+__all__ = [
+    "ABS_GROUPS",
+    "AbsoluteParameters",
+    "AlignImage",
+    "RelativeParameters",
+    "absolute_align",
+    "align_visit",
+    "relative_align",
+    "result_row",
+    "visit_plane",
+]
+
+log = get_logger(__name__)
+
+ABS_GROUPS = ("joint", "detector", "visit")
+_SQRT2 = math.sqrt(2.0)
+
+
+@dataclass
+class RelativeParameters:
+    """Relative alignment (jwst names, CEERS defaults)."""
+
+    fitgeometry: str = "shift"
+    use2dhist: bool = False
+    enforce_user_order: bool = True
+    expand_refcat: bool = False
+    minobj: int = 20
+    searchrad: float = 1.0
+    separation: float = 0.1
+    tolerance: float = 0.02
+    xoffset: float = 0.0
+    yoffset: float = 0.0
+    nclip: int = 1
+    sigma: float = 0.6
+
+
+@dataclass
+class AbsoluteParameters:
+    """Absolute alignment to the reference catalog (jwst ``abs_*`` names, CEERS defaults)."""
+
+    minobj: int = 20
+    searchrad: float = 1.0
+    use2dhist: bool = True
+    separation: float = 0.2
+    tolerance: float = 0.1
+    fitgeometry: str = "rshift"
+    nclip: int = 1
+    sigma: float = 0.7
+    group: str = "joint"
+    significance: float = 3.0
+    margin: float = 5.0
+
+
+@dataclass
+class AlignImage:
+    """
+    One image to align.
+
+    Attributes
+    ----------
+    fit_info : dict
+        Stage -> tweakwcs ``fit_info`` of the last fit (relative/absolute).
+    name : str
+        File name (for rows and messages).
+    model : ImageModel
+        The model whose ``meta.wcs`` is corrected in place on success.
+    catalog : Table
+        Sources with 0-based ``x``, ``y`` (and optional ``weight``).
+    key : ImageKey
+        Visit, filter, detector, exposure.
+    """
+
+    name: str
+    model: object
+    catalog: Table
+    key: object
+    status: dict = field(default_factory=dict)
+    fit_info: dict = field(default_factory=dict)
+
+    def wcsinfo(self):
+        wi = self.model.meta.wcsinfo
+        return {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref}
+
+    def set_wcs(self, wcs):
+        """Replace the model's WCS (a gwcs made by tweakwcs: no re-validation)."""
+        from .inputs import trusted_assignment
+
+        with trusted_assignment(self.model):
+            self.model.meta.wcs = wcs
+
+    def inside_catalog(self):
+        """The catalog rows inside the WCS bounding box."""
+        cat = self.catalog
+        bbox = self.model.meta.wcs.bounding_box
+        if bbox is not None and len(cat):
+            (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+            inside = (cat["x"] > x0) & (cat["x"] < x1) & (cat["y"] > y0) & (cat["y"] < y1)
+            cat = cat[inside]
+        return cat
+
+    def corrector(self, group_id):
+        """A tweakwcs JWST corrector on the current WCS, carrying the in-bounds catalog."""
+        from tweakwcs.correctors import JWSTWCSCorrector
+
+        return JWSTWCSCorrector(wcs=self.model.meta.wcs, wcsinfo=self.wcsinfo(),
+                                meta={"catalog": self.inside_catalog(), "name": self.name,
+                                      "group_id": group_id})
+
+
+def result_row(stage, group, image, status, fitgeometry, fit_info=None, **values):
+    """
+    One row of the results table.
+
+    Columns: ``stage`` (relative/absolute), ``group``, ``image``, ``status``,
+    ``nmatch``, ``rmse`` and ``mae`` (arcsec), ``xshift`` and ``yshift`` (arcsec),
+    ``rotation`` (deg), ``scale``, ``fitgeometry``. Numbers come from tweakwcs'
+    ``fit_info`` when given, else from ``values``; a failed fit has zeros
+    (as CEERS wrote) and NaN-free columns.
+    """
+    row = {"stage": stage, "group": group, "image": image, "status": status,
+           "nmatch": 0, "rmse": 0.0, "mae": 0.0, "xshift": 0.0, "yshift": 0.0,
+           "rotation": 0.0, "scale": 1.0, "fitgeometry": fitgeometry}
+    if fit_info is not None and fit_info.get("status") == "SUCCESS":
+        geom = fit_info.get("fitgeom", fitgeometry)
+        rot = fit_info["proper_rot"] if geom in ("rshift", "rscale") else fit_info["<rot>"]
+        row.update(nmatch=int(fit_info.get("nmatches", 0)), rmse=float(fit_info["rmse"]),
+                   mae=float(fit_info["mae"]), xshift=float(fit_info["shift"][0]),
+                   yshift=float(fit_info["shift"][1]), rotation=float(rot),
+                   scale=float(fit_info["<scale>"]), fitgeometry=geom)
+    row.update(values)
+    return row
+
+
+def _footprint(wcs):
+    ra, dec = wcs.footprint(axis_type="spatial").T if hasattr(wcs, "footprint") else (None, None)
+    return np.asarray(ra), np.asarray(dec)
+
+
+def _correction_size(corrector):
+    """Largest on-sky displacement (arcsec) of the image corners by a correction."""
+    from .wcs_utils import angular_separation_mas
+
+    ra0, dec0 = _footprint(corrector.original_wcs)
+    ra1, dec1 = _footprint(corrector.wcs)
+    return float(np.max(angular_separation_mas(ra0, dec0, ra1, dec1))) / 1e3
+
+
+def relative_align(images, params, group):
+    """
+    Align the images of one group to each other with tweakwcs (the first is the reference).
+
+    On success each aligned image's ``model.meta.wcs`` is replaced; on failure
+    nothing changes. Returns one result row per image.
+    """
+    from tweakwcs.imalign import align_wcs
+    from tweakwcs.matchutils import XYXYMatch
+
+    geom = params.fitgeometry
+    if len(images) < 2:
+        return [result_row("relative", group, im.name, "SKIPPED: single image in group", geom)
+                for im in images]
+    if params.separation <= _SQRT2 * params.tolerance:
+        log.warning("%s: separation %.3g <= sqrt(2) x tolerance %.3g: matches may be confused",
+                    group, params.separation, params.tolerance)
+    correctors = [im.corrector(group_id=im.name) for im in images]
+    empty = [c.meta["name"] for c in correctors if len(c.meta["catalog"]) == 0]
+    if empty:
+        log.warning("%s: empty catalog(s): %s", group, ", ".join(empty))
+    match = XYXYMatch(searchrad=params.searchrad, separation=params.separation,
+                      use2dhist=params.use2dhist, tolerance=params.tolerance,
+                      xoffset=params.xoffset, yoffset=params.yoffset)
+    try:
+        align_wcs(correctors, refcat=None, enforce_user_order=params.enforce_user_order,
+                  expand_refcat=params.expand_refcat, minobj=params.minobj, match=match,
+                  fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
+    except (ValueError, RuntimeError) as exc:
+        reason = _explain(exc)
+        log.warning("%s: relative alignment failed: %s", group, reason)
+        return [result_row("relative", group, im.name, f"FAILED: {reason}", geom) for im in images]
+
+    if params.use2dhist:
+        limit = 2 * (params.searchrad + params.tolerance)
+    else:
+        limit = 2 * (max(abs(params.xoffset), abs(params.yoffset)) + params.tolerance)
+    rows = []
+    for im, corr in zip(images, correctors, strict=True):
+        info = corr.meta.get("fit_info", {"status": "FAILED: unknown"})
+        im.fit_info["relative"] = info
+        status = info["status"]
+        if status == "SUCCESS":
+            size = _correction_size(corr)
+            if size > limit:
+                status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
+                log.warning("%s: %s: %s; WCS left unchanged", group, im.name, status)
+            else:
+                im.set_wcs(corr.wcs)
+        rows.append(result_row("relative", group, im.name, status, geom,
+                               fit_info=info if status == "SUCCESS" else None))
+    return rows
+
+
+def _explain(exc):
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    if msg.startswith("Number of output coordinates exceeded allocation"):
+        return ("matching confusion: several sources within tolerance of one reference source "
+                "(decrease tolerance or increase separation)")
+    return msg
+
+
+def visit_plane(images):
+    """The tangent plane (tweakwcs corrector, arcsec) at the centre of the images' footprints."""
+    from .synthetic import tangent_plane
+
+    ras, decs = [], []
+    for im in images:
+        ra, dec = _footprint(im.model.meta.wcs)
+        ras.append(ra)
+        decs.append(dec)
+    ra, dec = np.concatenate(ras), np.concatenate(decs)
+    vec = np.array([np.cos(np.deg2rad(dec)) * np.cos(np.deg2rad(ra)),
+                    np.cos(np.deg2rad(dec)) * np.sin(np.deg2rad(ra)), np.sin(np.deg2rad(dec))])
+    x, y, z = vec.mean(axis=1)
+    ra0 = float(np.rad2deg(np.arctan2(y, x)) % 360.0)
+    dec0 = float(np.rad2deg(np.arctan2(z, np.hypot(x, y))))
+    return tangent_plane(ra0, dec0)
+
+
+def _refcat_near(refcat, images, plane, margin):
+    """Reference sources within the images' footprints plus ``margin`` arcsec, in plane coords."""
+    xs, ys = [], []
+    for im in images:
+        ra, dec = _footprint(im.model.meta.wcs)
+        x, y = plane.world_to_tanp(ra, dec)
+        xs.append(x)
+        ys.append(y)
+    xs, ys = np.concatenate(xs), np.concatenate(ys)
+    rx, ry = plane.world_to_tanp(np.asarray(refcat["RA"]), np.asarray(refcat["DEC"]))
+    keep = ((rx > xs.min() - margin) & (rx < xs.max() + margin)
+            & (ry > ys.min() - margin) & (ry < ys.max() + margin))
+    return keep, np.column_stack([rx[keep], ry[keep]])
+
+
+def absolute_align(images, refcat, params, group_names, visit_name):
+    """
+    Align images to an absolute reference catalog.
+
+    Parameters
+    ----------
+    images : list of AlignImage
+        All images of one visit and filter (after relative alignment).
+    refcat : Table
+        ``RA``, ``DEC`` in deg.
+    params : AbsoluteParameters
+        ``params.group`` chooses ``joint`` (default), ``detector`` (CEERS) or ``visit``.
+    group_names : dict
+        Relative group name -> list of indices into ``images``.
+    visit_name : str
+        ``<visit>_<filter>``, names the visit-wide fit.
+
+    Returns
+    -------
+    rows : list of dict
+    """
+    if params.group not in ABS_GROUPS:
+        raise ValueError(f"abs_group must be one of {ABS_GROUPS}, not {params.group!r}")
+    if params.separation <= _SQRT2 * params.tolerance:
+        log.warning("%s: abs_separation %.3g <= sqrt(2) x abs_tolerance %.3g: matches may be "
+                    "confused", visit_name, params.separation, params.tolerance)
+    if params.group == "joint":
+        return _absolute_joint(images, refcat, params, visit_name)
+    if params.group == "visit":
+        groups = {visit_name: list(range(len(images)))}
+    else:
+        groups = group_names
+    rows = []
+    for name, idx in groups.items():
+        # An image whose relative fit failed is not tied to its group: fit it on its own.
+        tied = [i for i in idx if not images[i].status.get("relative_failed")]
+        loose = [i for i in idx if images[i].status.get("relative_failed")]
+        subgroups = ([(name, tied)] if tied else []) + [(f"{name}:{images[i].name}", [i])
+                                                          for i in loose]
+        for sub_name, sub_idx in subgroups:
+            rows += _absolute_tweakwcs([images[i] for i in sub_idx], refcat, params, sub_name)
+    return rows
+
+
+def _absolute_tweakwcs(images, refcat, params, group):
+    from tweakwcs.imalign import align_wcs
+    from tweakwcs.matchutils import XYXYMatch
+
+    geom = params.fitgeometry
+    plane = visit_plane(images)
+    keep, _ = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
+    ref = refcat[keep]
+    if len(ref) < params.minobj:
+        status = (f"SKIPPED: {len(ref)} reference sources within the footprint "
+                  f"(abs_minobj {params.minobj})")
+        log.warning("%s: %s; WCS left unchanged", group, status)
+        return [result_row("absolute", group, im.name, status, geom) for im in images]
+    correctors = [im.corrector(group_id=group) for im in images]
+    match = XYXYMatch(searchrad=params.searchrad, separation=params.separation,
+                      use2dhist=params.use2dhist, tolerance=params.tolerance)
+    try:
+        align_wcs(correctors, refcat=Table({"RA": ref["RA"], "DEC": ref["DEC"]}),
+                  enforce_user_order=True, expand_refcat=False, minobj=params.minobj,
+                  match=match, fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
+    except (ValueError, RuntimeError) as exc:
+        reason = _explain(exc)
+        log.warning("%s: absolute alignment failed: %s; WCS left unchanged", group, reason)
+        return [result_row("absolute", group, im.name, f"FAILED: {reason}", geom) for im in images]
+    limit = 2 * (params.searchrad + params.tolerance) if params.use2dhist else 2 * params.tolerance
+    infos = [c.meta.get("fit_info", {"status": "FAILED: unknown"}) for c in correctors]
+    status = infos[0]["status"]
+    if status == "SUCCESS":
+        size = max(_correction_size(c) for c in correctors)
+        if size > limit:
+            status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
+            log.warning("%s: %s; WCS left unchanged", group, status)
+    rows = []
+    for im, corr, info in zip(images, correctors, infos, strict=True):
+        im.fit_info["absolute"] = info
+        if status == "SUCCESS":
+            im.set_wcs(corr.wcs)
+        rows.append(result_row("absolute", group, im.name, status, geom,
+                               fit_info=info if status == "SUCCESS" else None))
+    return rows
+
+
+def _absolute_joint(images, refcat, params, visit_name):
+    from tweakwcs.correctors import JWSTWCSCorrector
+
+    geom = params.fitgeometry
+    plane = visit_plane(images)
+    keep, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
+    positions = []
+    for im in images:
+        cat = im.inside_catalog()
+        if len(cat):
+            ra, dec = im.model.meta.wcs(np.asarray(cat["x"]), np.asarray(cat["y"]),
+                                        with_bounding_box=False)
+            x, y = plane.world_to_tanp(ra, dec)
+            positions.append(np.column_stack([x, y]))
+        else:
+            positions.append(np.zeros((0, 2)))
+    jp = JointParameters(fitgeometry=geom, searchrad=params.searchrad, use2dhist=params.use2dhist,
+                         separation=params.separation, tolerance=params.tolerance,
+                         minobj=params.minobj, significance=params.significance)
+    fit = joint_fit(positions, [im.key.exposure for im in images],
+                    [im.key.detector for im in images], ref_xy, jp)
+    det_group = {im.key.detector: f"{visit_name}_{im.key.detector}" for im in images}
+    if not fit.success:
+        log.warning("%s: joint absolute alignment failed: %s; WCS left unchanged",
+                    visit_name, fit.status)
+        return ([result_row("relative", visit_name, im.name, fit.status, "shift") for im in images]
+                + [result_row("absolute", det_group[im.key.detector], im.name, fit.status, geom)
+                   for im in images])
+
+    limit = 2 * (params.searchrad + params.tolerance)
+    new_wcs = []
+    for im, shift in zip(images, fit.image_shift, strict=True):
+        corr = JWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
+        corr.set_correction(matrix=fit.matrix, shift=shift, ref_tpwcs=plane)
+        new_wcs.append((corr, _correction_size(corr)))
+    size = max(s for _, s in new_wcs)
+    status = "SUCCESS"
+    if size > limit:
+        status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
+        log.warning("%s: %s; WCS left unchanged", visit_name, status)
+    rows = []
+    for i, (im, (corr, _)) in enumerate(zip(images, new_wcs, strict=True)):
+        if status == "SUCCESS":
+            im.set_wcs(corr.wcs)
+        st = fit.image_stats[i]
+        t = fit.dither_shift[im.key.exposure]
+        rows.append(result_row("relative", visit_name, im.name, status, "shift",
+                               nmatch=st["nmatch"], rmse=st["rmse"], mae=st["mae"],
+                               xshift=float(t[0]), yshift=float(t[1])))
+    for det, name in det_group.items():
+        st = fit.detector_stats[det]
+        total = fit.shift + fit.detector_shift[det]
+        for im in images:
+            if im.key.detector != det:
+                continue
+            rows.append(result_row("absolute", name, im.name, status, geom,
+                                   nmatch=st["nmatch"], rmse=st["rmse"], mae=st["mae"],
+                                   xshift=float(total[0]), yshift=float(total[1]),
+                                   rotation=fit.rotation, scale=fit.scale,
+                                   detector_term=bool(fit.detector_significant[det])))
+    return rows
+
+
+def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector"):
+    """
+    Align all images of one visit and filter: relative per group, then absolute.
+
+    Parameters
+    ----------
+    images : list of AlignImage
+    refcat : Table or None
+        Absolute reference catalog (``RA``, ``DEC``); None skips the absolute stage.
+    rel : RelativeParameters
+    abs_ : AbsoluteParameters
+    group_by : {"detector", "exposure", "all"}
+        Relative alignment groups.
+
+    Returns
+    -------
+    rows : list of dict
+        Result rows, relative first.
+    """
+    rel = rel or RelativeParameters()
+    abs_ = abs_ or AbsoluteParameters()
+    groups = group_images([im.key for im in images], group_by)
+    visit_name = images[0].key.visit_filter
+    rows = []
+    joint = refcat is not None and abs_.group == "joint"
+    if not joint:
+        for name, idx in groups.items():
+            group_rows = relative_align([images[i] for i in idx], rel, name)
+            for i, row in zip(idx, group_rows, strict=True):
+                failed = row["status"].startswith("FAILED")
+                images[i].status["relative_failed"] = failed
+            rows += group_rows
+    if refcat is not None:
+        rows += absolute_align(images, refcat, abs_, groups, visit_name)
+    return rows

@@ -1,0 +1,107 @@
+"""Alignment results as a table, as the CEERS text file, and as a readable log summary."""
+
+from pathlib import Path
+
+from astropy.table import Table
+
+from .fileio import atomic_output
+
+__all__ = [
+    "CEERS_HEADER",
+    "ceers_results_lines",
+    "format_summary",
+    "results_table",
+    "write_ceers_results",
+    "write_results_table",
+]
+
+COLUMNS = ("stage", "group", "image", "status", "nmatch", "rmse", "mae", "xshift", "yshift",
+           "rotation", "scale", "fitgeometry")
+_UNITS = {"rmse": "arcsec", "mae": "arcsec", "xshift": "arcsec", "yshift": "arcsec",
+          "rotation": "deg"}
+
+#: Header of CEERS' ``tweakreg_results_all.<visit>.txt`` (run_tweakreg.py), verbatim.
+CEERS_HEADER = (
+    "Absolute/Relative     Filename                                        NMATCH    "
+    "RMSE(arcsec)  MAE(arcsec)   XSH(arcsec)   YSH(arcsec)   ROT(deg)      SCALE\n"
+    "------------------    ----------------------------------------------  ------    "
+    "----------    ----------    ----------    ----------    ----------    ----------\n"
+)
+
+
+def results_table(rows, meta=None):
+    """
+    The result rows as an `~astropy.table.Table` with units.
+
+    Columns: ``stage``, ``group``, ``image``, ``status``, ``nmatch``, ``rmse``,
+    ``mae``, ``xshift``, ``yshift`` (arcsec), ``rotation`` (deg), ``scale``,
+    ``fitgeometry``.
+    """
+    table = Table(rows=[[row[c] for c in COLUMNS] for row in rows], names=COLUMNS,
+                  dtype=("U8", "U64", "U64", "U200", "i4", "f8", "f8", "f8", "f8", "f8", "f8", "U8"))
+    for name, unit in _UNITS.items():
+        table[name].unit = unit
+    table.meta.update(meta or {})
+    return table
+
+
+def write_results_table(table, path):
+    """Write the results table as ECSV (completely or not at all)."""
+    with atomic_output(path) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    return Path(path)
+
+
+def ceers_results_lines(table):
+    """
+    The rows of the CEERS text file, in CEERS' exact column layout.
+
+    One ``Relative alignment:`` line per aligned image (the reference image of
+    a tweakwcs relative fit has none, as in CEERS), and one ``Absolute
+    alignment:`` line per absolute group. Failed fits have zeros, as CEERS
+    wrote them, so ``grep Relative ... | sort`` works as before.
+    """
+    lines = []
+    for row in table[table["stage"] == "relative"]:
+        if str(row["status"]).startswith(("REFERENCE", "SKIPPED")):
+            continue
+        ok = row["status"] == "SUCCESS"
+        vals = (row["nmatch"], row["rmse"], row["mae"], row["xshift"], row["yshift"]) if ok else \
+            (0, 0.0, 0.0, 0.0, 0.0)
+        # CEERS run_tweakreg.py format strings, verbatim.
+        lines.append("Relative alignment:   %46s  %6i  %12.8f  %12.8f  %12.8f  %12.8f\n"  # noqa: UP031
+                     % (row["image"], *vals))
+    seen = set()
+    for row in table[table["stage"] == "absolute"]:
+        if row["group"] in seen:
+            continue
+        seen.add(row["group"])
+        ok = row["status"] == "SUCCESS"
+        vals = (row["nmatch"], row["rmse"], row["mae"], row["xshift"], row["yshift"],
+                row["rotation"], row["scale"]) if ok else (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        lines.append("Absolute alignment:   %-46s  %6i  %12.8f  %12.8f  %12.8f  %12.8f  %12.8f  "  # noqa: UP031
+                     "%12.8f\n" % (row["group"], *vals))
+    return lines
+
+
+def write_ceers_results(table, path):
+    """Write ``tweakreg_results_all.<visit>_<filter>.txt`` in the CEERS layout."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(CEERS_HEADER + "".join(ceers_results_lines(table)))
+    return Path(path)
+
+
+def format_summary(table):
+    """A readable fixed-width summary (for the log), mas and deg."""
+    head = (f"{'stage':8s} {'group':34s} {'image':44s} {'nmatch':>6s} {'rmse':>7s} "
+            f"{'xshift':>9s} {'yshift':>9s} {'rot(deg)':>9s} {'scale':>10s}  status")
+    out = [head, "-" * len(head)]
+    for row in table:
+        out.append(
+            f"{row['stage']:8s} {row['group'][:34]:34s} {row['image'][:44]:44s} "
+            f"{row['nmatch']:6d} {1e3 * row['rmse']:7.2f} {1e3 * row['xshift']:9.2f} "
+            f"{1e3 * row['yshift']:9.2f} {row['rotation']:9.5f} {row['scale']:10.7f}  "
+            f"{row['status']}"
+        )
+    out.append("(rmse and shifts in mas)")
+    return "\n".join(out)

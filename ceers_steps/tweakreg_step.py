@@ -1,0 +1,278 @@
+"""CeersTweakRegStep: the CEERS two-stage alignment on tweakwcs (``strun ceers_tweak``)."""
+
+import os
+from pathlib import Path
+
+from astropy.table import Table
+
+from ._stpipe import CeersStep, get_logger
+from .alignment import AbsoluteParameters, AlignImage, RelativeParameters, align_visit
+from .catalogs import build_catalog, read_catalog, read_refcat
+from .detection import DetectionParameters
+from .fileio import atomic_output
+from .grouping import image_key
+from .inputs import load_inputs, open_image, trusted_assignment
+from .results import format_summary, results_table, write_ceers_results, write_results_table
+from .wcs_io import exposure_base, save_wcs_model
+
+__all__ = ["CeersTweakRegStep", "parse_catfile"]
+
+log = get_logger(__name__)
+
+
+def parse_catfile(catfile):
+    """
+    Read a jwst-style ``catfile``: lines ``<image file> <catalog file>``.
+
+    Catalog paths are relative to the catfile's folder. Returns a dict
+    image file name -> catalog path (None when the line names no catalog).
+    """
+    path = Path(catfile)
+    if not path.exists():
+        raise FileNotFoundError(f"catfile not found: {path}")
+    catalogs = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        image, *rest = line.split()
+        if len(rest) > 1:
+            raise ValueError(f"{path}, line {n}: expected '<image> <catalog>', got {line!r}")
+        catalogs[Path(image).name] = str(path.parent / rest[0]) if rest else None
+    return catalogs
+
+
+class CeersTweakRegStep(CeersStep):
+    """
+    Align NIRCam images the CEERS way: relative per detector, then absolute to a catalog.
+
+    Built on tweakwcs directly, so it behaves the same with every supported
+    jwst version, and accepts every parameter set tweakwcs accepts (all 30
+    CEERS visit sections). Relative alignment groups all dithers of one
+    detector (``group_by = detector``) and fits shifts. Absolute alignment to
+    ``abs_refcat`` is, with ``abs_group``:
+
+    - ``joint`` (default): one least-squares fit per visit and filter with a
+      common rotation (and scale for ``rscale``), a common shift, one shift per
+      dither and one shift per detector kept only where significant; per-dither
+      shifts replace the relative fit;
+    - ``detector``: one tweakwcs fit per relative group, as CEERS did;
+    - ``visit``: one rigid tweakwcs fit of all images, as jwst does.
+
+    Failures are per group: that group's WCS is left unchanged and its status
+    says why; the other groups are aligned.
+    """
+
+    class_alias = "ceers_tweak"
+
+    spec = """
+        catfile = string(default='')  # File listing '<image> <catalog>' per line (jwst format); overrides association and meta catalogs
+        group_by = option('detector', 'exposure', 'all', default='detector')  # Relative groups: all dithers of one detector (CEERS), one exposure (jwst), or everything
+        fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='shift')  # Relative fit geometry (CEERS: shift)
+        use2dhist = boolean(default=False)  # Relative matching: use a 2-D histogram to find the initial offset (CEERS: off)
+        enforce_user_order = boolean(default=True)  # Relative: align in input order, first image is the reference
+        expand_refcat = boolean(default=False)  # Relative: add matched sources to the reference catalog as images are aligned
+        minobj = integer(default=20)  # Relative: minimum number of matched sources per image
+        searchrad = float(default=1.0)  # Relative: search radius for matches, arcsec
+        separation = float(default=0.1)  # Relative: sources closer than this are not used (confusion), arcsec
+        tolerance = float(default=0.02)  # Relative: matching tolerance, arcsec
+        xoffset = float(default=0.0)  # Relative: initial x offset guess, arcsec
+        yoffset = float(default=0.0)  # Relative: initial y offset guess, arcsec
+        nclip = integer(min=0, default=1)  # Relative: number of clipping iterations
+        sigma = float(min=0.0, default=0.6)  # Relative: clipping limit in units of the fit RMSE
+        abs_refcat = string(default='')  # Absolute reference catalog: a file Table.read reads, with RA/DEC (any case) or sky_centroid; empty = relative only
+        abs_group = option('joint', 'detector', 'visit', default='joint')  # Absolute fit: joint visit model (default), per detector group (CEERS), one rigid fit (jwst)
+        abs_minobj = integer(default=20)  # Absolute: minimum number of matches
+        abs_searchrad = float(default=1.0)  # Absolute: search radius, arcsec
+        abs_use2dhist = boolean(default=True)  # Absolute: find the initial offset with a 2-D histogram
+        abs_separation = float(default=0.2)  # Absolute: confusion separation, arcsec
+        abs_tolerance = float(default=0.1)  # Absolute: matching tolerance, arcsec
+        abs_fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift')  # Absolute fit geometry (CEERS: rshift SW, rscale LW)
+        abs_nclip = integer(min=0, default=1)  # Absolute (detector/visit): clipping iterations
+        abs_sigma = float(min=0.0, default=0.7)  # Absolute (detector/visit): clipping limit in units of the fit RMSE
+        abs_significance = float(min=0.0, default=3.0)  # Joint fit: keep a per-detector offset above this many sigma
+        abs_mag_min = float(default=None)  # Use only reference sources at least this faint (needs a MAG column)
+        abs_mag_max = float(default=None)  # Use only reference sources at least this bright (needs a MAG column)
+        save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf (default: when saving results)
+        wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models, relative to the output directory
+        save_fit_results = boolean(default=True)  # Write <visit>_<filter>_tweakreg_results.ecsv and tweakreg_results_all.<visit>_<filter>.txt
+        sip_approx = boolean(default=True)  # Refresh the FITS SIP approximation in meta.wcsinfo
+        sip_max_pix_error = float(default=0.01)  # SIP fit: max forward error, pixels
+        sip_degree = integer(max=6, default=None)  # SIP fit: forward degree, None = best
+        sip_max_inv_pix_error = float(default=0.01)  # SIP fit: max inverse error, pixels
+        sip_inv_degree = integer(max=6, default=None)  # SIP fit: inverse degree, None = best
+        sip_npoints = integer(default=12)  # SIP fit: grid points per axis
+        output_use_model = boolean(default=True)  # Name outputs after meta.filename
+        suffix = string(default='tweakreg')  # Aligned images are saved as <exposure base>_<suffix>.fits
+    """  # noqa: E501
+
+    def relative_parameters(self):
+        return RelativeParameters(
+            fitgeometry=self.fitgeometry, use2dhist=self.use2dhist,
+            enforce_user_order=self.enforce_user_order, expand_refcat=self.expand_refcat,
+            minobj=self.minobj, searchrad=self.searchrad, separation=self.separation,
+            tolerance=self.tolerance, xoffset=self.xoffset, yoffset=self.yoffset,
+            nclip=self.nclip, sigma=self.sigma)
+
+    def absolute_parameters(self):
+        return AbsoluteParameters(
+            minobj=self.abs_minobj, searchrad=self.abs_searchrad, use2dhist=self.abs_use2dhist,
+            separation=self.abs_separation, tolerance=self.abs_tolerance,
+            fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
+            group=self.abs_group, significance=self.abs_significance)
+
+    def output_dir_path(self):
+        return Path(self.search_attr("output_dir") or os.getcwd())
+
+    def _catalog_for(self, image, model, catfile_map, asn_dir):
+        """The image's catalog (x, y) and where it came from."""
+        name = model.meta.filename or image.name
+        source = None
+        if catfile_map is not None and name in catfile_map:
+            source = catfile_map[name]
+        elif image.member.get("tweakreg_catalog"):
+            source = str(Path(asn_dir or ".") / image.member["tweakreg_catalog"])
+        elif getattr(model.meta, "tweakreg_catalog", None):
+            source = model.meta.tweakreg_catalog
+        if source:
+            return read_catalog(source), source
+        catalog = build_catalog(model, DetectionParameters())
+        log.info("%s: no catalog given: detected %d sources with the CatalogStep defaults",
+                 name, len(catalog))
+        return Table({"x": catalog["xcentroid"], "y": catalog["ycentroid"]}), "detected"
+
+    def process(self, input_data):
+        inputs = load_inputs(input_data)
+        refcat = None
+        if self.abs_refcat and self.abs_refcat.strip():
+            refcat = read_refcat(self.abs_refcat, mag_min=self.abs_mag_min, mag_max=self.abs_mag_max)
+            log.info("Absolute reference catalog %s: %d sources", self.abs_refcat, len(refcat))
+        catfile_map = parse_catfile(self.catfile) if self.catfile and self.catfile.strip() else None
+
+        images, unusable_rows = [], []
+        from .alignment import result_row
+
+        for image in inputs.images:
+            model = open_image(image, copy=self.parent is None)
+            key = image_key(model, image.name)
+            try:
+                catalog, source = self._catalog_for(image, model, catfile_map, inputs.asn_dir)
+            except (FileNotFoundError, ValueError) as exc:
+                log.error("%s: %s; its WCS is left unchanged", image.name, exc)
+                model.meta.cal_step.tweakreg = "SKIPPED"
+                unusable_rows.append(result_row("relative", f"{key.visit_filter}_{key.detector}",
+                                                model.meta.filename, f"FAILED: {exc}",
+                                                self.fitgeometry))
+                images.append(AlignImage(name=model.meta.filename, model=model, catalog=None,
+                                         key=key, status={"unusable": True}))
+                continue
+            log.info("%s: %d sources from %s", model.meta.filename, len(catalog), source)
+            images.append(AlignImage(name=model.meta.filename, model=model, catalog=catalog,
+                                     key=key))
+
+        rows = list(unusable_rows)
+        by_visit = {}
+        for im in images:
+            if not im.status.get("unusable"):
+                by_visit.setdefault(im.key.visit_filter, []).append(im)
+        rel, abs_ = self.relative_parameters(), self.absolute_parameters()
+        tables = {}
+        for visit_filter, group in by_visit.items():
+            log.info("Aligning %s: %d images", visit_filter, len(group))
+            visit_rows = align_visit(group, refcat, rel, abs_, group_by=self.group_by)
+            rows += visit_rows
+            tables[visit_filter] = results_table(
+                [r for r in unusable_rows if r["group"].startswith(visit_filter)] + visit_rows,
+                meta={"visit_filter": visit_filter, "abs_refcat": self.abs_refcat,
+                      "abs_group": self.abs_group})
+            log.info("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
+
+        self._finish_models(images, rows, refcat is not None)
+        self.results = results_table(rows) if rows else None
+        if self.save_fit_results and tables:
+            out_dir = self.output_dir_path()
+            for visit_filter, table in tables.items():
+                ecsv = write_results_table(table, out_dir / f"{visit_filter}_tweakreg_results.ecsv")
+                txt = write_ceers_results(table, out_dir / f"tweakreg_results_all.{visit_filter}.txt")
+                log.info("Wrote %s and %s", ecsv, txt)
+        save_wcs = self.save_wcs if self.save_wcs is not None else bool(self.save_results)
+        if save_wcs:
+            wcs_dir = self.output_dir_path() / self.wcs_dir
+            for im in images:
+                path = wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf"
+                save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo, im.model.meta.wcs)
+            log.info("Saved %d WCS models in %s", len(images), wcs_dir)
+
+        from jwst.datamodels import ModelLibrary
+
+        return ModelLibrary([im.model for im in images])
+
+    def _finish_models(self, images, rows, absolute):
+        """
+        Mark aligned images, refresh SIP and S_REGION, and name the WCS.
+
+        An image is COMPLETE when one of its own fits succeeded (``FIT-LVL3-<refcat>``
+        after an absolute fit, ``FIT-REL`` after a relative one); the reference image
+        of a relative group counts only in a relative-only run where others were
+        aligned to it. Everything else is SKIPPED with its WCS unchanged.
+        """
+        from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
+
+        stages = {}
+        group_success = set()
+        for row in rows:
+            stages.setdefault(row["image"], {})[row["stage"]] = row["status"]
+            if row["stage"] == "relative" and row["status"] == "SUCCESS":
+                group_success.add(row["group"])
+        reference_groups = {row["image"]: row["group"] for row in rows
+                            if row["status"].startswith("REFERENCE")}
+        for im in images:
+            st = stages.get(im.name, {})
+            abs_ok = st.get("absolute") == "SUCCESS"
+            rel_ok = st.get("relative") == "SUCCESS" or (
+                not absolute and reference_groups.get(im.name) in group_success)
+            if not (abs_ok or rel_ok):
+                im.model.meta.cal_step.tweakreg = "SKIPPED"
+                continue
+            with trusted_assignment(im.model):
+                if abs_ok:
+                    im.model.meta.wcs.name = f"FIT-LVL3-{Path(self.abs_refcat).name}"
+                else:
+                    im.model.meta.wcs.name = "FIT-REL"
+                update_s_region_imaging(im.model)
+                if self.sip_approx:
+                    try:
+                        update_fits_wcsinfo(im.model, max_pix_error=self.sip_max_pix_error,
+                                            degree=self.sip_degree,
+                                            max_inv_pix_error=self.sip_max_inv_pix_error,
+                                            inv_degree=self.sip_inv_degree,
+                                            npoints=self.sip_npoints, crpix=None)
+                    except (ValueError, RuntimeError) as exc:
+                        log.warning("%s: SIP approximation not updated: %s", im.name, exc)
+            im.model.meta.cal_step.tweakreg = "COMPLETE"
+
+    def save_model(self, model, suffix=None, idx=None, output_file=None, force=False, **kwargs):
+        """Save aligned images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``)."""
+        if not (force or self.save_results):
+            return None
+        from jwst.datamodels import ModelLibrary
+
+        suffix = suffix or self.suffix or "tweakreg"
+        out_dir = self.output_dir_path()
+        models = []
+        if isinstance(model, ModelLibrary):
+            with model:
+                for i in range(len(model)):
+                    m = model.borrow(i)
+                    models.append(m)
+                    model.shelve(m, i, modify=False)
+        else:
+            models = [model]
+        paths = []
+        for m in models:
+            path = out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits"
+            with atomic_output(path) as tmp:
+                m.save(str(tmp))
+            paths.append(str(path))
+            log.info("Saved %s", path)
+        return paths

@@ -1,0 +1,356 @@
+"""CeersTweakRegStep: accuracy against truth, CEERS parameters, results, saved WCS, failures."""
+
+import configparser
+import json
+from pathlib import Path
+
+import asdf
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import (
+    CEERS_F200W,
+    CEERS_F444W,
+    accuracy,
+    file_digest,
+    library_of,
+    models_of,
+    run_cli,
+)
+
+from ceers_steps import CeersTweakRegStep
+from ceers_steps.alignment import AbsoluteParameters, AlignImage, RelativeParameters, align_visit
+from ceers_steps.grouping import image_key
+from ceers_steps.results import ceers_results_lines, results_table
+from ceers_steps.wcs_utils import angular_separation_mas, pixel_grid, sky_difference_mas
+
+NO_FILES = dict(save_fit_results=False)
+
+
+# --- accuracy against injected truth (real CEERS WCS models and HST catalog) ---------------
+
+def test_joint_fit_without_detector_errors(real_sw_visit):
+    v = real_sw_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                           **CEERS_F200W, **NO_FILES))
+    median, worst = accuracy(out, v["visit"])
+    assert median <= 1.0 and worst <= 2.0, (median, worst)
+    assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out)
+    assert all(m.meta.wcs.name == "FIT-LVL3-refcat.ecsv" for m in out)
+
+
+def test_joint_fit_with_detector_errors(real_sw_det_visit):
+    v = real_sw_det_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                           **CEERS_F200W, **NO_FILES))
+    median, worst = accuracy(out, v["visit"])
+    assert median <= 2.5 and worst <= 5.0, (median, worst)
+
+
+def test_joint_fit_long_wavelength_rscale(real_lw_visit):
+    v = real_lw_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                           **CEERS_F444W, **NO_FILES))
+    median, worst = accuracy(out, v["visit"])
+    assert median <= 1.5 and worst <= 3.0, (median, worst)
+
+
+def test_visit_mode_cannot_remove_detector_errors(real_sw_det_visit):
+    """The jwst-like rigid fit leaves the detector offsets in: the reason for the joint default."""
+    v = real_sw_det_visit
+    module_a = range(12)  # nrca1-4 x 3 dithers: enough to show it, a quarter of the time
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"], module_a),
+                                           abs_refcat=str(v["refcat"]), abs_group="visit",
+                                           **CEERS_F200W, **NO_FILES))
+    median, worst = accuracy(out, v["visit"], module_a)
+    assert median > 10.0
+
+
+def test_builtin_truth_visit_aligns(builtin_visit):
+    """Runs without the real data: built-in NIRCam-like WCS and a random catalog."""
+    v = builtin_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                           **NO_FILES))
+    median, worst = accuracy(out, v["visit"])
+    assert median <= 2.0 and worst <= 4.0, (median, worst)
+
+
+# --- CEERS mode and the results files --------------------------------------------------------
+
+def _align_images(visit):
+    images = []
+    for image in visit.images:
+        cat = Table.read(image.model.meta.tweakreg_catalog)
+        images.append(AlignImage(name=image.model.meta.filename, model=image.model.copy(),
+                                 catalog=Table({"x": cat["xcentroid"], "y": cat["ycentroid"]}),
+                                 key=image_key(image.model)))
+    return images
+
+
+def test_results_match_fit_info(builtin_visit):
+    """CEERS-mode rows, the ECSV table and the CEERS text lines carry tweakwcs' fit_info numbers."""
+    v = builtin_visit
+    images = _align_images(v["visit"])
+    rel = RelativeParameters(tolerance=0.1, separation=0.2, use2dhist=True, minobj=10)
+    absp = AbsoluteParameters(group="detector", minobj=10, separation=0.5, tolerance=0.4)
+    refcat = Table.read(v["refcat"])
+    rows = align_visit(images, refcat, rel, absp)
+    table = results_table(rows)
+    lines = ceers_results_lines(table)
+    checked = 0
+    for im in images:
+        for stage in ("relative", "absolute"):
+            info = im.fit_info.get(stage)
+            if not info or info["status"] != "SUCCESS":
+                continue
+            row = table[(table["stage"] == stage) & (table["image"] == im.name)][0]
+            assert row["nmatch"] == info["nmatches"]
+            assert row["rmse"] == pytest.approx(info["rmse"], abs=1e-12)
+            assert row["mae"] == pytest.approx(info["mae"], abs=1e-12)
+            assert row["xshift"] == pytest.approx(info["shift"][0], abs=1e-12)
+            assert row["yshift"] == pytest.approx(info["shift"][1], abs=1e-12)
+            assert row["scale"] == pytest.approx(info["<scale>"], abs=1e-12)
+            checked += 1
+            if stage == "relative":
+                line = next(ln for ln in lines if ln.startswith("Relative") and im.name in ln)
+                fields = line.split()
+                assert int(fields[3]) == info["nmatches"]
+                assert float(fields[4]) == pytest.approx(info["rmse"], abs=5e-9)
+                assert float(fields[6]) == pytest.approx(info["shift"][0], abs=5e-9)
+                assert float(fields[7]) == pytest.approx(info["shift"][1], abs=5e-9)
+            else:
+                line = next(ln for ln in lines if ln.startswith("Absolute") and row["group"] in ln)
+                fields = line.split()
+                assert float(fields[8]) == pytest.approx(info["proper_rot"], abs=5e-9)
+    assert checked >= 12
+
+
+def test_results_files_in_ceers_layout(builtin_visit, tmp_path):
+    v = builtin_visit
+    CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                           output_dir=str(tmp_path))
+    txt = tmp_path / "tweakreg_results_all.jw01345001001_f200w.txt"
+    ecsv = tmp_path / "jw01345001001_f200w_tweakreg_results.ecsv"
+    lines = txt.read_text().splitlines()
+    assert lines[0].startswith("Absolute/Relative     Filename")
+    assert "NMATCH    RMSE(arcsec)  MAE(arcsec)   XSH(arcsec)   YSH(arcsec)   ROT(deg)      SCALE" in lines[0]
+    relative = [ln for ln in lines if ln.startswith("Relative alignment:")]
+    absolute = [ln for ln in lines if ln.startswith("Absolute alignment:")]
+    assert len(relative) == 12 and len(absolute) == 4  # per image; per detector group
+    table = Table.read(ecsv)
+    assert set(table["stage"]) == {"relative", "absolute"}
+    assert table["rmse"].unit == "arcsec" and table["rotation"].unit == "deg"
+    # Same numbers in both files.
+    row = table[table["stage"] == "absolute"][0]
+    line = next(ln for ln in absolute if row["group"] in ln).split()
+    assert float(line[4]) == pytest.approx(row["rmse"], abs=5e-9)
+
+
+def test_all_30_ceers_parameter_sets_run(ceers_dir, builtin_visit):
+    """Every visit section of the real CEERS cfg files runs; none is refused."""
+    v = builtin_visit
+    keymap = {"abs_fitgeom": "abs_fitgeometry"}
+    fit_keys = {"minobj", "searchrad", "separation", "tolerance", "nclip", "sigma", "abs_minobj",
+                "abs_searchrad", "abs_separation", "abs_tolerance", "abs_nclip", "abs_sigma",
+                "abs_fitgeom"}
+    sections = 0
+    for cfg_path in sorted((ceers_dir / "tweakreg_cfgs").glob("*/*.cfg")):
+        cfg = configparser.ConfigParser()
+        cfg.read(cfg_path)
+        for section in cfg.sections():
+            params = {}
+            for key, value in cfg[section].items():
+                if key in fit_keys:
+                    value = value.split("#")[0].strip()
+                    params[keymap.get(key, key)] = value if key == "abs_fitgeom" else float(value)
+            for key in ("minobj", "nclip", "abs_minobj", "abs_nclip"):
+                params[key] = int(params[key])
+            # Fewer sources in the small test visit than in a CEERS image.
+            params["minobj"] = params["abs_minobj"] = 8
+            subset = library_of(v["visit"], range(6))  # 2 detectors x 3 dithers
+            CeersTweakRegStep(**params)  # spec validation: nothing refused
+            out = models_of(CeersTweakRegStep.call(subset, abs_refcat=str(v["refcat"]), **params,
+                                                   **NO_FILES))
+            assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out), (cfg_path, section)
+            sections += 1
+    assert sections == 30
+
+
+# --- saved WCS models --------------------------------------------------------------------------
+
+def test_saved_wcs_opens_with_plain_asdf_and_matches(builtin_visit, tmp_path):
+    v = builtin_visit
+    result = CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                    save_wcs=True, output_dir=str(tmp_path), **NO_FILES)
+    out = models_of(result)
+    for model in out:
+        base = model.meta.filename.replace("_cal.fits", "")
+        path = tmp_path / "tweakreg_wcs" / f"{base}_tweakreg.asdf"
+        with asdf.open(path) as af:
+            assert set(af.tree) >= {"filename", "wcsinfo", "wcs"}
+            assert af["filename"] == model.meta.filename
+            assert af["wcsinfo"]["v2_ref"] == model.meta.wcsinfo.v2_ref
+            x, y = pixel_grid(model.data.shape)
+            a = np.array(af["wcs"](x, y))
+            b = np.array(model.meta.wcs(x, y))
+            # Identical to float round-off (old asdf serialises some parameters via text).
+            assert angular_separation_mas(a[0], a[1], b[0], b[1]).max() < 1e-6
+
+
+def test_aligned_images_saved_with_ceers_names(builtin_visit, tmp_path):
+    v = builtin_visit
+    CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                           save_results=True, output_dir=str(tmp_path))
+    names = sorted(p.name for p in tmp_path.glob("*.fits"))
+    assert names == sorted(im.model.meta.filename.replace("_cal.fits", "_tweakreg.fits")
+                           for im in v["visit"].images)
+    # save_results implies saving the WCS models.
+    assert len(list((tmp_path / "tweakreg_wcs").glob("*_tweakreg.asdf"))) == 12
+    assert not list(tmp_path.glob(".*part"))
+
+
+# --- failures are per group ----------------------------------------------------------------------
+
+def _errors(models, visit):
+    return [float(np.sqrt(np.mean(sky_difference_mas(m.meta.wcs, im.true_wcs, m.data.shape) ** 2)))
+            for m, im in zip(models, visit.images, strict=True)]
+
+
+def test_group_with_too_few_sources_is_left_unchanged(builtin_visit, tmp_path):
+    v = builtin_visit
+    lib = library_of(v["visit"])
+    models = models_of(lib)
+    # Starve one detector: 3 sources per image.
+    starved = [m for m in models if "nrcb2" in m.meta.filename]
+    for m in starved:
+        cat = Table.read(m.meta.tweakreg_catalog)[:3]
+        path = tmp_path / Path(m.meta.tweakreg_catalog).name
+        cat.write(path)
+        m.meta.tweakreg_catalog = str(path)
+    step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), abs_group="detector", minobj=8,
+                             abs_minobj=8, tolerance=0.1, separation=0.2, use2dhist=True,
+                             save_fit_results=False)
+    out = models_of(step.run(lib))
+    errs = _errors(out, v["visit"])
+    for m, e, im in zip(out, errs, v["visit"].images, strict=True):
+        if "nrcb2" in m.meta.filename:
+            assert m.meta.cal_step.tweakreg == "SKIPPED"
+            # Unchanged: exactly the input WCS.
+            x, y = pixel_grid(m.data.shape)
+            assert np.array_equal(np.array(m.meta.wcs(x, y)), np.array(im.model.meta.wcs(x, y)))
+        else:
+            assert m.meta.cal_step.tweakreg == "COMPLETE"
+            assert e < 10
+    statuses = {r["status"] for r in step.results
+                if "nrcb2" in r["image"] and r["stage"] == "absolute"}
+    assert statuses and all(s.startswith(("FAILED", "SKIPPED")) for s in statuses)
+
+
+def test_empty_catalog_image_is_reported_and_rest_aligned(builtin_visit, tmp_path):
+    v = builtin_visit
+    lib = library_of(v["visit"])
+    models = models_of(lib)
+    empty = tmp_path / "empty_cat.ecsv"
+    Table(names=("id", "xcentroid", "ycentroid", "flux"), dtype=("i4", "f8", "f8", "f8")).write(empty)
+    models[0].meta.tweakreg_catalog = str(empty)
+    step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), save_fit_results=False)
+    out = models_of(step.run(lib))
+    errs = _errors(out, v["visit"])
+    # The joint model still places the image (its dither and detector are known from the others).
+    assert max(errs) < 5
+
+
+def test_refcat_without_radec_is_a_clear_error(builtin_visit, tmp_path):
+    bad = tmp_path / "bad_refcat.ecsv"
+    Table({"x": [1.0], "y": [2.0]}).write(bad)
+    with pytest.raises(ValueError, match="bad_refcat.ecsv.*RA/DEC"):
+        CeersTweakRegStep.call(library_of(builtin_visit["visit"]), abs_refcat=str(bad), **NO_FILES)
+
+
+def test_refcat_missing_the_field_leaves_wcs_unchanged(builtin_visit, tmp_path):
+    v = builtin_visit
+    far = Table.read(v["refcat"])
+    far["DEC"] -= 2.0
+    path = tmp_path / "far_refcat.ecsv"
+    far.write(path)
+    step = CeersTweakRegStep(abs_refcat=str(path), save_fit_results=False)
+    out = models_of(step.run(library_of(v["visit"])))
+    for m, im in zip(out, v["visit"].images, strict=True):
+        x, y = pixel_grid(m.data.shape)
+        assert np.array_equal(np.array(m.meta.wcs(x, y)), np.array(im.model.meta.wcs(x, y)))
+        assert m.meta.cal_step.tweakreg == "SKIPPED"
+    assert all("FAILED" in r["status"] or "SKIPPED" in r["status"] for r in step.results)
+
+
+def test_missing_catalog_file_is_reported_and_rest_aligned(builtin_visit, tmp_path):
+    v = builtin_visit
+    lib = library_of(v["visit"])
+    models = models_of(lib)
+    models[4].meta.tweakreg_catalog = str(tmp_path / "does_not_exist_cat.ecsv")
+    step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), save_fit_results=False)
+    out = models_of(step.run(lib))
+    assert out[4].meta.cal_step.tweakreg == "SKIPPED"
+    row = [r for r in step.results if r["image"] == out[4].meta.filename][0]
+    assert "does_not_exist_cat.ecsv" in row["status"]
+    errs = _errors(out, v["visit"])
+    assert max(e for i, e in enumerate(errs) if i != 4) < 5
+
+
+def test_separation_below_sqrt2_tolerance_warns_but_runs(builtin_visit, caplog):
+    v = builtin_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                           abs_separation=0.5, abs_tolerance=0.4, **NO_FILES))
+    assert "matches may be confused" in caplog.text
+    assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out)
+
+
+def test_models_given_are_not_modified(builtin_visit):
+    v = builtin_visit
+    models = [im.model for im in v["visit"].images]
+    x, y = pixel_grid((1024, 1024), 4)
+    before = [np.array(m.meta.wcs(x, y)) for m in models]
+    from jwst.datamodels import ModelLibrary
+
+    CeersTweakRegStep.call(ModelLibrary(models), abs_refcat=str(v["refcat"]), **NO_FILES)
+    after = [np.array(m.meta.wcs(x, y)) for m in models]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(m.meta.cal_step.tweakreg is None for m in models)
+
+
+# --- command line, files, offline ----------------------------------------------------------------
+
+def test_strun_association_offline(small_visit_dir, tmp_path):
+    """strun ceers_tweak on an association with catalogs from ceers_catalog; inputs untouched."""
+    from ceers_steps import CatalogStep
+
+    d = small_visit_dir
+    digests = {p: file_digest(p) for p in d["paths"]}
+    CatalogStep.call(str(d["asn"]), output_dir=str(tmp_path / "cats"))
+    asn = tmp_path / "cats" / "asn_cat_asn.json"
+    proc = run_cli(["strun", "ceers_tweak", str(asn), "--abs_refcat", str(d["refcat"]),
+                    "--output_dir", "out", "--minobj", "8", "--abs_minobj", "8"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "CRDS" not in out
+    produced = sorted(p.name for p in (tmp_path / "out").glob("*_tweakreg.fits"))
+    assert produced == sorted(p.name.replace("_cal.fits", "_tweakreg.fits") for p in d["paths"])
+    assert (tmp_path / "out" / "tweakreg_results_all.jw01345001001_f200w.txt").exists()
+    assert len(list((tmp_path / "out" / "tweakreg_wcs").glob("*.asdf"))) == 4
+    assert "Results for jw01345001001_f200w" in out
+    assert {p: file_digest(p) for p in d["paths"]} == digests
+    assert "tweakreg_catalog" not in json.loads(d["asn"].read_text())["products"][0]["members"][0]
+
+
+def test_catfile_and_missing_catalog_in_catfile(small_visit_dir, tmp_path):
+    from ceers_steps import CatalogStep
+
+    d = small_visit_dir
+    CatalogStep.call(str(d["asn"]), output_dir=str(tmp_path))
+    lines = [f"{p.name} {p.name.replace('.fits', '_cat.ecsv')}" for p in d["paths"]]
+    (tmp_path / "catfile.txt").write_text("\n".join(lines) + "\n")
+    step = CeersTweakRegStep(catfile=str(tmp_path / "catfile.txt"), abs_refcat=str(d["refcat"]),
+                             minobj=8, abs_minobj=8, save_fit_results=False)
+    out = models_of(step.run(str(d["asn"])))
+    assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out)
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        CeersTweakRegStep.call(str(d["asn"]), catfile=str(tmp_path / "nope.txt"))
