@@ -72,7 +72,7 @@ def run_ceers(visit, refcat_path, params, mode):
 
 def run_jwst(visit, refcat_path, params):
     """jwst's TweakRegStep with the same SEP catalogs and the CEERS parameters it accepts."""
-    os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "1"
+    os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"  # stpipe accepts only true/yes words
     from jwst.datamodels import ModelLibrary
     from jwst.tweakreg import TweakRegStep
 

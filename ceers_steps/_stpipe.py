@@ -8,10 +8,12 @@ ask. They also register the package's logger with stpipe, which (from stpipe
 """
 
 import logging
+import os
+from pathlib import Path
 
 from jwst.stpipe import Step as JwstStep
 
-__all__ = ["CeersStep", "LOGGER_NAME"]
+__all__ = ["CeersStep", "ImageOutputMixin", "LOGGER_NAME"]
 
 LOGGER_NAME = "ceers_steps"
 
@@ -53,6 +55,43 @@ class CeersStep(JwstStep):
         base = getattr(JwstStep, "get_stpipe_loggers", None)
         names = tuple(base()) if base is not None else ("jwst", "stpipe", "tweakwcs")
         return (*names, LOGGER_NAME)
+
+    def output_dir_path(self):
+        """The step's (or its pipeline's) output directory, else the working directory."""
+        return Path(self.search_attr("output_dir") or os.getcwd())
+
+
+class ImageOutputMixin:
+    """Save images as ``<exposure base>_<suffix>.fits``, completely or not at all."""
+
+    def save_model(self, model, suffix=None, idx=None, output_file=None, force=False, **kwargs):
+        """Save images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``)."""
+        if not (force or self.save_results):
+            return None
+        from jwst.datamodels import ModelLibrary
+
+        from .fileio import atomic_output
+        from .wcs_io import exposure_base
+
+        suffix = suffix or self.suffix or "tweakreg"
+        out_dir = self.output_dir_path()
+        models = []
+        if isinstance(model, ModelLibrary):
+            with model:
+                for i in range(len(model)):
+                    m = model.borrow(i)
+                    models.append(m)
+                    model.shelve(m, i, modify=False)
+        else:
+            models = [model]
+        paths = []
+        for m in models:
+            path = out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits"
+            with atomic_output(path) as tmp:
+                m.save(str(tmp))
+            paths.append(str(path))
+            logging.getLogger(f"{LOGGER_NAME}.output").info("Saved %s", path)
+        return paths
 
 
 def get_logger(name):

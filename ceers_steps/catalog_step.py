@@ -64,10 +64,6 @@ class CatalogStep(CeersStep):
             clean_param=self.clean_param,
         )
 
-    def catalog_dir(self):
-        """Where catalogs go: the step's (or its pipeline's) output directory, else the cwd."""
-        return Path(self.search_attr("output_dir") or os.getcwd())
-
     def save_model(self, model, *args, **kwargs):
         """The step's product is the catalogs; images are saved only with ``save_images``."""
         if not self.save_images:
@@ -77,7 +73,7 @@ class CatalogStep(CeersStep):
     def process(self, input_data):
         params = self.detection_parameters()
         inputs = load_inputs(input_data)
-        out_dir = self.catalog_dir()
+        out_dir = self.output_dir_path()
         models = []
         paths = []
         for image in inputs.images:

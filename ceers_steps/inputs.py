@@ -191,7 +191,7 @@ def trusted_assignment(model):
             model._validate_on_assignment = previous
 
 
-def open_image(image, copy=True):
+def open_image(image, copy=True, require_wcs=True):
     """
     Open an `InputImage` as an `ImageModel`, checking it is a 2-D image with a WCS.
 
@@ -202,6 +202,8 @@ def open_image(image, copy=True):
         For in-memory inputs, work on a copy (metadata and WCS independent,
         pixels shared) so the caller's model is never modified. Pipelines pass
         False, as jwst 3.x steps do inside a pipeline.
+    require_wcs : bool
+        Refuse an image without ``meta.wcs`` (not for steps that provide one).
     """
     from stdatamodels.jwst import datamodels
 
@@ -216,7 +218,7 @@ def open_image(image, copy=True):
         kind = type(model).__name__
         model.close()
         raise TypeError(f"{image.name}: expected a 2-D image (ImageModel), got a {kind}")
-    if getattr(model.meta, "wcs", None) is None:
+    if require_wcs and getattr(model.meta, "wcs", None) is None:
         model.close()
         raise ValueError(f"{image.name}: the image has no WCS (run assign_wcs first)")
     if image.path is not None and not model.meta.filename:

@@ -1,15 +1,13 @@
 """CeersTweakRegStep: the CEERS two-stage alignment on tweakwcs (``strun ceers_tweak``)."""
 
-import os
 from pathlib import Path
 
 from astropy.table import Table
 
-from ._stpipe import CeersStep, get_logger
+from ._stpipe import CeersStep, ImageOutputMixin, get_logger
 from .alignment import AbsoluteParameters, AlignImage, RelativeParameters, align_visit
 from .catalogs import build_catalog, read_catalog, read_refcat
 from .detection import DetectionParameters
-from .fileio import atomic_output
 from .grouping import image_key
 from .inputs import load_inputs, open_image, trusted_assignment
 from .results import format_summary, results_table, write_ceers_results, write_results_table
@@ -42,7 +40,7 @@ def parse_catfile(catfile):
     return catalogs
 
 
-class CeersTweakRegStep(CeersStep):
+class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     """
     Align NIRCam images the CEERS way: relative per detector, then absolute to a catalog.
 
@@ -120,9 +118,6 @@ class CeersTweakRegStep(CeersStep):
             separation=self.abs_separation, tolerance=self.abs_tolerance,
             fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
             group=self.abs_group, significance=self.abs_significance)
-
-    def output_dir_path(self):
-        return Path(self.search_attr("output_dir") or os.getcwd())
 
     def _catalog_for(self, image, model, catfile_map, asn_dir):
         """The image's catalog (x, y) and where it came from."""
@@ -250,29 +245,3 @@ class CeersTweakRegStep(CeersStep):
                     except (ValueError, RuntimeError) as exc:
                         log.warning("%s: SIP approximation not updated: %s", im.name, exc)
             im.model.meta.cal_step.tweakreg = "COMPLETE"
-
-    def save_model(self, model, suffix=None, idx=None, output_file=None, force=False, **kwargs):
-        """Save aligned images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``)."""
-        if not (force or self.save_results):
-            return None
-        from jwst.datamodels import ModelLibrary
-
-        suffix = suffix or self.suffix or "tweakreg"
-        out_dir = self.output_dir_path()
-        models = []
-        if isinstance(model, ModelLibrary):
-            with model:
-                for i in range(len(model)):
-                    m = model.borrow(i)
-                    models.append(m)
-                    model.shelve(m, i, modify=False)
-        else:
-            models = [model]
-        paths = []
-        for m in models:
-            path = out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits"
-            with atomic_output(path) as tmp:
-                m.save(str(tmp))
-            paths.append(str(path))
-            log.info("Saved %s", path)
-        return paths

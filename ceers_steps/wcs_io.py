@@ -11,7 +11,15 @@ from pathlib import Path
 
 from .fileio import atomic_output
 
-__all__ = ["exposure_base", "read_wcs_model", "save_wcs_model", "wcs_model_path"]
+__all__ = [
+    "apply_wcs_model",
+    "detector_from_name",
+    "exposure_base",
+    "load_wcs_for_image",
+    "read_wcs_model",
+    "save_wcs_model",
+    "wcs_model_path",
+]
 
 _BASE_RE = re.compile(r"^(jw\d{11}_\d{5}_\d{5}_[a-z]+\d*(?:long)?)", re.IGNORECASE)
 
@@ -88,13 +96,87 @@ def read_wcs_model(path):
     if not path.exists():
         raise FileNotFoundError(f"WCS model not found: {path}")
     try:
-        with asdf.open(path, lazy_load=False, memmap=False) as af:
-            tree = af.tree
-            wcs = tree.get("wcs")
-            wcsinfo = dict(tree.get("wcsinfo") or {})
-            filename = tree.get("filename")
+        # Schema validation on read costs ~0.2 s a file and is redundant here: the
+        # converters still build (or fail to build) the gwcs, whose type is checked below.
+        with asdf.config_context() as config:
+            config.validate_on_read = False
+            with asdf.open(path, lazy_load=False, memmap=False) as af:
+                tree = af.tree
+                wcs = tree.get("wcs")
+                wcsinfo = dict(tree.get("wcsinfo") or {})
+                filename = tree.get("filename")
     except Exception as exc:
         raise ValueError(f"{path}: cannot be read as an ASDF WCS model: {exc}") from exc
     if not isinstance(wcs, gwcs.WCS):
         raise ValueError(f"{path}: no 'wcs' (gwcs.WCS) in the ASDF tree")
     return filename, wcsinfo, wcs
+
+
+def detector_from_name(filename):
+    """The detector in a JWST file name (``nrca1``, ``nrcblong``...), or None."""
+    match = _BASE_RE.match(Path(filename).name)
+    return match.group(1).rsplit("_", 1)[1].lower() if match else None
+
+
+def load_wcs_for_image(model, wcs_dir, image_name=None):
+    """
+    Find, read and check the saved WCS model of an image.
+
+    Looks for ``<wcs_dir>/<exposure base>_tweakreg.asdf`` and checks that the
+    file has a ``wcs``, that its detector matches the image's, and that its
+    bounding box fits the image.
+
+    Parameters
+    ----------
+    model : ImageModel
+    wcs_dir : str or Path
+    image_name : str, optional
+        Name used for the image in messages (default ``meta.filename``).
+
+    Returns
+    -------
+    path : Path
+    wcsinfo : dict
+    wcs : `gwcs.WCS`
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        With a message naming the image and the model file.
+    """
+    name = image_name or model.meta.filename
+    path = wcs_model_path(wcs_dir, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: no saved WCS model (looked for {path})")
+    try:
+        tree_filename, wcsinfo, wcs = read_wcs_model(path)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    image_det = (getattr(model.meta.instrument, "detector", None) or "").lower()
+    image_det = image_det or detector_from_name(name)
+    # The file's own record of its image (CEERS trees carry 'filename') is the stronger witness.
+    for source in (tree_filename, path.name):
+        file_det = detector_from_name(source) if source else None
+        if image_det and file_det and image_det != file_det:
+            raise ValueError(f"{name}: detector {image_det.upper()} does not match the WCS model "
+                             f"{path} (made for detector {file_det.upper()}: {source})")
+    bbox = wcs.bounding_box
+    if bbox is not None and model.data is not None and model.data.ndim == 2:
+        (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+        ny, nx = model.data.shape
+        if x0 < -0.5 - 1e-6 or y0 < -0.5 - 1e-6 or x1 > nx - 0.5 + 1e-6 or y1 > ny - 0.5 + 1e-6:
+            raise ValueError(f"{name}: the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
+                             f"y {y0:g}..{y1:g}, which does not fit the image ({nx} x {ny})")
+    return path, wcsinfo, wcs
+
+
+def apply_wcs_model(model, wcsinfo, wcs):
+    """Put a saved WCS on a model: ``meta.wcs``, ``meta.wcsinfo``, tweakreg COMPLETE."""
+    from .inputs import trusted_assignment
+
+    with trusted_assignment(model):
+        model.meta.wcs = wcs
+        for key, value in wcsinfo.items():
+            setattr(model.meta.wcsinfo, key, value)
+    model.meta.cal_step.tweakreg = "COMPLETE"
+    return model

@@ -170,7 +170,7 @@ def test_all_30_ceers_parameter_sets_run(ceers_dir, builtin_visit):
             subset = library_of(v["visit"], range(6))  # 2 detectors x 3 dithers
             CeersTweakRegStep(**params)  # spec validation: nothing refused
             out = models_of(CeersTweakRegStep.call(subset, abs_refcat=str(v["refcat"]), **params,
-                                                   **NO_FILES))
+                                                   sip_approx=False, **NO_FILES))
             assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out), (cfg_path, section)
             sections += 1
     assert sections == 30
