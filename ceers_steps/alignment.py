@@ -120,9 +120,9 @@ class AlignImage:
 
     def corrector(self, group_id):
         """A tweakwcs JWST corrector on the current WCS, carrying the in-bounds catalog."""
-        from tweakwcs.correctors import JWSTWCSCorrector
+        from .correctors import StackedJWSTWCSCorrector
 
-        return JWSTWCSCorrector(wcs=self.model.meta.wcs, wcsinfo=self.wcsinfo(),
+        return StackedJWSTWCSCorrector(wcs=self.model.meta.wcs, wcsinfo=self.wcsinfo(),
                                 meta={"catalog": self.inside_catalog(), "name": self.name,
                                       "group_id": group_id})
 
@@ -347,7 +347,7 @@ def _absolute_tweakwcs(images, refcat, params, group):
 
 
 def _absolute_joint(images, refcat, params, visit_name):
-    from tweakwcs.correctors import JWSTWCSCorrector
+    from .correctors import StackedJWSTWCSCorrector
 
     geom = params.fitgeometry
     plane = visit_plane(images)
@@ -378,7 +378,7 @@ def _absolute_joint(images, refcat, params, visit_name):
     limit = 2 * (params.searchrad + params.tolerance)
     new_wcs = []
     for im, shift in zip(images, fit.image_shift, strict=True):
-        corr = JWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
+        corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
         corr.set_correction(matrix=fit.matrix, shift=shift, ref_tpwcs=plane)
         new_wcs.append((corr, _correction_size(corr)))
     size = max(s for _, s in new_wcs)

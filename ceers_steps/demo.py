@@ -42,9 +42,8 @@ def _models(result):
 def _accuracy(models, visit):
     import numpy as np
 
-    from .wcs_utils import sky_difference_mas
-
     from .wcs_io import exposure_base
+    from .wcs_utils import sky_difference_mas
 
     truth = {exposure_base(im.model.meta.filename): im for im in visit.images}
     per, worst = [], 0.0

@@ -66,8 +66,9 @@ class JointParameters:
     significance : float
         A per-detector offset is kept when its chi-square (2 dof) exceeds that of
         a ``significance``-sigma Gaussian event.
-    detector_terms : bool
-        Allow per-detector offsets at all.
+    detector_terms : bool or "all"
+        Allow per-detector offsets where significant (True), never (False), or
+        fit one for every detector ("all").
     max_iter : int
         Maximum match-and-fit iterations.
     """
@@ -349,7 +350,8 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None):
         log.debug("2-D histogram offset %.4f, %.4f arcsec (%d in peak)", *offset, npeak)
         model.shift = offset
     tree = cKDTree(ref_xy)
-    active = np.zeros(n_det, bool)
+    force_all = params.detector_terms == "all" and n_det > 1
+    active = np.full(n_det, force_all)
     tol = params.tolerance
     chi2_limit = -2.0 * np.log(_two_sided_p(params.significance))
     prev = None
@@ -385,7 +387,7 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None):
         # Residual scatter per axis (robust) and per-detector significance.
         resid = r[use]
         s_axis = _robust_sigma(resid)
-        if params.detector_terms and n_det > 1:
+        if params.detector_terms is True and n_det > 1:
             new_active = active.copy()
             for k in range(n_det):
                 m = det[sel][use] == k

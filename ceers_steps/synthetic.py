@@ -220,9 +220,9 @@ def rotation_matrix(angle_deg, scale=1.0):
 
 def apply_correction(wcs, wcsinfo, matrix, shift, plane):
     """Return ``wcs`` with a linear correction defined in the tangent plane ``plane``."""
-    from tweakwcs.correctors import JWSTWCSCorrector
+    from .correctors import StackedJWSTWCSCorrector
 
-    corr = JWSTWCSCorrector(wcs, wcsinfo)
+    corr = StackedJWSTWCSCorrector(wcs, wcsinfo)
     corr.set_correction(matrix=matrix, shift=shift, ref_tpwcs=plane)
     return corr.wcs
 
