@@ -5,7 +5,13 @@ from pathlib import Path
 from astropy.table import Table
 
 from ._stpipe import CeersStep, ImageOutputMixin, get_logger
-from .alignment import AbsoluteParameters, AlignImage, RelativeParameters, align_visit
+from .alignment import (
+    AbsoluteParameters,
+    AlignImage,
+    RelativeParameters,
+    align_visit,
+    result_row,
+)
 from .catalogs import build_catalog, read_catalog, read_refcat
 from .detection import DetectionParameters
 from .grouping import image_key
@@ -145,8 +151,6 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         catfile_map = parse_catfile(self.catfile) if self.catfile and self.catfile.strip() else None
 
         images, unusable_rows = [], []
-        from .alignment import result_row
-
         for image in inputs.images:
             model = open_image(image, copy=self.parent is None)
             key = image_key(model, image.name)
