@@ -165,9 +165,19 @@ def _correction_size(corrector):
     return float(np.max(angular_separation_mas(ra0, dec0, ra1, dec1))) / 1e3
 
 
-def relative_align(images, params, group):
+def relative_align(images, params, group, group_ids=None):
     """
-    Align the images of one group to each other with tweakwcs (the first is the reference).
+    Align the images of one run to each other with tweakwcs (the first group is the reference).
+
+    Parameters
+    ----------
+    images : list of AlignImage
+    params : RelativeParameters
+    group : str
+        Name of the run (for rows and messages).
+    group_ids : list of str, optional
+        tweakwcs group of each image: images sharing one are fitted as one rigid
+        body. Default: every image on its own.
 
     On success each aligned image's ``model.meta.wcs`` is replaced; on failure
     nothing changes. Returns one result row per image.
@@ -182,7 +192,11 @@ def relative_align(images, params, group):
     if params.separation <= _SQRT2 * params.tolerance:
         log.warning("%s: separation %.3g <= sqrt(2) x tolerance %.3g: matches may be confused",
                     group, params.separation, params.tolerance)
-    correctors = [im.corrector(group_id=im.name) for im in images]
+    group_ids = group_ids or [im.name for im in images]
+    correctors = [im.corrector(group_id=gid) for im, gid in zip(images, group_ids, strict=True)]
+    if len(set(group_ids)) < 2:
+        return [result_row("relative", group, im.name, "SKIPPED: single group in run", geom)
+                for im in images]
     empty = [c.meta["name"] for c in correctors if len(c.meta["catalog"]) == 0]
     if empty:
         log.warning("%s: empty catalog(s): %s", group, ", ".join(empty))
@@ -273,7 +287,8 @@ def absolute_align(images, refcat, params, group_names, visit_name):
     params : AbsoluteParameters
         ``params.group`` chooses ``joint`` (default), ``detector`` (CEERS) or ``visit``.
     group_names : dict
-        Relative group name -> list of indices into ``images``.
+        Per-detector group name -> list of indices into ``images`` (the groups of
+        ``abs_group="detector"``).
     visit_name : str
         ``<visit>_<filter>``, names the visit-wide fit.
 
@@ -430,17 +445,20 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector"):
     """
     rel = rel or RelativeParameters()
     abs_ = abs_ or AbsoluteParameters()
-    groups = group_images([im.key for im in images], group_by)
+    keys = [im.key for im in images]
+    runs, group_ids = group_images(keys, group_by)
     visit_name = images[0].key.visit_filter
     rows = []
     joint = refcat is not None and abs_.group == "joint"
     if not joint:
-        for name, idx in groups.items():
-            group_rows = relative_align([images[i] for i in idx], rel, name)
-            for i, row in zip(idx, group_rows, strict=True):
+        for name, idx in runs.items():
+            run_rows = relative_align([images[i] for i in idx], rel, name,
+                                      [group_ids[i] for i in idx])
+            for i, row in zip(idx, run_rows, strict=True):
                 failed = row["status"].startswith("FAILED")
                 images[i].status["relative_failed"] = failed
-            rows += group_rows
+            rows += run_rows
     if refcat is not None:
-        rows += absolute_align(images, refcat, abs_, groups, visit_name)
+        detector_groups, _ = group_images(keys, "detector")
+        rows += absolute_align(images, refcat, abs_, detector_groups, visit_name)
     return rows

@@ -64,32 +64,31 @@ def image_key(model, name=None):
 
 def group_images(keys, group_by="detector"):
     """
-    Relative-alignment groups.
+    Relative-alignment runs, and the tweakwcs group of each image within its run.
 
     Parameters
     ----------
     keys : list of ImageKey
     group_by : {"detector", "exposure", "all"}
-        ``detector``: all dithers of one detector in one filter and visit (CEERS);
-        ``exposure``: all detectors of one exposure (jwst's grouping);
-        ``all``: one group per filter and visit.
+        ``detector``: one run per detector of a filter and visit, all its dithers aligned
+        to the first (CEERS); ``exposure``: one run per filter and visit in which the
+        detectors of one exposure move together as one rigid group (jwst's behaviour);
+        ``all``: one run per filter and visit, every image on its own (detectors that do
+        not overlap the first image need ``expand_refcat``).
 
     Returns
     -------
-    groups : dict
-        Group name -> list of indices into ``keys``, in input order. Names are
-        ``<visit>_<filter>_<detector>``, ``<visit>_<filter>_<exposure>`` or
-        ``<visit>_<filter>``.
+    runs : dict
+        Run name (``<visit>_<filter>_<detector>`` or ``<visit>_<filter>``) -> list of
+        indices into ``keys``, in input order.
+    group_ids : list of str
+        For each image, the tweakwcs ``group_id`` (images sharing one are fitted as one).
     """
     if group_by not in GROUP_BY:
         raise ValueError(f"group_by must be one of {GROUP_BY}, not {group_by!r}")
-    groups = {}
+    runs, group_ids = {}, []
     for i, key in enumerate(keys):
-        if group_by == "detector":
-            name = f"{key.visit_filter}_{key.detector}"
-        elif group_by == "exposure":
-            name = f"{key.visit_filter}_{key.exposure.split('_', 1)[-1]}"
-        else:
-            name = key.visit_filter
-        groups.setdefault(name, []).append(i)
-    return groups
+        name = f"{key.visit_filter}_{key.detector}" if group_by == "detector" else key.visit_filter
+        runs.setdefault(name, []).append(i)
+        group_ids.append(key.exposure if group_by == "exposure" else f"{key.exposure}_{key.detector}")
+    return runs, group_ids

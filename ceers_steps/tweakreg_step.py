@@ -71,7 +71,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
     spec = """
         catfile = string(default='')  # File listing '<image> <catalog>' per line (jwst format); overrides association and meta catalogs
-        group_by = option('detector', 'exposure', 'all', default='detector')  # Relative groups: all dithers of one detector (CEERS), one exposure (jwst), or everything
+        group_by = option('detector', 'exposure', 'all', default='detector')  # Relative runs: per detector, all its dithers (CEERS); per visit with each exposure rigid (jwst); per visit, every image alone (needs expand_refcat)
         fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='shift')  # Relative fit geometry (CEERS: shift)
         use2dhist = boolean(default=False)  # Relative matching: use a 2-D histogram to find the initial offset (CEERS: off)
         enforce_user_order = boolean(default=True)  # Relative: align in input order, first image is the reference

@@ -355,3 +355,32 @@ def test_catfile_and_missing_catalog_in_catfile(small_visit_dir, tmp_path):
     assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out)
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         CeersTweakRegStep.call(str(d["asn"]), catfile=str(tmp_path / "nope.txt"))
+
+
+def _center_offsets(models, visit):
+    """Aligned-minus-true sky offset at each image centre, mas (east, north)."""
+    out = []
+    for m, im in zip(models, visit.images, strict=True):
+        ra0, dec0 = im.true_wcs(511.5, 511.5)
+        ra1, dec1 = m.meta.wcs(511.5, 511.5)
+        out.append([(ra1 - ra0) * np.cos(np.deg2rad(dec0)) * 3.6e6, (dec1 - dec0) * 3.6e6])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("group_by", ["detector", "exposure"])
+def test_relative_only_brings_dithers_together(builtin_visit, group_by):
+    """Without abs_refcat: the dithers of each detector end up registered to each other."""
+    v = builtin_visit
+    before = _center_offsets([im.model for im in v["visit"].images], v["visit"])
+    step = CeersTweakRegStep(group_by=group_by, minobj=8, tolerance=0.1, separation=0.2,
+                             use2dhist=True, save_fit_results=False)
+    out = models_of(step.run(library_of(v["visit"])))
+    assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out)
+    assert all(m.meta.wcs.name == "FIT-REL" for m in out)
+    after = _center_offsets(out, v["visit"])
+    for det in ("nrca1", "nrca3", "nrcb2", "nrcb4"):
+        idx = [i for i, im in enumerate(v["visit"].images) if im.detector == det]
+        spread_before = np.ptp(before[idx], axis=0).max()
+        spread_after = np.ptp(after[idx], axis=0).max()
+        # ~20-30 sources per 1024x1024 image: ~1-2 mas per relative fit; a failed fit leaves 20-40.
+        assert spread_before > 15 and spread_after < 5, (det, spread_before, spread_after)
