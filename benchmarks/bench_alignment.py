@@ -20,7 +20,6 @@ second, identical call (excluding the input models, made before it).
 import argparse
 import logging
 import os
-import statistics
 import tempfile
 import time
 import tracemalloc
@@ -30,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ceers_steps.catalogs import build_catalog, write_catalog
+from ceers_steps.inputs import library_models
 from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
-from ceers_steps.wcs_utils import sky_difference_mas
+from ceers_steps.wcs_utils import alignment_accuracy
 
 # CEERS nircam1 f200w / f444w, section [jw01345001001] (tweakreg_cfgs), unchanged.
 CEERS_SW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.05, nclip=1, sigma=0.7,
@@ -43,12 +43,7 @@ CEERS_LW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.02, nclip=
 
 
 def score(models, visit):
-    per, worst = [], 0.0
-    for model, image in zip(models, visit.images, strict=True):
-        d = sky_difference_mas(model.meta.wcs, image.true_wcs, model.data.shape)
-        per.append(float(np.sqrt(np.mean(d**2))))
-        worst = max(worst, float(d.max()))
-    return statistics.median(per), worst
+    return alignment_accuracy(models, [image.true_wcs for image in visit.images])
 
 
 def run_ceers(visit, refcat_path, params, mode):
@@ -70,10 +65,7 @@ def run_ceers(visit, refcat_path, params, mode):
     t0 = time.perf_counter()
     result = call(library)
     dt = time.perf_counter() - t0
-    with result:
-        out = [result.borrow(i) for i in range(len(result))]
-        for i, m in enumerate(out):
-            result.shelve(m, i, modify=False)
+    out = library_models(result)
     return out, dt, peak
 
 
@@ -99,10 +91,7 @@ def run_jwst(visit, refcat_path, params):
         abs_separation=p["abs_separation"], abs_tolerance=p["abs_tolerance"],
         abs_fitgeometry=p["abs_fitgeometry"], abs_nclip=p["abs_nclip"], abs_sigma=p["abs_sigma"])
     dt = time.perf_counter() - t0
-    with result:
-        out = [result.borrow(i) for i in range(len(result))]
-        for i, m in enumerate(out):
-            result.shelve(m, i, modify=False)
+    out = library_models(result)
     return out, dt
 
 

@@ -68,24 +68,14 @@ class ImageOutputMixin:
         """Save images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``)."""
         if not (force or self.save_results):
             return None
-        from jwst.datamodels import ModelLibrary
-
         from .fileio import atomic_output
+        from .inputs import library_models
         from .wcs_io import exposure_base
 
         suffix = suffix or self.suffix or "tweakreg"
         out_dir = self.output_dir_path()
-        models = []
-        if isinstance(model, ModelLibrary):
-            with model:
-                for i in range(len(model)):
-                    m = model.borrow(i)
-                    models.append(m)
-                    model.shelve(m, i, modify=False)
-        else:
-            models = [model]
         paths = []
-        for m in models:
+        for m in library_models(model):
             path = out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits"
             with atomic_output(path) as tmp:
                 m.save(str(tmp))

@@ -152,7 +152,7 @@ def result_row(stage, group, image, status, fitgeometry, fit_info=None, **values
 
 
 def _footprint(wcs):
-    ra, dec = wcs.footprint(axis_type="spatial").T if hasattr(wcs, "footprint") else (None, None)
+    ra, dec = wcs.footprint(axis_type="spatial").T
     return np.asarray(ra), np.asarray(dec)
 
 
@@ -243,7 +243,7 @@ def _explain(exc):
 
 def visit_plane(images):
     """The tangent plane (tweakwcs corrector, arcsec) at the centre of the images' footprints."""
-    from .synthetic import tangent_plane
+    from .wcs_utils import tangent_plane
 
     ras, decs = [], []
     for im in images:
@@ -366,7 +366,7 @@ def _absolute_joint(images, refcat, params, visit_name):
 
     geom = params.fitgeometry
     plane = visit_plane(images)
-    keep, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
+    _, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
     positions = []
     for im in images:
         cat = im.inside_catalog()

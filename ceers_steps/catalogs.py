@@ -14,7 +14,7 @@ from astropy.table import Table
 
 from . import __version__
 from .detection import DetectionParameters, detect_sources
-from .fileio import atomic_output
+from .fileio import write_ecsv
 
 __all__ = [
     "build_catalog",
@@ -80,9 +80,7 @@ def build_catalog(model, params=None):
 
 def write_catalog(catalog, path):
     """Write a catalog as ECSV, completely or not at all."""
-    with atomic_output(path) as tmp:
-        catalog.write(tmp, format="ascii.ecsv", overwrite=True)
-    return Path(path)
+    return write_ecsv(catalog, path)
 
 
 def read_catalog(path):

@@ -27,32 +27,15 @@ def _parser():
     return p
 
 
-def _models(result):
-    from jwst.datamodels import ModelLibrary
-
-    if not isinstance(result, ModelLibrary):
-        return [result]
-    with result:
-        models = [result.borrow(i) for i in range(len(result))]
-        for i, m in enumerate(models):
-            result.shelve(m, i, modify=False)
-    return models
-
-
 def _accuracy(models, visit):
-    import numpy as np
-
+    """Median per-image RMS and worst point (mas) against the injected truth."""
+    from .inputs import library_models
     from .wcs_io import exposure_base
-    from .wcs_utils import sky_difference_mas
+    from .wcs_utils import alignment_accuracy
 
-    truth = {exposure_base(im.model.meta.filename): im for im in visit.images}
-    per, worst = [], 0.0
-    for model in models:
-        image = truth[exposure_base(model.meta.filename)]
-        d = sky_difference_mas(model.meta.wcs, image.true_wcs, model.data.shape)
-        per.append(float(np.sqrt(np.mean(d**2))))
-        worst = max(worst, float(d.max()))
-    return float(np.median(per)), worst
+    truth = {exposure_base(im.model.meta.filename): im.true_wcs for im in visit.images}
+    models = library_models(models)
+    return alignment_accuracy(models, [truth[exposure_base(m.meta.filename)] for m in models])
 
 
 def main(argv=None):
@@ -81,13 +64,13 @@ def main(argv=None):
     aligned = CeersTweakRegStep.call(str(cat_asn), abs_refcat=str(refcat), save_results=True,
                                      output_dir=str(out / "aligned"))
     before = _accuracy([im.model for im in visit.images], visit)
-    after = _accuracy(_models(aligned), visit)
+    after = _accuracy(aligned, visit)
     print(f"  aligned images, results tables and WCS models in {out / 'aligned'}")
 
     print("Running ApplyWcsStep (saved WCS models back onto the untouched cal files) ...")
     reapplied = ApplyWcsStep.call([str(p) for p in paths],
                                   wcs_dir=str(out / "aligned" / "tweakreg_wcs"))
-    again = _accuracy(_models(reapplied), visit)
+    again = _accuracy(reapplied, visit)
 
     print()
     print("WCS error against the injected truth (16x16 grid per image, mas):")

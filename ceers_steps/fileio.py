@@ -6,7 +6,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "write_ecsv"]
 
 
 @contextmanager
@@ -29,3 +29,10 @@ def atomic_output(path):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_ecsv(table, path):
+    """Write an astropy table as ECSV, completely or not at all; return the path."""
+    with atomic_output(path) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    return Path(path)

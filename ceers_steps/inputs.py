@@ -19,6 +19,7 @@ __all__ = [
     "InputImage",
     "InputSet",
     "copy_sharing_pixels",
+    "library_models",
     "load_inputs",
     "open_image",
     "trusted_assignment",
@@ -144,6 +145,21 @@ def load_inputs(obj):
             raise ValueError("empty input list")
         return InputSet(images=images)
     raise TypeError(f"unsupported input of type {type(obj).__name__}: {obj!r}")
+
+
+def library_models(library):
+    """The models of a `ModelLibrary` (left shelved), of a list, or a single model as a list."""
+    from jwst.datamodels import ModelLibrary
+
+    if isinstance(library, (list, tuple)):
+        return list(library)
+    if not isinstance(library, ModelLibrary):
+        return [library]
+    with library:
+        models = [library.borrow(i) for i in range(len(library))]
+        for i, model in enumerate(models):
+            library.shelve(model, i, modify=False)
+    return models
 
 
 def _pixel_arrays(node, found):

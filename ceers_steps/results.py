@@ -4,7 +4,7 @@ from pathlib import Path
 
 from astropy.table import Table
 
-from .fileio import atomic_output
+from .fileio import atomic_output, write_ecsv
 
 __all__ = [
     "CEERS_HEADER",
@@ -47,9 +47,7 @@ def results_table(rows, meta=None):
 
 def write_results_table(table, path):
     """Write the results table as ECSV (completely or not at all)."""
-    with atomic_output(path) as tmp:
-        table.write(tmp, format="ascii.ecsv", overwrite=True)
-    return Path(path)
+    return write_ecsv(table, path)
 
 
 def ceers_results_lines(table):

@@ -31,7 +31,7 @@ from astropy.table import Table
 from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 from scipy.special import erf
 
-from .wcs_utils import world_to_pixel_exact
+from .wcs_utils import tangent_plane, world_to_pixel_exact
 
 __all__ = [
     "DETECTOR_GEOMETRY",
@@ -188,28 +188,6 @@ def _fit_inverse(distortion, shape, degree=4):
     inv_x = fitter(models.Polynomial2D(degree), xi, eta, gx)
     inv_y = fitter(models.Polynomial2D(degree), xi, eta, gy)
     return models.Mapping((0, 1, 0, 1)) | (inv_x & inv_y)
-
-
-def tangent_plane(ra, dec):
-    """
-    A tweakwcs corrector for the tangent plane at (ra, dec), in arcsec.
-
-    Axes as on a north-up, east-left image: x grows to the west, y to the
-    north. Corrections defined in this plane can be applied to every image of a
-    visit with ``corrector.set_correction(matrix, shift, ref_tpwcs=plane)``.
-    """
-    from astropy.wcs import WCS
-    from tweakwcs.correctors import FITSWCSCorrector
-
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [ra, dec]
-    w.wcs.crpix = [0.0, 0.0]
-    w.wcs.cdelt = [-1.0 / 3600.0, 1.0 / 3600.0]
-    w.wcs.set()
-    w.pixel_shape = (2, 2)
-    w.pixel_bounds = [(-1.0, 1.0), (-1.0, 1.0)]
-    return FITSWCSCorrector(w)
 
 
 def rotation_matrix(angle_deg, scale=1.0):

@@ -8,9 +8,11 @@ forward transform, which make ``world_to_pixel`` exact to ~1e-8 pixel.
 import numpy as np
 
 __all__ = [
+    "alignment_accuracy",
     "angular_separation_mas",
     "pixel_grid",
     "sky_difference_mas",
+    "tangent_plane",
     "world_to_pixel_exact",
 ]
 
@@ -128,3 +130,52 @@ def sky_difference_mas(wcs_a, wcs_b, shape, n=16):
     ra_a, dec_a = wcs_a(x, y, with_bounding_box=False)
     ra_b, dec_b = wcs_b(x, y, with_bounding_box=False)
     return angular_separation_mas(ra_a, dec_a, ra_b, dec_b)
+
+
+def tangent_plane(ra, dec):
+    """
+    A tweakwcs corrector for the tangent plane at (ra, dec), in arcsec.
+
+    Axes as on a north-up, east-left image: x grows to the west, y to the
+    north. Corrections defined in this plane can be applied to every image of a
+    visit with ``corrector.set_correction(matrix, shift, ref_tpwcs=plane)``.
+    """
+    from astropy.wcs import WCS
+    from tweakwcs.correctors import FITSWCSCorrector
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [0.0, 0.0]
+    w.wcs.cdelt = [-1.0 / 3600.0, 1.0 / 3600.0]
+    w.wcs.set()
+    w.pixel_shape = (2, 2)
+    w.pixel_bounds = [(-1.0, 1.0), (-1.0, 1.0)]
+    return FITSWCSCorrector(w)
+
+
+def alignment_accuracy(models, true_wcss, n=16):
+    """
+    Score aligned images against their true WCS.
+
+    Parameters
+    ----------
+    models : sequence of ImageModel
+        Aligned images (``meta.wcs``, ``data.shape``).
+    true_wcss : sequence of `gwcs.WCS`
+        The true WCS of each image, in the same order.
+    n : int
+        Grid points per axis.
+
+    Returns
+    -------
+    median_rms, worst : float
+        Median over images of the per-image RMS sky difference, and the largest
+        difference at any grid point, both in mas.
+    """
+    per, worst = [], 0.0
+    for model, true_wcs in zip(models, true_wcss, strict=True):
+        d = sky_difference_mas(model.meta.wcs, true_wcs, model.data.shape, n)
+        per.append(float(np.sqrt(np.mean(d**2))))
+        worst = max(worst, float(d.max()))
+    return float(np.median(per)), worst

@@ -110,26 +110,17 @@ def library_of(visit, subset=None):
 
 
 def models_of(library):
-    with library:
-        models = [library.borrow(i) for i in range(len(library))]
-        for i, m in enumerate(models):
-            library.shelve(m, i, modify=False)
-    return models
+    from ceers_steps.inputs import library_models
+
+    return library_models(library)
 
 
 def accuracy(models, visit, subset=None):
     """Median per-image RMS and worst grid point (mas) of aligned vs true WCS."""
-    import numpy as np
-
-    from ceers_steps.wcs_utils import sky_difference_mas
+    from ceers_steps.wcs_utils import alignment_accuracy
 
     idx = range(len(visit.images)) if subset is None else subset
-    per, worst = [], 0.0
-    for model, image in zip(models, [visit.images[i] for i in idx], strict=True):
-        d = sky_difference_mas(model.meta.wcs, image.true_wcs, model.data.shape)
-        per.append(float(np.sqrt(np.mean(d**2))))
-        worst = max(worst, float(d.max()))
-    return float(np.median(per)), worst
+    return alignment_accuracy(models, [visit.images[i].true_wcs for i in idx])
 
 
 # The real CEERS parameters of jw01345001001 (nircam1 f200w / f444w), unchanged.

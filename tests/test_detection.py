@@ -117,7 +117,7 @@ def test_rms_map_mode():
         DetectionParameters(rms="local")
 
 
-def test_dropped_sources_are_logged(caplog):
+def test_edge_source_does_not_crash_and_centroids_stay_on_image(caplog):
     image, err, x, y = _point_sources(n=4)
     # A source half off the edge may fail its windowed centroid; nothing must crash.
     image += render_sources(image.shape, np.array([0.2]), np.array([300.0]), np.array([30.0]),
