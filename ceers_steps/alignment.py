@@ -274,7 +274,7 @@ def _refcat_near(refcat, images, plane, margin):
     return keep, np.column_stack([rx[keep], ry[keep]])
 
 
-def absolute_align(images, refcat, params, group_names, visit_name):
+def absolute_align(images, refcat, params, group_names, visit_name, runner=None):
     """
     Align images to an absolute reference catalog.
 
@@ -291,6 +291,9 @@ def absolute_align(images, refcat, params, group_names, visit_name):
         ``abs_group="detector"``).
     visit_name : str
         ``<visit>_<filter>``, names the visit-wide fit.
+    runner : callable, optional
+        ``runner(func, tasks, label=..., names=...)`` running independent group
+        fits (`ceers_steps.engine.run_tasks` with the step's ``n_jobs``); serial if None.
 
     Returns
     -------
@@ -307,15 +310,66 @@ def absolute_align(images, refcat, params, group_names, visit_name):
         groups = {visit_name: list(range(len(images)))}
     else:
         groups = group_names
-    rows = []
+    fits = []
     for name, idx in groups.items():
         # An image whose relative fit failed is not tied to its group: fit it on its own.
         tied = [i for i in idx if not images[i].status.get("relative_failed")]
         loose = [i for i in idx if images[i].status.get("relative_failed")]
-        subgroups = ([(name, tied)] if tied else []) + [(f"{name}:{images[i].name}", [i])
-                                                          for i in loose]
-        for sub_name, sub_idx in subgroups:
-            rows += _absolute_tweakwcs([images[i] for i in sub_idx], refcat, params, sub_name)
+        fits += ([(name, tied)] if tied else []) + [(f"{name}:{images[i].name}", [i])
+                                                    for i in loose]
+    return _run_groups(_absolute_group_task, images, fits, (refcat, params), runner,
+                       "Absolute fits")
+
+
+def _portable(images):
+    """What a group fit needs of its images, picklable for worker processes."""
+    from .tasks import ImageHeader
+
+    return [(im.name, ImageHeader.from_model(im.model), im.catalog, im.key, dict(im.status))
+            for im in images]
+
+
+def _unpack(portable):
+    return [AlignImage(name=name, model=header, catalog=catalog, key=key, status=status)
+            for name, header, catalog, key, status in portable]
+
+
+def _relative_group_task(portable, params, name, group_ids):
+    images = _unpack(portable)
+    rows = relative_align(images, params, name, group_ids)
+    return rows, [(im.model.meta.wcs, im.status, im.fit_info) for im in images]
+
+
+def _absolute_group_task(portable, refcat, params, name):
+    images = _unpack(portable)
+    rows = _absolute_tweakwcs(images, refcat, params, name)
+    return rows, [(im.model.meta.wcs, im.status, im.fit_info) for im in images]
+
+
+def _run_groups(task, images, groups, extra, runner, label, group_ids=None):
+    """
+    Run one independent group fit per ``(name, indices)`` through ``runner``
+    (serially when None) and copy the fitted WCSs back onto ``images``.
+    """
+    from .engine import run_tasks
+
+    runner = runner or (lambda *a, **k: run_tasks(*a, n_jobs=1, **k))
+    args = []
+    for name, idx in groups:
+        portable = _portable([images[i] for i in idx])
+        if task is _relative_group_task:
+            args.append((portable, extra[0], name, [group_ids[i] for i in idx]))
+        else:
+            args.append((portable, *extra, name))
+    results = runner(task, args, label=label, names=[name for name, _ in groups])
+    rows = []
+    for (_, idx), (group_rows, states) in zip(groups, results, strict=True):
+        for i, (wcs, status, fit_info) in zip(idx, states, strict=True):
+            if wcs is not images[i].model.meta.wcs:
+                images[i].set_wcs(wcs)
+            images[i].status.update(status)
+            images[i].fit_info.update(fit_info)
+        rows += group_rows
     return rows
 
 
@@ -424,7 +478,7 @@ def _absolute_joint(images, refcat, params, visit_name):
     return rows
 
 
-def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector"):
+def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", runner=None):
     """
     Align all images of one visit and filter: relative per group, then absolute.
 
@@ -437,6 +491,9 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector"):
     abs_ : AbsoluteParameters
     group_by : {"detector", "exposure", "all"}
         Relative alignment groups.
+    runner : callable, optional
+        Runs the independent group fits (relative runs, absolute per-detector fits)
+        in parallel; see `absolute_align`. Results do not depend on it.
 
     Returns
     -------
@@ -451,14 +508,13 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector"):
     rows = []
     joint = refcat is not None and abs_.group == "joint"
     if not joint:
-        for name, idx in runs.items():
-            run_rows = relative_align([images[i] for i in idx], rel, name,
-                                      [group_ids[i] for i in idx])
-            for i, row in zip(idx, run_rows, strict=True):
-                failed = row["status"].startswith("FAILED")
-                images[i].status["relative_failed"] = failed
-            rows += run_rows
+        run_rows = _run_groups(_relative_group_task, images, list(runs.items()), (rel,), runner,
+                               "Relative fits", group_ids=group_ids)
+        index = {im.name: i for i, im in enumerate(images)}
+        for row in run_rows:
+            images[index[row["image"]]].status["relative_failed"] = row["status"].startswith("FAILED")
+        rows += run_rows
     if refcat is not None:
         detector_groups, _ = group_images(keys, "detector")
-        rows += absolute_align(images, refcat, abs_, detector_groups, visit_name)
+        rows += absolute_align(images, refcat, abs_, detector_groups, visit_name, runner=runner)
     return rows

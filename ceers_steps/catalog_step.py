@@ -5,10 +5,12 @@ import os
 from pathlib import Path
 
 from ._stpipe import CeersStep, get_logger
-from .catalogs import build_catalog, catalog_path_for, write_catalog
+from .catalogs import catalog_path_for
 from .detection import DetectionParameters
+from .engine import run_tasks
 from .fileio import atomic_output
-from .inputs import load_inputs, open_image
+from .inputs import load_inputs, open_image, written_library
+from .tasks import detect_task, image_arrays
 
 __all__ = ["CatalogStep"]
 
@@ -46,6 +48,8 @@ class CatalogStep(CeersStep):
         clean_param = float(default=1.0)  # Cleaning efficiency (CLEAN_PARAM)
         catalog_suffix = string(default='cat')  # Catalogs are named <input stem>_<catalog_suffix>.ecsv
         save_images = boolean(default=False)  # Also save the images (with meta.tweakreg_catalog set) when saving results
+        n_jobs = integer(default=None)  # Worker processes for detection: None or 0 = all cores, 1 = serial, -N = all but N-1
+        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) to run detection on; empty = local
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
     """  # noqa: E501
 
@@ -70,34 +74,58 @@ class CatalogStep(CeersStep):
             return None
         return super().save_model(model, *args, **kwargs)
 
-    def process(self, input_data):
+    def make_catalogs(self, inputs):
+        """
+        Detect sources on every image of an `InputSet` and write their catalogs.
+
+        Images on disk are opened by the workers one at a time; in-memory models
+        are sent as arrays. Returns one `ceers_steps.tasks.CatalogResult` per image,
+        in input order.
+        """
         params = self.detection_parameters()
-        inputs = load_inputs(input_data)
         out_dir = self.output_dir_path()
-        models = []
-        paths = []
+        tasks, names = [], []
         for image in inputs.images:
-            model = open_image(image)
-            catalog = build_catalog(model, params)
-            path = catalog_path_for(model.meta.filename or image.name, out_dir,
-                                    self.catalog_suffix)
+            if image.path is None:
+                model = open_image(image, copy=False)
+                name = model.meta.filename or image.name
+                source = image_arrays(model)
+            else:
+                name, source = image.name, image.path
+            path = catalog_path_for(name, out_dir, self.catalog_suffix)
             if image.path is not None and path.resolve() == image.path.resolve():
                 raise ValueError(f"{image.name}: catalog would overwrite the input file")
-            write_catalog(catalog, path)
-            if "warning" in catalog.meta:
-                log.warning("%s: %s: empty catalog written to %s", image.name,
-                            catalog.meta["warning"], path)
+            tasks.append((source, params, path, name))
+            names.append(name)
+        results = run_tasks(detect_task, tasks, n_jobs=self.n_jobs,
+                            scheduler=self.scheduler or None, label="Detection", names=names)
+        for res in results:
+            if res.warning:
+                log.warning("%s: %s: empty catalog written to %s", res.name, res.warning,
+                            res.catalog_path)
             else:
-                log.info("%s: %d sources (rms %.4g, %d dropped) -> %s", image.name,
-                         len(catalog), catalog.meta["rms"], catalog.meta["n_rejected"], path)
-            model.meta.tweakreg_catalog = str(path.resolve())
-            models.append(model)
-            paths.append(path.resolve())
+                log.info("%s: %d sources (rms %.4g, %d dropped) -> %s", res.name, res.n_sources,
+                         res.rms, res.n_rejected, res.catalog_path)
+        return results
+
+    def process(self, input_data):
+        inputs = load_inputs(input_data)
+        results = self.make_catalogs(inputs)
+        paths = [res.catalog_path for res in results]
+        out_dir = self.output_dir_path()
 
         if inputs.asn_path is not None:
             asn_out = write_catalog_association(inputs, paths, out_dir)
             log.info("Association with tweakreg_catalog members: %s", asn_out)
+            if all(image.path is not None for image in inputs.images):
+                # Models are opened only when borrowed: nothing of the visit is held here.
+                return written_library(asn_out)
 
+        models = []
+        for image, path in zip(inputs.images, paths, strict=True):
+            model = open_image(image)
+            model.meta.tweakreg_catalog = str(path)
+            models.append(model)
         if len(models) == 1 and inputs.asn is None:
             return models[0]
         from jwst.datamodels import ModelLibrary

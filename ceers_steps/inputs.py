@@ -23,6 +23,7 @@ __all__ = [
     "load_inputs",
     "open_image",
     "trusted_assignment",
+    "written_library",
 ]
 
 log = get_logger(__name__)
@@ -145,6 +146,48 @@ def load_inputs(obj):
             raise ValueError("empty input list")
         return InputSet(images=images)
     raise TypeError(f"unsupported input of type {type(obj).__name__}: {obj!r}")
+
+
+_WRITTEN_LIBRARY = None
+
+
+def written_library(asn):
+    """
+    A `ModelLibrary` over files on disk whose models are opened only when borrowed.
+
+    stpipe finalizes a step's returned library by borrowing every model, which
+    would load a whole visit into memory; the files here are complete already
+    (inputs with catalogs, or aligned outputs), so that is skipped.
+
+    Parameters
+    ----------
+    asn : str, Path or dict
+        An association file or dictionary; member ``expname`` and
+        ``tweakreg_catalog`` paths are made absolute (relative to the file).
+    """
+    global _WRITTEN_LIBRARY
+    from jwst.datamodels import ModelLibrary
+
+    if _WRITTEN_LIBRARY is None:
+        class WrittenLibrary(ModelLibrary):
+            """A library of complete files: models load on borrow, stpipe does not finalize them."""
+
+            def finalize_result(self, step, reference_files_used):
+                pass
+
+        _WRITTEN_LIBRARY = WrittenLibrary
+    if isinstance(asn, (str, Path)):
+        base = Path(asn).resolve().parent
+        asn = json.loads(Path(asn).read_text())
+    else:
+        base = Path.cwd()
+    asn = json.loads(json.dumps(asn))
+    for product in asn["products"]:
+        for member in product["members"]:
+            for key in ("expname", "tweakreg_catalog"):
+                if member.get(key):
+                    member[key] = str((base / member[key]).resolve())
+    return _WRITTEN_LIBRARY(asn)
 
 
 def library_models(library):

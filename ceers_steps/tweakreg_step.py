@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-from astropy.table import Table
-
 from ._stpipe import CeersStep, ImageOutputMixin, get_logger
 from .alignment import (
     AbsoluteParameters,
@@ -12,11 +10,12 @@ from .alignment import (
     align_visit,
     result_row,
 )
-from .catalogs import build_catalog, read_catalog, read_refcat
+from .catalogs import catalog_path_for, read_catalog, read_refcat
 from .detection import DetectionParameters
 from .grouping import image_key
-from .inputs import load_inputs, open_image, trusted_assignment
+from .inputs import load_inputs, open_image, written_library
 from .results import format_summary, results_table, write_ceers_results, write_results_table
+from .tasks import detect_task, finish_aligned_model, header_task, image_arrays, write_aligned_task
 from .wcs_io import exposure_base, save_wcs_model
 
 __all__ = ["CeersTweakRegStep", "parse_catfile"]
@@ -106,6 +105,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         sip_max_inv_pix_error = float(default=0.01)  # SIP fit: max inverse error, pixels
         sip_inv_degree = integer(max=6, default=None)  # SIP fit: inverse degree, None = best
         sip_npoints = integer(default=12)  # SIP fit: grid points per axis
+        n_jobs = integer(default=None)  # Worker processes for per-image and per-group work: None or 0 = all cores, 1 = serial, -N = all but N-1
+        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) to run that work on; empty = local
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
         suffix = string(default='tweakreg')  # Aligned images are saved as <exposure base>_<suffix>.fits
     """  # noqa: E501
@@ -125,49 +126,91 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
             group=self.abs_group, significance=self.abs_significance)
 
-    def _catalog_for(self, image, model, catfile_map, asn_dir):
-        """The image's catalog (x, y) and where it came from."""
-        name = model.meta.filename or image.name
-        source = None
+    def _catalog_source(self, image, meta_catalog, catfile_map, asn_dir):
+        """Where the image's catalog comes from (None: detect)."""
+        name = image.name
         if catfile_map is not None and name in catfile_map:
-            source = catfile_map[name]
-        elif image.member.get("tweakreg_catalog"):
-            source = str(Path(asn_dir or ".") / image.member["tweakreg_catalog"])
-        elif getattr(model.meta, "tweakreg_catalog", None):
-            source = model.meta.tweakreg_catalog
-        if source:
-            return read_catalog(source), source
-        catalog = build_catalog(model, DetectionParameters())
-        log.info("%s: no catalog given: detected %d sources with the CatalogStep defaults",
-                 name, len(catalog))
-        return Table({"x": catalog["xcentroid"], "y": catalog["ycentroid"]}), "detected"
+            return catfile_map[name]
+        if image.member.get("tweakreg_catalog"):
+            return str(Path(asn_dir or ".") / image.member["tweakreg_catalog"])
+        return meta_catalog or None
+
+    def _run_tasks(self, func, tasks, label, names=None):
+        from .engine import run_tasks
+
+        return run_tasks(func, tasks, n_jobs=self.n_jobs, scheduler=self.scheduler or None,
+                         label=label, names=names)
 
     def process(self, input_data):
         inputs = load_inputs(input_data)
+        return self.align(inputs, save=bool(self.save_results), suffix=self.suffix)
+
+    def align(self, inputs, catalogs=None, save=False, suffix="tweakreg", stream=None,
+              copy_inputs=None):
+        """
+        Align an `InputSet`; write results, WCS models and (with ``save``) aligned images.
+
+        Parameters
+        ----------
+        inputs : InputSet
+        catalogs : list of CatalogResult, optional
+            From `CatalogStep.make_catalogs`, one per image; otherwise catalogs come
+            from ``catfile``, the association or ``meta.tweakreg_catalog``.
+        save : bool
+            Write ``<base>_<suffix>.fits``. When every input is a file, the images
+            are then streamed: each is opened, given its WCS, written and released
+            by a worker, and the returned library opens the written files on demand.
+        suffix : str
+        stream : bool, optional
+            Stream images on disk through workers (default: when saving and every
+            input is a file). Streaming without ``save`` writes only the WCS models
+            and returns None.
+        copy_inputs : bool, optional
+            Work on copies of in-memory models (default: when not inside a pipeline;
+            pipelines that run on their own models align them in place).
+
+        Returns
+        -------
+        ModelLibrary or None
+        """
+        on_disk = all(image.path is not None for image in inputs.images)
+        stream = on_disk and (save if stream is None else stream)
         refcat = None
         if self.abs_refcat and self.abs_refcat.strip():
             refcat = read_refcat(self.abs_refcat, mag_min=self.abs_mag_min, mag_max=self.abs_mag_max)
             log.info("Absolute reference catalog %s: %d sources", self.abs_refcat, len(refcat))
         catfile_map = parse_catfile(self.catfile) if self.catfile and self.catfile.strip() else None
 
-        images, unusable_rows = [], []
-        for image in inputs.images:
-            model = open_image(image, copy=self.parent is None)
-            key = image_key(model, image.name)
+        if copy_inputs is None:
+            copy_inputs = self.parent is None
+        headers = self._open_inputs(inputs, stream, catalogs, copy_inputs)
+        images, unusable_rows, catalog_paths = [], [], []
+        detect = []
+        for i, (image, (model, key, meta_catalog)) in enumerate(zip(inputs.images, headers,
+                                                                    strict=True)):
+            name = model.meta.filename or image.name
             try:
-                catalog, source = self._catalog_for(image, model, catfile_map, inputs.asn_dir)
+                if catalogs is not None:
+                    catalog, source = catalogs[i].xy, catalogs[i].catalog_path
+                else:
+                    source = self._catalog_source(image, meta_catalog, catfile_map, inputs.asn_dir)
+                    catalog = read_catalog(source) if source else None
             except (FileNotFoundError, ValueError) as exc:
-                log.error("%s: %s; its WCS is left unchanged", image.name, exc)
-                model.meta.cal_step.tweakreg = "SKIPPED"
+                log.error("%s: %s; its WCS is left unchanged", name, exc)
                 unusable_rows.append(result_row("relative", f"{key.visit_filter}_{key.detector}",
-                                                model.meta.filename, f"FAILED: {exc}",
-                                                self.fitgeometry))
-                images.append(AlignImage(name=model.meta.filename, model=model, catalog=None,
-                                         key=key, status={"unusable": True}))
+                                                name, f"FAILED: {exc}", self.fitgeometry))
+                images.append(AlignImage(name=name, model=model, catalog=None, key=key,
+                                         status={"unusable": True}))
+                catalog_paths.append(None)
                 continue
-            log.info("%s: %d sources from %s", model.meta.filename, len(catalog), source)
-            images.append(AlignImage(name=model.meta.filename, model=model, catalog=catalog,
-                                     key=key))
+            if catalog is None:
+                detect.append(i)
+            else:
+                log.info("%s: %d sources from %s", name, len(catalog), source)
+            images.append(AlignImage(name=name, model=model, catalog=catalog, key=key))
+            catalog_paths.append(str(source) if source else None)
+        if detect:
+            self._detect_missing(inputs, images, detect, catalog_paths)
 
         rows = list(unusable_rows)
         by_visit = {}
@@ -178,7 +221,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         tables = {}
         for visit_filter, group in by_visit.items():
             log.info("Aligning %s: %d images", visit_filter, len(group))
-            visit_rows = align_visit(group, refcat, rel, abs_, group_by=self.group_by)
+            visit_rows = align_visit(group, refcat, rel, abs_, group_by=self.group_by,
+                                     runner=self._run_tasks)
             rows += visit_rows
             tables[visit_filter] = results_table(
                 [r for r in unusable_rows if r["group"].startswith(visit_filter)] + visit_rows,
@@ -186,7 +230,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                       "abs_group": self.abs_group})
             log.info("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
 
-        self._finish_models(images, rows, refcat is not None)
+        statuses = self._statuses(images, rows, refcat is not None)
         self.results = results_table(rows) if rows else None
         if self.save_fit_results and tables:
             out_dir = self.output_dir_path()
@@ -194,9 +238,20 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 ecsv = write_results_table(table, out_dir / f"{visit_filter}_tweakreg_results.ecsv")
                 txt = write_ceers_results(table, out_dir / f"tweakreg_results_all.{visit_filter}.txt")
                 log.info("Wrote %s and %s", ecsv, txt)
-        save_wcs = self.save_wcs if self.save_wcs is not None else bool(self.save_results)
+        save_wcs = self.save_wcs if self.save_wcs is not None else bool(save)
+        if stream and not save and not save_wcs:
+            log.warning("Streaming without saving images: saving the WCS models, or the fit "
+                        "would be lost")
+            save_wcs = True
+        wcs_dir = self.output_dir_path() / self.wcs_dir
+        if stream:
+            return self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
+                                        wcs_dir if save_wcs else None, save)
+
+        for im in images:
+            status, wcs_name = statuses[im.name]
+            finish_aligned_model(im.model, None, wcs_name, status, self._sip(), log=log)
         if save_wcs:
-            wcs_dir = self.output_dir_path() / self.wcs_dir
             for im in images:
                 path = wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf"
                 save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo, im.model.meta.wcs)
@@ -206,17 +261,89 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
         return ModelLibrary([im.model for im in images])
 
-    def _finish_models(self, images, rows, absolute):
+    def _open_inputs(self, inputs, stream, catalogs, copy_inputs):
         """
-        Mark aligned images, refresh SIP and S_REGION, and name the WCS.
+        Per image: the model (or, when streaming, its `ImageHeader`), its `ImageKey`
+        and its ``meta.tweakreg_catalog``.
+        """
+        if stream:
+            if catalogs is not None:
+                return [(res.header, res.key, None) for res in catalogs]
+            return self._run_tasks(header_task, [(image.path,) for image in inputs.images],
+                                   "Reading headers", names=[im.name for im in inputs.images])
+        out = []
+        for image in inputs.images:
+            model = open_image(image, copy=copy_inputs)
+            out.append((model, image_key(model, image.name),
+                        getattr(model.meta, "tweakreg_catalog", None)))
+        return out
+
+    def _detect_missing(self, inputs, images, indices, catalog_paths):
+        """Images without a catalog get one from the CatalogStep detection (defaults)."""
+        tasks = []
+        for i in indices:
+            image = inputs.images[i]
+            source = image.path if image.model is None else image_arrays(images[i].model)
+            path = catalog_path_for(images[i].name, self.output_dir_path())
+            tasks.append((source, DetectionParameters(), path, images[i].name))
+        results = self._run_tasks(detect_task, tasks, "Detection",
+                                  names=[images[i].name for i in indices])
+        for i, res in zip(indices, results, strict=True):
+            images[i].catalog = res.xy
+            catalog_paths[i] = str(res.catalog_path)
+            log.info("%s: no catalog given: detected %d sources with the CatalogStep defaults "
+                     "-> %s", images[i].name, res.n_sources, res.catalog_path)
+
+    def _sip(self):
+        if not self.sip_approx:
+            return None
+        return {"max_pix_error": self.sip_max_pix_error, "degree": self.sip_degree,
+                "max_inv_pix_error": self.sip_max_inv_pix_error,
+                "inv_degree": self.sip_inv_degree, "npoints": self.sip_npoints}
+
+    def _write_streamed(self, inputs, images, statuses, catalog_paths, suffix, wcs_dir, save):
+        """Workers write every aligned image (and WCS model); return a library over them."""
+        out_dir = self.output_dir_path()
+        tasks, members = [], []
+        for image, im, cat in zip(inputs.images, images, catalog_paths, strict=True):
+            status, wcs_name = statuses[im.name]
+            base = exposure_base(im.name)
+            out_path = out_dir / f"{base}_{suffix}.fits" if save else None
+            if out_path is not None and out_path.resolve() == image.path.resolve():
+                raise ValueError(f"{image.name}: output would overwrite the input file")
+            wcs_path = wcs_dir / f"{base}_tweakreg.asdf" if wcs_dir is not None else None
+            tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
+                          wcs_name, status, self._sip(), wcs_path, cat))
+            members.append({"expname": str(out_path), "exptype": "science",
+                            "group_id": im.key.exposure})
+        self._run_tasks(write_aligned_task, tasks,
+                        "Writing aligned images" if save else "Writing WCS models",
+                        names=[im.name for im in images])
+        if wcs_dir is not None:
+            log.info("Saved %d WCS models in %s", len(images), wcs_dir)
+        self._streamed = True
+        if not save:
+            return None
+        asn = dict(inputs.asn or {})
+        asn["products"] = [{"name": (inputs.asn or {}).get("products", [{}])[0].get("name", "aligned"),
+                            "members": members}]
+        return written_library(asn)
+
+    def save_model(self, model, *args, **kwargs):
+        """Streamed runs wrote their images already."""
+        if getattr(self, "_streamed", False):
+            return None
+        return super().save_model(model, *args, **kwargs)
+
+    def _statuses(self, images, rows, absolute):
+        """
+        Image name -> (``meta.cal_step.tweakreg``, WCS name).
 
         An image is COMPLETE when one of its own fits succeeded (``FIT-LVL3-<refcat>``
         after an absolute fit, ``FIT-REL`` after a relative one); the reference image
         of a relative group counts only in a relative-only run where others were
         aligned to it. Everything else is SKIPPED with its WCS unchanged.
         """
-        from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
-
         stages = {}
         group_success = set()
         for row in rows:
@@ -225,27 +352,16 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 group_success.add(row["group"])
         reference_groups = {row["image"]: row["group"] for row in rows
                             if row["status"].startswith("REFERENCE")}
+        out = {}
         for im in images:
             st = stages.get(im.name, {})
             abs_ok = st.get("absolute") == "SUCCESS"
             rel_ok = st.get("relative") == "SUCCESS" or (
                 not absolute and reference_groups.get(im.name) in group_success)
-            if not (abs_ok or rel_ok):
-                im.model.meta.cal_step.tweakreg = "SKIPPED"
-                continue
-            with trusted_assignment(im.model):
-                if abs_ok:
-                    im.model.meta.wcs.name = f"FIT-LVL3-{Path(self.abs_refcat).name}"
-                else:
-                    im.model.meta.wcs.name = "FIT-REL"
-                update_s_region_imaging(im.model)
-                if self.sip_approx:
-                    try:
-                        update_fits_wcsinfo(im.model, max_pix_error=self.sip_max_pix_error,
-                                            degree=self.sip_degree,
-                                            max_inv_pix_error=self.sip_max_inv_pix_error,
-                                            inv_degree=self.sip_inv_degree,
-                                            npoints=self.sip_npoints, crpix=None)
-                    except (ValueError, RuntimeError) as exc:
-                        log.warning("%s: SIP approximation not updated: %s", im.name, exc)
-            im.model.meta.cal_step.tweakreg = "COMPLETE"
+            if abs_ok:
+                out[im.name] = ("COMPLETE", f"FIT-LVL3-{Path(self.abs_refcat).name}")
+            elif rel_ok:
+                out[im.name] = ("COMPLETE", "FIT-REL")
+            else:
+                out[im.name] = ("SKIPPED", None)
+        return out

@@ -1,0 +1,201 @@
+"""Per-image work units for `ceers_steps.engine.run_tasks`: plain functions, picklable arguments.
+
+A task opens one image, does its work, writes its output completely or not at
+all, releases the image and returns a small result. Workers therefore hold one
+image at a time, and the calling process holds no pixels of images on disk:
+only what alignment needs (`ImageHeader`: file name, gwcs, WCS reference
+point, identity, catalog).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from .catalogs import build_catalog, write_catalog
+from .grouping import image_key
+
+__all__ = [
+    "CatalogResult",
+    "ImageHeader",
+    "detect_task",
+    "finish_aligned_model",
+    "header_task",
+    "image_arrays",
+    "write_aligned_task",
+]
+
+
+class ImageHeader:
+    """
+    The metadata alignment needs from an image, without its pixels (picklable).
+
+    Stands in for the image model in `ceers_steps.alignment.AlignImage`:
+    ``meta.filename``, ``meta.wcs`` and ``meta.wcsinfo.v2_ref/v3_ref/roll_ref``.
+    """
+
+    def __init__(self, path, filename, wcs, wcsinfo):
+        self.path = None if path is None else Path(path)
+        self.meta = SimpleNamespace(filename=filename, wcs=wcs,
+                                    wcsinfo=SimpleNamespace(**wcsinfo))
+
+    @classmethod
+    def from_model(cls, model, path=None):
+        wi = model.meta.wcsinfo
+        return cls(path, model.meta.filename, model.meta.wcs,
+                   {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref})
+
+
+@dataclass
+class CatalogResult:
+    """What `detect_task` returns for one image."""
+
+    name: str
+    catalog_path: Path
+    n_sources: int
+    rms: float
+    n_rejected: int
+    warning: str | None
+    header: ImageHeader
+    key: object
+    xy: object  # Table with 0-based x, y
+
+
+def image_arrays(model):
+    """A picklable stand-in of an in-memory model for detection: pixels, WCS and name."""
+    return SimpleNamespace(data=model.data, err=model.err, dq=model.dq,
+                           meta=SimpleNamespace(wcs=model.meta.wcs, filename=model.meta.filename,
+                                                wcsinfo=model.meta.wcsinfo.instance),
+                           key=None)
+
+
+def detect_task(source, params, catalog_path, name=None):
+    """
+    Detect sources on one image and write its catalog.
+
+    Parameters
+    ----------
+    source : Path or SimpleNamespace
+        A cal file (opened here and closed after) or `image_arrays` of a model.
+    params : DetectionParameters
+    catalog_path : Path
+        Where the ECSV catalog goes.
+    name : str, optional
+        The image's name for messages.
+
+    Returns
+    -------
+    CatalogResult
+    """
+    from astropy.table import Table
+
+    from .inputs import InputImage, open_image
+
+    if isinstance(source, (str, Path)):
+        model = open_image(InputImage(path=Path(source)))
+        try:
+            catalog = build_catalog(model, params)
+            header = ImageHeader.from_model(model, path=source)
+            key = image_key(model, Path(source).name)
+        finally:
+            model.close()
+    else:
+        catalog = build_catalog(source, params)
+        wi = source.meta.wcsinfo
+        header = ImageHeader(None, source.meta.filename, source.meta.wcs,
+                             {k: wi.get(k) for k in ("v2_ref", "v3_ref", "roll_ref")})
+        key = None
+    write_catalog(catalog, catalog_path)
+    xy = Table({"x": catalog["xcentroid"], "y": catalog["ycentroid"]})
+    return CatalogResult(
+        name=name or header.meta.filename, catalog_path=Path(catalog_path).resolve(),
+        n_sources=len(catalog), rms=float(catalog.meta.get("rms", float("nan"))),
+        n_rejected=int(catalog.meta.get("n_rejected", 0)), warning=catalog.meta.get("warning"),
+        header=header, key=key, xy=xy)
+
+
+def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_path=None,
+                       catalog_path=None):
+    """
+    Open a cal file, give it its aligned WCS, and save it as ``out_path``.
+
+    Parameters
+    ----------
+    path : Path
+        The input cal file (only read).
+    out_path : Path or None
+        The aligned image, written completely or not at all (None: not written).
+    wcs : gwcs.WCS
+        The aligned WCS (unused when ``status`` is SKIPPED).
+    wcs_name : str
+        ``FIT-LVL3-<refcat>`` or ``FIT-REL``.
+    status : {"COMPLETE", "SKIPPED"}
+        ``meta.cal_step.tweakreg``; SKIPPED images keep their WCS.
+    sip : dict or None
+        ``update_fits_wcsinfo`` keyword arguments, None to leave ``meta.wcsinfo``.
+    wcs_model_path : Path, optional
+        Also save the WCS as a CEERS-layout ASDF file here.
+    catalog_path : str, optional
+        Recorded as ``meta.tweakreg_catalog``.
+
+    Returns
+    -------
+    str or None
+        The output path.
+    """
+    from .fileio import atomic_output
+    from .inputs import InputImage, open_image
+    from .wcs_io import save_wcs_model
+
+    model = open_image(InputImage(path=Path(path)))
+    try:
+        finish_aligned_model(model, wcs, wcs_name, status, sip)
+        if catalog_path:
+            model.meta.tweakreg_catalog = str(catalog_path)
+        if out_path is not None:
+            with atomic_output(out_path) as tmp:
+                model.save(str(tmp))
+        if wcs_model_path is not None:
+            save_wcs_model(wcs_model_path, model.meta.filename, model.meta.wcsinfo, model.meta.wcs)
+    finally:
+        model.close()
+    return None if out_path is None else str(out_path)
+
+
+def finish_aligned_model(model, wcs, wcs_name, status, sip, log=None):
+    """
+    Set an aligned WCS on a model: name it, refresh S_REGION and the SIP approximation.
+
+    ``status`` SKIPPED leaves the WCS unchanged and only records the status.
+    """
+    from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
+
+    from .inputs import trusted_assignment
+
+    if status != "COMPLETE":
+        model.meta.cal_step.tweakreg = status
+        return model
+    with trusted_assignment(model):
+        if wcs is not None:
+            model.meta.wcs = wcs
+        model.meta.wcs.name = wcs_name
+        update_s_region_imaging(model)
+        if sip is not None:
+            try:
+                update_fits_wcsinfo(model, crpix=None, **sip)
+            except (ValueError, RuntimeError) as exc:
+                if log is not None:
+                    log.warning("%s: SIP approximation not updated: %s", model.meta.filename, exc)
+    model.meta.cal_step.tweakreg = "COMPLETE"
+    return model
+
+
+def header_task(path):
+    """Open a cal file and return its `ImageHeader`, `ImageKey` and ``meta.tweakreg_catalog``."""
+    from .inputs import InputImage, open_image
+
+    model = open_image(InputImage(path=Path(path)))
+    try:
+        return (ImageHeader.from_model(model, path=path), image_key(model, Path(path).name),
+                getattr(model.meta, "tweakreg_catalog", None))
+    finally:
+        model.close()
