@@ -12,6 +12,8 @@ _LAZY = {
     "CatalogStep": "ceers_steps.catalog_step",
     "CeersTweakRegStep": "ceers_steps.tweakreg_step",
     "ApplyWcsStep": "ceers_steps.apply_wcs_step",
+    "CeersAlignPipeline": "ceers_steps.pipeline",
+    "CeersImage3Pipeline": "ceers_steps.stage3",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -11,9 +11,10 @@ import logging
 import os
 from pathlib import Path
 
+from jwst.stpipe import Pipeline as JwstPipeline
 from jwst.stpipe import Step as JwstStep
 
-__all__ = ["CeersStep", "ImageOutputMixin", "LOGGER_NAME"]
+__all__ = ["CeersPipeline", "CeersStep", "ImageOutputMixin", "LOGGER_NAME", "OfflineMixin"]
 
 LOGGER_NAME = "ceers_steps"
 
@@ -24,23 +25,27 @@ if not hasattr(JwstStep, "get_stpipe_loggers"):
 
 
 def _empty_config(cls):
-    from stpipe.config_parser import ConfigObj
+    from stpipe.config_parser import ConfigObj, Section
 
     if hasattr(cls, "_empty_config"):  # stpipe >= 0.8
         return cls._empty_config()
-    return ConfigObj()
+    config = ConfigObj()
+    if hasattr(cls, "step_defs"):
+        config["steps"] = Section(config, config.depth + 1, config.main, name="steps")
+    return config
 
 
-class CeersStep(JwstStep):
-    """A jwst Step that never contacts CRDS and logs under ``ceers_steps``."""
-
-    # No reference files: nothing to prefetch.
-    reference_file_types = []
-    prefetch_references = False
+class OfflineMixin:
+    """Never ask CRDS for ``pars-*`` parameter files; log under ``ceers_steps`` too."""
 
     @classmethod
     def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
         """No ``pars-*`` reference files exist for this package: never ask CRDS."""
+        return _empty_config(cls)
+
+    @classmethod
+    def _get_config_from_parameters(cls, crds_parameters, crds_observatory):
+        # stpipe >= 0.8 asks each sub-step of a pipeline through this method.
         return _empty_config(cls)
 
     @classmethod
@@ -59,6 +64,26 @@ class CeersStep(JwstStep):
     def output_dir_path(self):
         """The step's (or its pipeline's) output directory, else the working directory."""
         return Path(self.search_attr("output_dir") or os.getcwd())
+
+
+class CeersStep(OfflineMixin, JwstStep):
+    """A jwst Step that never contacts CRDS and logs under ``ceers_steps``."""
+
+    # No reference files: nothing to prefetch.
+    reference_file_types = []
+    prefetch_references = False
+
+
+class CeersPipeline(OfflineMixin, JwstPipeline):
+    """A jwst Pipeline that never contacts CRDS (nor records a CRDS context it did not use)."""
+
+    reference_file_types = []
+    prefetch_references = False
+
+    def finalize_result(self, result, reference_files_used):
+        # JwstPipeline asks CRDS for its context here; our pipelines use no reference files,
+        # so record only the software versions, as a jwst Step does.
+        JwstStep.finalize_result(self, result, reference_files_used)
 
 
 class ImageOutputMixin:

@@ -17,4 +17,6 @@ def get_steps():
         ("ceers_steps.catalog_step.CatalogStep", "ceers_catalog", False),
         ("ceers_steps.tweakreg_step.CeersTweakRegStep", "ceers_tweak", False),
         ("ceers_steps.apply_wcs_step.ApplyWcsStep", "apply_wcs", False),
+        ("ceers_steps.pipeline.CeersAlignPipeline", "ceers_align", True),
+        ("ceers_steps.stage3.CeersImage3Pipeline", "calwebb_image3_ceers", True),
     ]
