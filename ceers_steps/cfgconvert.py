@@ -1,0 +1,214 @@
+"""Convert CEERS ``.cfg`` files (one section per visit) into ASDF pipeline parameter files.
+
+A CEERS file ``nircamN/<filter>.cfg`` holds one INI section per visit, e.g.
+``[jw01345001001]``. Each section becomes ``<visit>_<filter>.asdf``, a
+parameter file for `CeersAlignPipeline` that ``strun`` and
+``Step.from_config_file`` read. Every value is carried over under the name the
+steps use (`CFG_KEYS`); keys only meaningful to jwst's internal star finder
+(`UNUSED_KEYS`) are recorded in the file's ``meta.unused_cfg_keys`` and
+reported, never silently dropped; any other key is an error.
+"""
+
+import configparser
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fileio import atomic_output
+
+__all__ = [
+    "CFG_KEYS",
+    "PIPELINE_CLASS",
+    "UNUSED_KEYS",
+    "CfgSection",
+    "convert_cfg",
+    "parameter_tree",
+    "read_cfg",
+    "write_parameter_file",
+]
+
+PIPELINE_CLASS = "ceers_steps.pipeline.CeersAlignPipeline"
+STEP_CLASSES = {
+    "catalog": "ceers_steps.catalog_step.CatalogStep",
+    "tweakreg": "ceers_steps.tweakreg_step.CeersTweakRegStep",
+}
+
+#: cfg key -> (sub-step, parameter name, type)
+CFG_KEYS = {
+    "detect_thresh": ("catalog", "detect_thresh", float),
+    "detect_minarea": ("catalog", "detect_minarea", int),
+    "deblend": ("catalog", "deblend_nthresh", int),
+    "minobj": ("tweakreg", "minobj", int),
+    "searchrad": ("tweakreg", "searchrad", float),
+    "separation": ("tweakreg", "separation", float),
+    "tolerance": ("tweakreg", "tolerance", float),
+    "nclip": ("tweakreg", "nclip", int),
+    "sigma": ("tweakreg", "sigma", float),
+    "abs_minobj": ("tweakreg", "abs_minobj", int),
+    "abs_searchrad": ("tweakreg", "abs_searchrad", float),
+    "abs_separation": ("tweakreg", "abs_separation", float),
+    "abs_tolerance": ("tweakreg", "abs_tolerance", float),
+    "abs_nclip": ("tweakreg", "abs_nclip", int),
+    "abs_sigma": ("tweakreg", "abs_sigma", float),
+    "abs_fitgeom": ("tweakreg", "abs_fitgeometry", str),
+}
+
+#: Keys of jwst's internal star finder (the CEERS catalogs came from Source Extractor).
+UNUSED_KEYS = ("kernel_fwhm", "kernel_nsigma", "snr_threshold", "bkg_boxsize")
+
+_FITGEOMETRIES = ("shift", "rshift", "rscale", "general")
+
+
+@dataclass
+class CfgSection:
+    """One visit section of a CEERS cfg file, converted."""
+
+    source: Path
+    visit: str
+    filter: str
+    steps: dict  # sub-step name -> {parameter: value}
+    unused: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        """``<visit>_<filter>``: the parameter file's stem."""
+        return f"{self.visit}_{self.filter}"
+
+
+def _convert_value(path, section, key, raw, kind):
+    try:
+        if kind is int:
+            value = float(raw)
+            if value != int(value):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{path} [{section}]: {key} = {raw!r} is not a {kind.__name__}") from None
+    value = raw.strip().lower()
+    if key == "abs_fitgeom" and value not in _FITGEOMETRIES:
+        raise ValueError(f"{path} [{section}]: abs_fitgeom = {raw!r}: expected one of "
+                         f"{', '.join(_FITGEOMETRIES)}")
+    return value
+
+
+def read_cfg(path):
+    """
+    Read a CEERS cfg file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.../<filter>.cfg``; the filter is the file name, lower case.
+
+    Returns
+    -------
+    list of CfgSection
+        One per visit section, in file order.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file; unreadable INI, no sections, a value of the wrong type or an
+        unknown key (the message names file, section and key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CEERS cfg file not found: {path}")
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid CEERS cfg (INI) file: {exc}") from None
+    if not parser.sections():
+        raise ValueError(f"{path}: no [visit] sections found")
+    filt = path.stem.lower()
+    sections = []
+    for visit in parser.sections():
+        steps = {"catalog": {}, "tweakreg": {}}
+        unused = {}
+        for key, raw in parser.items(visit):
+            if key in CFG_KEYS:
+                step, name, kind = CFG_KEYS[key]
+                steps[step][name] = _convert_value(path, visit, key, raw, kind)
+            elif key in UNUSED_KEYS:
+                unused[key] = raw.strip()
+            else:
+                raise ValueError(f"{path} [{visit}]: unknown key {key!r} (known: "
+                                 f"{', '.join([*CFG_KEYS, *UNUSED_KEYS])})")
+        sections.append(CfgSection(source=path, visit=visit.strip().lower(), filter=filt,
+                                   steps=steps, unused=unused))
+    return sections
+
+
+def parameter_tree(section, abs_refcat=None):
+    """The ASDF tree of a `CeersAlignPipeline` parameter file for one cfg section."""
+    steps = {name: dict(pars) for name, pars in section.steps.items()}
+    if abs_refcat:
+        steps["tweakreg"]["abs_refcat"] = str(abs_refcat)
+    unused_note = (f" Not used (jwst star-finder keys): {', '.join(section.unused)}."
+                   if section.unused else "")
+    return {
+        "class": PIPELINE_CLASS,
+        "name": "ceers_align",
+        "meta": {
+            "description": (f"CEERS alignment parameters for visit {section.visit}, filter "
+                            f"{section.filter}, converted from {section.source.parent.name}/"
+                            f"{section.source.name} [{section.visit}].{unused_note}"),
+            "source_file": f"{section.source.parent.name}/{section.source.name}",
+            "section": section.visit,
+            "visit": section.visit,
+            "filter": section.filter,
+            "unused_cfg_keys": dict(section.unused),
+        },
+        "parameters": {},
+        "steps": [{"class": STEP_CLASSES[name], "name": name, "parameters": pars}
+                  for name, pars in steps.items()],
+    }
+
+
+def write_parameter_file(tree, path):
+    """Write a parameter tree as ASDF, completely or not at all."""
+    import asdf
+
+    with atomic_output(path) as tmp:
+        # ASDF standard 1.5: readable by every asdf the supported jwst versions use.
+        asdf.AsdfFile(tree, version="1.5.0").write_to(tmp)
+    return Path(path)
+
+
+def convert_cfg(paths, output_dir, abs_refcat=None, overwrite=True):
+    """
+    Convert CEERS cfg files into ``<output_dir>/<visit>_<filter>.asdf``.
+
+    All files are read and checked before anything is written.
+
+    Parameters
+    ----------
+    paths : list of str or Path
+    output_dir : str or Path
+    abs_refcat : str, optional
+        Written as ``steps.tweakreg.abs_refcat``.
+    overwrite : bool
+        Replace existing parameter files.
+
+    Returns
+    -------
+    list of (Path, CfgSection)
+    """
+    output_dir = Path(output_dir)
+    sections = [s for p in paths for s in read_cfg(p)]
+    seen = {}
+    for s in sections:
+        if s.name in seen:
+            raise ValueError(f"visit {s.visit} filter {s.filter} appears in both "
+                             f"{seen[s.name]} and {s.source}")
+        seen[s.name] = s.source
+        out = output_dir / f"{s.name}.asdf"
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists (use overwrite)")
+    written = []
+    for s in sections:
+        out = write_parameter_file(parameter_tree(s, abs_refcat), output_dir / f"{s.name}.asdf")
+        written.append((out, s))
+    return written
