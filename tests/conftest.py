@@ -101,6 +101,19 @@ def builtin_visit(tmp_path_factory):
                                 n_dithers=3, shape=(1024, 1024), noise=0.03, use_real=False, seed=4)
 
 
+@pytest.fixture(scope="session")
+def builtin_files(tmp_path_factory):
+    """The `builtin_visit` draw written as cal files + association + refcat (no catalogs)."""
+    from ceers_steps.synthetic import make_visit, write_visit
+
+    visit = make_visit(detectors=("nrca1", "nrca3", "nrcb2", "nrcb4"), n_dithers=3,
+                       shape=(1024, 1024), noise=0.03, use_real=False, seed=4)
+    directory = tmp_path_factory.mktemp("builtin_files")
+    asn, refcat, paths = write_visit(visit, directory)
+    return {"visit": visit, "dir": directory, "asn": asn, "refcat": refcat, "paths": paths,
+            "digests": {p.name: file_digest(p) for p in paths}}
+
+
 def library_of(visit, subset=None):
     """Fresh copies of a visit's models (or of a subset) in a ModelLibrary."""
     from jwst.datamodels import ModelLibrary
