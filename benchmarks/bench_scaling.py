@@ -111,9 +111,13 @@ def score(out_dir, visit):
 
     models = []
     for image in visit.images:
-        path = Path(out_dir) / image.model.meta.filename.replace("_cal.fits", "_tweakreg.fits")
-        if not path.exists():
+        stem = image.model.meta.filename.replace("_cal.fits", "")
+        # ceers_align writes <base>_tweakreg.fits; strun tweakreg <base>_tweakregstep.fits
+        found = [p for p in (Path(out_dir) / f"{stem}_tweakreg.fits",
+                             Path(out_dir) / f"{stem}_tweakregstep.fits") if p.exists()]
+        if not found:
             return float("nan"), float("nan")
+        path = found[0]
         models.append(datamodels.open(path))
     result = alignment_accuracy(models, [image.true_wcs for image in visit.images])
     for m in models:

@@ -109,8 +109,11 @@ class CatalogStep(CeersStep):
         return results
 
     def process(self, input_data):
+        from .engine import worker_pool
+
         inputs = load_inputs(input_data)
-        results = self.make_catalogs(inputs)
+        with worker_pool(self.n_jobs, self.scheduler or None):
+            results = self.make_catalogs(inputs)
         paths = [res.catalog_path for res in results]
         out_dir = self.output_dir_path()
 

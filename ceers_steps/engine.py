@@ -21,10 +21,11 @@ import multiprocessing
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 from ._stpipe import get_logger
 
-__all__ = ["effective_jobs", "run_tasks"]
+__all__ = ["effective_jobs", "run_tasks", "worker_pool"]
 
 log = get_logger(__name__)
 
@@ -81,6 +82,59 @@ def _mp_context():
     return multiprocessing.get_context()
 
 
+# The pool (or Dask client) of the innermost `worker_pool` block: (n_jobs, scheduler, executor).
+_ACTIVE = None
+
+
+@contextmanager
+def worker_pool(n_jobs=None, scheduler=None):
+    """
+    Keep one pool of workers (or one Dask client) for every `run_tasks` call inside.
+
+    A run opens it at its start, while the process is still small: workers are
+    forked once, so they neither pay a start-up per stage nor inherit (and, as
+    Python touches reference counts, copy) what the run accumulates later.
+    Nested blocks reuse the outer pool.
+    """
+    global _ACTIVE
+    if _ACTIVE is not None:
+        yield
+        return
+    executor = None
+    if scheduler:
+        executor = _dask_client(scheduler)
+    elif effective_jobs(n_jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(max_workers=effective_jobs(n_jobs), mp_context=_mp_context())
+    _ACTIVE = (n_jobs, scheduler or None, executor)
+    try:
+        yield
+    except BaseException:
+        if executor is not None and not scheduler:
+            executor.shutdown(wait=True, cancel_futures=True)
+            executor = None
+        raise
+    finally:
+        _ACTIVE = None
+        if executor is not None:
+            if scheduler:
+                executor.close()
+            else:
+                executor.shutdown(wait=True)
+
+
+def _dask_client(scheduler):
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ImportError(
+            "a Dask scheduler was given but dask.distributed is not installed: "
+            "pip install 'ceers-steps[dask]'"
+        ) from None
+    return Client(scheduler)
+
+
 def run_tasks(func, tasks, n_jobs=None, scheduler=None, label="tasks", progress_interval=10.0,
               names=None):
     """
@@ -112,8 +166,9 @@ def run_tasks(func, tasks, n_jobs=None, scheduler=None, label="tasks", progress_
         return []
     progress = _Progress(label, len(tasks), progress_interval)
     name_of = (lambda i: names[i]) if names else (lambda i: None)
+    active = _ACTIVE if _ACTIVE is not None and _ACTIVE[:2] == (n_jobs, scheduler or None) else None
     if scheduler:
-        return _run_dask(func, tasks, scheduler, progress, name_of)
+        return _run_dask(func, tasks, active[2] if active else scheduler, progress, name_of)
     n = effective_jobs(n_jobs, len(tasks))
     if n == 1:
         results = []
@@ -122,14 +177,16 @@ def run_tasks(func, tasks, n_jobs=None, scheduler=None, label="tasks", progress_
             progress.step(name_of(i))
         return results
     log.info("%s: %d tasks on %d processes", label, len(tasks), n)
-    return _run_local(func, tasks, n, progress, name_of)
+    return _run_local(func, tasks, n, progress, name_of, active[2] if active else None)
 
 
-def _run_local(func, tasks, n, progress, name_of):
+def _run_local(func, tasks, n, progress, name_of, pool=None):
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     results = [None] * len(tasks)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+    own = pool is None
+    if own:
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
     try:
         futures = {pool.submit(func, *task): i for i, task in enumerate(tasks)}
         pending = set(futures)
@@ -143,19 +200,16 @@ def _run_local(func, tasks, n, progress, name_of):
         # A failed task, a dead worker or Ctrl-C: stop everything that has not started.
         pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
+    if own:
+        pool.shutdown(wait=True)
     return results
 
 
 def _run_dask(func, tasks, scheduler, progress, name_of):
-    try:
-        from dask.distributed import Client, as_completed
-    except ImportError:
-        raise ImportError(
-            "a Dask scheduler was given but dask.distributed is not installed: "
-            "pip install 'ceers-steps[dask]'"
-        ) from None
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    own = isinstance(scheduler, str)
+    client = _dask_client(scheduler) if own else scheduler
+    from dask.distributed import as_completed
+
     try:
         log.info("%s: %d tasks on the Dask scheduler %s", progress.label, len(tasks),
                  client.scheduler.address)
@@ -165,5 +219,5 @@ def _run_dask(func, tasks, scheduler, progress, name_of):
             progress.step(name_of(index[fut.key]))
         return client.gather(futures)
     finally:
-        if client is not scheduler:
+        if own:
             client.close()

@@ -50,7 +50,14 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
                 step.scheduler = self.scheduler
 
     def process(self, input_data):
+        from .engine import worker_pool
+
         self._share_engine()
+        # One pool for the whole run, forked now while this process is small.
+        with worker_pool(self.n_jobs, self.scheduler or None):
+            return self._process(input_data)
+
+    def _process(self, input_data):
         inputs = load_inputs(input_data)
         log.info("CEERS alignment of %d images", len(inputs))
         catalogs = None

@@ -142,8 +142,11 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                          label=label, names=names)
 
     def process(self, input_data):
+        from .engine import worker_pool
+
         inputs = load_inputs(input_data)
-        return self.align(inputs, save=bool(self.save_results), suffix=self.suffix)
+        with worker_pool(self.n_jobs, self.scheduler or None):
+            return self.align(inputs, save=bool(self.save_results), suffix=self.suffix)
 
     def align(self, inputs, catalogs=None, save=False, suffix="tweakreg", stream=None,
               copy_inputs=None):
