@@ -82,8 +82,9 @@ class AlignImage:
         Stage -> tweakwcs ``fit_info`` of the last fit (relative/absolute).
     name : str
         File name (for rows and messages).
-    model : ImageModel
-        The model whose ``meta.wcs`` is corrected in place on success.
+    model : ImageModel or ImageHeader
+        The model (or, for images on disk, its `ceers_steps.tasks.ImageHeader`)
+        whose ``meta.wcs`` is corrected in place on success.
     catalog : Table
         Sources with 0-based ``x``, ``y`` (and optional ``weight``).
     key : ImageKey
@@ -317,8 +318,8 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None)
         loose = [i for i in idx if images[i].status.get("relative_failed")]
         fits += ([(name, tied)] if tied else []) + [(f"{name}:{images[i].name}", [i])
                                                     for i in loose]
-    return _run_groups(_absolute_group_task, images, fits, (refcat, params), runner,
-                       "Absolute fits")
+    return _run_groups(_absolute_group_task, images, [(n, idx, params) for n, idx in fits], runner,
+                       "Absolute fits", extra=lambda idx: (refcat,))
 
 
 def _portable(images):
@@ -340,30 +341,26 @@ def _relative_group_task(portable, params, name, group_ids):
     return rows, [(im.model.meta.wcs, im.status, im.fit_info) for im in images]
 
 
-def _absolute_group_task(portable, refcat, params, name):
+def _absolute_group_task(portable, params, name, refcat):
     images = _unpack(portable)
     rows = _absolute_tweakwcs(images, refcat, params, name)
     return rows, [(im.model.meta.wcs, im.status, im.fit_info) for im in images]
 
 
-def _run_groups(task, images, groups, extra, runner, label, group_ids=None):
+def _run_groups(task, images, groups, runner, label, extra=lambda idx: ()):
     """
-    Run one independent group fit per ``(name, indices)`` through ``runner``
-    (serially when None) and copy the fitted WCSs back onto ``images``.
+    Run one independent group fit ``task(portable images, *extra(idx))`` per
+    ``(name, indices, params)`` through ``runner`` (serially when None) and copy
+    the fitted WCSs back onto ``images``.
     """
     from .engine import run_tasks
 
     runner = runner or (lambda *a, **k: run_tasks(*a, n_jobs=1, **k))
-    args = []
-    for name, idx in groups:
-        portable = _portable([images[i] for i in idx])
-        if task is _relative_group_task:
-            args.append((portable, extra[0], name, [group_ids[i] for i in idx]))
-        else:
-            args.append((portable, *extra, name))
-    results = runner(task, args, label=label, names=[name for name, _ in groups])
+    args = [(_portable([images[i] for i in idx]), params, name, *extra(idx))
+            for name, idx, params in groups]
+    results = runner(task, args, label=label, names=[name for name, _, _ in groups])
     rows = []
-    for (_, idx), (group_rows, states) in zip(groups, results, strict=True):
+    for (_, idx, _), (group_rows, states) in zip(groups, results, strict=True):
         for i, (wcs, status, fit_info) in zip(idx, states, strict=True):
             if wcs is not images[i].model.meta.wcs:
                 images[i].set_wcs(wcs)
@@ -508,8 +505,9 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     rows = []
     joint = refcat is not None and abs_.group == "joint"
     if not joint:
-        run_rows = _run_groups(_relative_group_task, images, list(runs.items()), (rel,), runner,
-                               "Relative fits", group_ids=group_ids)
+        run_rows = _run_groups(_relative_group_task, images,
+                               [(name, idx, rel) for name, idx in runs.items()], runner,
+                               "Relative fits", extra=lambda idx: ([group_ids[i] for i in idx],))
         index = {im.name: i for i, im in enumerate(images)}
         for row in run_rows:
             images[index[row["image"]]].status["relative_failed"] = row["status"].startswith("FAILED")

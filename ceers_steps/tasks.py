@@ -64,8 +64,7 @@ def image_arrays(model):
     """A picklable stand-in of an in-memory model for detection: pixels, WCS and name."""
     return SimpleNamespace(data=model.data, err=model.err, dq=model.dq,
                            meta=SimpleNamespace(wcs=model.meta.wcs, filename=model.meta.filename,
-                                                wcsinfo=model.meta.wcsinfo.instance),
-                           key=None)
+                                                wcsinfo=model.meta.wcsinfo.instance))
 
 
 def detect_task(source, params, catalog_path, name=None):

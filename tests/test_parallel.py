@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import clean_env
 
 from ceers_steps.engine import effective_jobs, run_tasks
-
-from conftest import clean_env
 
 
 def _square(x):

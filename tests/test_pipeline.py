@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import accuracy, file_digest, models_of, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,9 +150,9 @@ def test_strun_alias_with_command_line_refcat(builtin_files, tmp_path):
 
 def test_pipeline_on_models_in_memory(builtin_visit, tmp_path):
     """In a Python script: a ModelLibrary in, aligned models out, inputs untouched."""
-    from ceers_steps import CeersAlignPipeline
-
     from conftest import library_of
+
+    from ceers_steps import CeersAlignPipeline
 
     visit = builtin_visit["visit"]
     library = library_of(visit)
