@@ -93,6 +93,8 @@ class ImageOutputMixin:
         """Save images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``)."""
         if not (force or self.save_results):
             return None
+        if getattr(model, "outputs_written", False):
+            return None  # a streamed run wrote its outputs as it went
         from .fileio import atomic_output
         from .inputs import library_models
         from .wcs_io import exposure_base

@@ -127,29 +127,17 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
 
 def _write_detector_associations(selected, visit, filter_name, out_dir):
     """One level-3 association per detector, ``<visit>_<filter>_<detector>_asn.json``."""
-    import json
     import os
 
-    from .fileio import atomic_output
+    from .fileio import write_association
 
     paths = []
     for detector, images in sorted(selected.items()):
-        path = out_dir / f"{visit}_{filter_name}_{detector}_asn.json"
-        asn = {
-            "asn_type": "image3",
-            "asn_rule": "ceers_align",
-            "asn_id": f"{visit}_{filter_name}_{detector}",
-            "program": visit[2:7],
-            "asn_pool": "ceers-align",
-            "products": [{
-                "name": f"{visit}_{filter_name}_{detector}",
-                "members": [{"expname": os.path.relpath(p.resolve(), out_dir.resolve()),
-                             "exptype": "science"} for p in images],
-            }],
-        }
-        with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(asn, indent=2))
-        paths.append(path)
+        name = f"{visit}_{filter_name}_{detector}"
+        paths.append(write_association(
+            out_dir / f"{name}_asn.json", name,
+            [os.path.relpath(p.resolve(), out_dir.resolve()) for p in images],
+            asn_id=name, asn_rule="ceers_align", asn_pool="ceers-align", program=visit[2:7]))
     return paths
 
 

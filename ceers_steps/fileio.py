@@ -6,7 +6,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "write_ecsv"]
+__all__ = ["atomic_output", "write_association", "write_ecsv"]
 
 
 @contextmanager
@@ -35,4 +35,29 @@ def write_ecsv(table, path):
     """Write an astropy table as ECSV, completely or not at all; return the path."""
     with atomic_output(path) as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
+    return Path(path)
+
+
+def write_association(path, product_name, expnames, **fields):
+    """
+    Write a level-3 image association with one product, completely or not at all.
+
+    Parameters
+    ----------
+    path : Path
+    product_name : str
+    expnames : list of str
+        Member file names (science exposures), as they should appear in the file.
+    **fields
+        Top-level keys (``asn_id``, ``asn_pool``, ``asn_rule``, ``program``) overriding
+        the defaults.
+    """
+    import json
+
+    asn = {"asn_type": "image3", "asn_rule": "candidate_Asn_Lv3Image", "asn_id": "a3001",
+           "program": "01345", "asn_pool": "ceers_steps", **fields,
+           "products": [{"name": product_name,
+                         "members": [{"expname": str(e), "exptype": "science"} for e in expnames]}]}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(asn, indent=2))
     return Path(path)

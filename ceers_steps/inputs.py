@@ -151,7 +151,7 @@ def load_inputs(obj):
 _WRITTEN_LIBRARY = None
 
 
-def written_library(asn):
+def written_library(asn, outputs=False):
     """
     A `ModelLibrary` over files on disk whose models are opened only when borrowed.
 
@@ -164,6 +164,9 @@ def written_library(asn):
     asn : str, Path or dict
         An association file or dictionary; member ``expname`` and
         ``tweakreg_catalog`` paths are made absolute (relative to the file).
+    outputs : bool
+        The files are the step's saved outputs (``outputs_written``): saving the
+        library again is then skipped.
     """
     global _WRITTEN_LIBRARY
     from jwst.datamodels import ModelLibrary
@@ -187,7 +190,9 @@ def written_library(asn):
             for key in ("expname", "tweakreg_catalog"):
                 if member.get(key):
                     member[key] = str((base / member[key]).resolve())
-    return _WRITTEN_LIBRARY(asn)
+    library = _WRITTEN_LIBRARY(asn)
+    library.outputs_written = outputs
+    return library
 
 
 def library_models(library):

@@ -70,20 +70,12 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
             log.info("Step tweakreg skipped: images unchanged")
             from jwst.datamodels import ModelLibrary
 
-            from .inputs import InputImage, open_image
+            from .inputs import open_image
 
-            return ModelLibrary([open_image(InputImage(path=im.path, model=im.model,
-                                                       member=im.member))
-                                 for im in inputs.images])
+            return ModelLibrary([open_image(im) for im in inputs.images])
         save = bool(self.save_results)
         result = self.tweakreg.align(inputs, catalogs=catalogs, save=save, suffix=self.suffix,
                                      stream=save or not self.in_memory,
                                      copy_inputs=self.parent is None)
         self.results = self.tweakreg.results
         return result
-
-    def save_model(self, model, *args, **kwargs):
-        """Streamed runs wrote their images already."""
-        if getattr(self.tweakreg, "_streamed", False):
-            return None
-        return super().save_model(model, *args, **kwargs)

@@ -31,6 +31,7 @@ from astropy.table import Table
 from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 from scipy.special import erf
 
+from .fileio import write_association
 from .wcs_utils import tangent_plane, world_to_pixel_exact
 
 __all__ = [
@@ -487,8 +488,6 @@ def write_visit(visit, directory, asn_name="asn.json", refcat_name="refcat.ecsv"
     -------
     asn_path, refcat_path, paths : Path, Path, list of Path
     """
-    import json
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -496,21 +495,8 @@ def write_visit(visit, directory, asn_name="asn.json", refcat_name="refcat.ecsv"
         path = directory / image.model.meta.filename
         image.model.save(path)
         paths.append(path)
-    asn = {
-        "asn_type": "image3",
-        "asn_rule": "candidate_Asn_Lv3Image",
-        "asn_id": "a3001",
-        "program": "01345",
-        "asn_pool": "synthetic",
-        "products": [
-            {
-                "name": "synthetic_visit",
-                "members": [{"expname": p.name, "exptype": "science"} for p in paths],
-            }
-        ],
-    }
-    asn_path = directory / asn_name
-    asn_path.write_text(json.dumps(asn, indent=2))
+    asn_path = write_association(directory / asn_name, "synthetic_visit", [p.name for p in paths],
+                                 asn_pool="synthetic")
     refcat_path = directory / refcat_name
     visit.refcat.write(refcat_path, overwrite=True)
     return asn_path, refcat_path, paths

@@ -33,15 +33,14 @@ class ImageHeader:
     ``meta.filename``, ``meta.wcs`` and ``meta.wcsinfo.v2_ref/v3_ref/roll_ref``.
     """
 
-    def __init__(self, path, filename, wcs, wcsinfo):
-        self.path = None if path is None else Path(path)
+    def __init__(self, filename, wcs, wcsinfo):
         self.meta = SimpleNamespace(filename=filename, wcs=wcs,
                                     wcsinfo=SimpleNamespace(**wcsinfo))
 
     @classmethod
-    def from_model(cls, model, path=None):
+    def from_model(cls, model):
         wi = model.meta.wcsinfo
-        return cls(path, model.meta.filename, model.meta.wcs,
+        return cls(model.meta.filename, model.meta.wcs,
                    {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref})
 
 
@@ -93,14 +92,14 @@ def detect_task(source, params, catalog_path, name=None):
         model = open_image(InputImage(path=Path(source)))
         try:
             catalog = build_catalog(model, params)
-            header = ImageHeader.from_model(model, path=source)
+            header = ImageHeader.from_model(model)
             key = image_key(model, Path(source).name)
         finally:
             model.close()
     else:
         catalog = build_catalog(source, params)
         wi = source.meta.wcsinfo
-        header = ImageHeader(None, source.meta.filename, source.meta.wcs,
+        header = ImageHeader(source.meta.filename, source.meta.wcs,
                              {k: wi.get(k) for k in ("v2_ref", "v3_ref", "roll_ref")})
         key = None
     write_catalog(catalog, catalog_path)
@@ -194,7 +193,7 @@ def header_task(path):
 
     model = open_image(InputImage(path=Path(path)))
     try:
-        return (ImageHeader.from_model(model, path=path), image_key(model, Path(path).name),
+        return (ImageHeader.from_model(model), image_key(model, Path(path).name),
                 getattr(model.meta, "tweakreg_catalog", None))
     finally:
         model.close()

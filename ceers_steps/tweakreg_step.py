@@ -324,19 +324,10 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                         names=[im.name for im in images])
         if wcs_dir is not None:
             log.info("Saved %d WCS models in %s", len(images), wcs_dir)
-        self._streamed = True
         if not save:
             return None
-        asn = dict(inputs.asn or {})
-        asn["products"] = [{"name": (inputs.asn or {}).get("products", [{}])[0].get("name", "aligned"),
-                            "members": members}]
-        return written_library(asn)
-
-    def save_model(self, model, *args, **kwargs):
-        """Streamed runs wrote their images already."""
-        if getattr(self, "_streamed", False):
-            return None
-        return super().save_model(model, *args, **kwargs)
+        name = (inputs.asn or {}).get("products", [{}])[0].get("name", "aligned")
+        return written_library({"products": [{"name": name, "members": members}]}, outputs=True)
 
     def _statuses(self, images, rows, absolute):
         """
