@@ -36,9 +36,12 @@ from .wcs_utils import tangent_plane, world_to_pixel_exact
 
 __all__ = [
     "DETECTOR_GEOMETRY",
+    "ArtifactRecord",
     "SyntheticImage",
+    "add_nircam_artifacts",
     "SyntheticVisit",
     "ceers_data_dir",
+    "make_crowded_frame",
     "make_visit",
     "nircam_like_wcs",
     "tangent_plane",
@@ -215,6 +218,10 @@ class SyntheticImage:
     detector: str
     dither: int
     error_shift: tuple = (0.0, 0.0)
+    #: 0-based true pixel positions (x, y) and total fluxes of the rendered sources.
+    true_sources: object = None
+    #: What `add_nircam_artifacts` added (None for a clean frame).
+    artifacts: object = None
 
 
 @dataclass
@@ -310,6 +317,7 @@ def make_visit(
     filter_name=None,
     visit_id="jw01345001001",
     group="02201",
+    artifacts=False,
 ):
     """
     Build a synthetic visit with a known WCS error.
@@ -345,6 +353,10 @@ def make_visit(
         Use the real CEERS WCS models and HST catalog; None = when available.
     filter_name : str, optional
         FILTER keyword; F200W for SW, F444W for LW by default.
+    artifacts : bool or dict
+        Add the nuisances of real cal files (`add_nircam_artifacts`: reference-pixel
+        border, hot and warm pixels, cosmic-ray residuals, snowballs, 1/f striping,
+        saturated stars with spikes, NaN patches); a dict gives its keyword arguments.
 
     Returns
     -------
@@ -417,6 +429,10 @@ def make_visit(
         bad = rng.integers(0, shape[1], size=3)
         dq[:, bad] = 1
         sci[:, bad] = np.nan
+        record = None
+        if artifacts:
+            kwargs = artifacts if isinstance(artifacts, dict) else {}
+            record = add_nircam_artifacts(sci, err, dq, rng, noise, detector=det, **kwargs)
 
         shift = dither_shift[d] + detector_shift[det]
         assigned = apply_correction(true_wcs, wcsinfo, matrix, list(visit_shift + shift), plane)
@@ -424,7 +440,9 @@ def make_visit(
         model = ImageModel(data=sci, err=err, dq=dq)
         _fill_meta(model, det, d, filter_name, visit_id, group, wcsinfo, assigned)
         images.append(SyntheticImage(model=model, true_wcs=true_wcs, detector=det, dither=d,
-                                     error_shift=tuple(np.asarray(visit_shift) + shift)))
+                                     error_shift=tuple(np.asarray(visit_shift) + shift),
+                                     true_sources=np.column_stack([x[inside], y[inside], flux]),
+                                     artifacts=record))
 
     truth = {
         "visit_shift": tuple(visit_shift),
@@ -434,6 +452,215 @@ def make_visit(
         "real": real,
     }
     return SyntheticVisit(images=images, refcat=refcat, center=(ra0, dec0), truth=truth)
+
+
+# --- Detector nuisances of real NIRCam cal files -------------------------------------------
+
+#: Amplifier width of NIRCam detectors (four 512-column outputs per 2048-column detector), pixels.
+AMPLIFIER_WIDTH = 512
+#: Width of the reference-pixel border of full-frame NIRCam images, pixels.
+REFERENCE_BORDER = 4
+
+
+def _dq(*names):
+    from stdatamodels.jwst.datamodels import dqflags
+
+    value = 0
+    for name in names:
+        value |= dqflags.pixel[name]
+    return value
+
+
+@dataclass
+class ArtifactRecord:
+    """What `add_nircam_artifacts` put into one image (0-based pixel positions)."""
+
+    saturated_stars: list = field(default_factory=list)  # (x, y, flux)
+    cosmic_rays: int = 0
+    jump_flagged_residuals: int = 0
+    snowballs: int = 0
+    hot_pixels: int = 0
+    unflagged_hot_pixels: int = 0
+    nan_patches: int = 0
+
+
+def _spike_image(shape, x0, y0, amplitude, angle, width, length, rng_slice):
+    """One diffraction spike: a ray from (x0, y0) whose brightness falls as r**-1.5."""
+    (ya, yb), (xa, xb) = rng_slice
+    yy, xx = np.mgrid[ya:yb, xa:xb]
+    dx, dy = xx - x0, yy - y0
+    c, s = np.cos(angle), np.sin(angle)
+    along = dx * c + dy * s
+    across = -dx * s + dy * c
+    r0 = 2.0
+    profile = amplitude * np.exp(-0.5 * (across / width) ** 2) * (r0 / (np.abs(along) + r0)) ** 1.5
+    profile[(along < 0) | (along > length)] = 0.0
+    return profile
+
+
+def add_nircam_artifacts(sci, err, dq, rng, noise, detector="nrca1", n_saturated=3,
+                         hot_fraction=2e-3, warm_fraction=5e-3, n_cosmic_rays=300,
+                         n_jump_residuals=150, n_snowballs=8, n_nan_patches=3,
+                         one_over_f=0.5, reference_border=True):
+    """
+    Add the nuisances of real NIRCam cal files to a rendered image, in place.
+
+    DQ values are the JWST pixel flags of `stdatamodels.jwst.datamodels.dqflags`.
+
+    - reference-pixel border (``REFERENCE_BORDER`` pixels): REFERENCE_PIXEL | DO_NOT_USE,
+      SCI 0, ERR 0, as in real cal files;
+    - hot pixels (``hot_fraction`` of all pixels, some as 2x2 clusters): 90% flagged
+      HOT | DO_NOT_USE (NaN), 10% unflagged at 20-500 sigma; warm pixels flagged WARM
+      only at 2-10 sigma;
+    - cosmic-ray residuals the jump step missed (unflagged): single pixels, pairs and
+      tracks of 3-8 pixels at 5-100 sigma; others flagged JUMP_DET only at 3-20 sigma;
+    - snowballs: a JUMP_DET halo (radius 6-16 pixels) with a residual at 2-6 sigma, and
+      a fainter unflagged outer ring (at most 1.5 sigma);
+    - 1/f noise: row stripes, one offset per row and amplifier (a common part and a part
+      of each 512-column amplifier), ``one_over_f`` sigma RMS;
+    - saturated stars: a PSF core with wings, six diffraction spikes plus two fainter
+      strut spikes, cores above the saturation level NaN and SATURATED | DO_NOT_USE;
+    - NaN patches (DO_NOT_USE), as left by masked defects.
+
+    Parameters
+    ----------
+    sci, err : ndarray (float32)
+        Science and error arrays, modified in place (image units).
+    dq : ndarray (uint32)
+        DQ array, modified in place.
+    rng : numpy.random.Generator
+    noise : float
+        Pixel noise sigma (image units): artifact amplitudes are given in units of it.
+    detector : str
+        NIRCam detector (spike width and pixel scale).
+    n_saturated, n_cosmic_rays, n_jump_residuals, n_snowballs, n_nan_patches : int
+        Numbers per 2048 x 2048 frame; smaller frames get a Poisson draw of their
+        share of the area.
+
+    Returns
+    -------
+    ArtifactRecord
+    """
+    ny, nx = sci.shape
+    rec = ArtifactRecord()
+    area = nx * ny / 2048.0**2
+    # Full frames get the numbers given; smaller ones a Poisson draw of their share.
+    n_saturated, n_cosmic_rays, n_jump_residuals, n_snowballs, n_nan_patches = (
+        int(round(n * area)) if area >= 1 else int(rng.poisson(n * area))
+        for n in (n_saturated, n_cosmic_rays, n_jump_residuals, n_snowballs, n_nan_patches))
+    dnu, hot, warm = _dq("DO_NOT_USE"), _dq("HOT"), _dq("WARM")
+    jump, sat, ref = _dq("JUMP_DET"), _dq("SATURATED"), _dq("REFERENCE_PIXEL")
+    lw = detector in LW_DETECTORS
+    psf_sigma = (0.13 if lw else 0.06) / 2.355 / DETECTOR_GEOMETRY[detector][3]
+
+    # 1/f striping: each row of each amplifier gets an offset.
+    if one_over_f > 0:
+        n_amp = max(1, nx // AMPLIFIER_WIDTH)
+        common = rng.normal(0.0, 0.8 * one_over_f * noise, size=ny)
+        for a in range(n_amp):
+            x0, x1 = a * nx // n_amp, (a + 1) * nx // n_amp
+            rows = common + rng.normal(0.0, 0.6 * one_over_f * noise, size=ny)
+            sci[:, x0:x1] += rows[:, None].astype(np.float32)
+
+    # Saturated stars with spikes.
+    for _ in range(n_saturated):
+        x0, y0 = rng.uniform(0.1 * nx, 0.9 * nx), rng.uniform(0.1 * ny, 0.9 * ny)
+        flux = noise * 10 ** rng.uniform(5.0, 6.0)
+        sigma = np.hypot(psf_sigma, 0.3)
+        half = int(min(250, max(nx, ny) // 4))
+        ya, yb = max(0, int(y0) - half), min(ny, int(y0) + half)
+        xa, xb = max(0, int(x0) - half), min(nx, int(x0) + half)
+        yy, xx = np.mgrid[ya:yb, xa:xb]
+        r2 = (xx - x0) ** 2 + (yy - y0) ** 2
+        star = flux / (2 * np.pi * sigma**2) * np.exp(-0.5 * r2 / sigma**2)
+        # Wings: a Moffat-like halo with 5% of the flux.
+        star += 0.05 * flux / (np.pi * (4 * sigma) ** 2) * (1 + r2 / (4 * sigma) ** 2) ** -2.5
+        peak_spike = 2e-3 * flux
+        base = rng.uniform(0, np.pi / 3)
+        for k in range(6):
+            star += _spike_image(sci.shape, x0, y0, peak_spike, base + k * np.pi / 3, psf_sigma,
+                                 half, ((ya, yb), (xa, xb)))
+        for k in (0, 1):
+            star += _spike_image(sci.shape, x0, y0, 0.3 * peak_spike, base + np.pi / 6 + k * np.pi,
+                                 psf_sigma, half, ((ya, yb), (xa, xb)))
+        sci[ya:yb, xa:xb] += star.astype(np.float32)
+        saturation = 3e3 * noise
+        core = sci[ya:yb, xa:xb] > saturation
+        sci[ya:yb, xa:xb][core] = np.nan
+        dq[ya:yb, xa:xb][core] |= sat | dnu
+        rec.saturated_stars.append((float(x0), float(y0), float(flux)))
+
+    # Hot and warm pixels.
+    n_hot = int(hot_fraction * nx * ny)
+    hx, hy = rng.integers(0, nx, n_hot), rng.integers(0, ny, n_hot)
+    cluster = rng.uniform(size=n_hot) < 0.05
+    hx = np.concatenate([hx, np.minimum(hx[cluster] + 1, nx - 1), hx[cluster],
+                         np.minimum(hx[cluster] + 1, nx - 1)])
+    hy = np.concatenate([hy, hy[cluster], np.minimum(hy[cluster] + 1, ny - 1),
+                         np.minimum(hy[cluster] + 1, ny - 1)])
+    flagged = rng.uniform(size=hx.size) < 0.9
+    dq[hy[flagged], hx[flagged]] |= hot | dnu
+    sci[hy[flagged], hx[flagged]] = np.nan
+    sci[hy[~flagged], hx[~flagged]] += (noise * 10 ** rng.uniform(np.log10(20), np.log10(500),
+                                                                  (~flagged).sum())).astype(np.float32)
+    rec.hot_pixels, rec.unflagged_hot_pixels = int(hx.size), int((~flagged).sum())
+    n_warm = int(warm_fraction * nx * ny)
+    wx, wy = rng.integers(0, nx, n_warm), rng.integers(0, ny, n_warm)
+    dq[wy, wx] |= warm
+    sci[wy, wx] += (noise * rng.uniform(2, 10, n_warm)).astype(np.float32)
+
+    # Cosmic-ray residuals: single pixels, pairs and short tracks.
+    def _track(length):
+        x0, y0 = rng.uniform(0, nx - 1), rng.uniform(0, ny - 1)
+        ang = rng.uniform(0, np.pi)
+        t = np.arange(length)
+        return (np.clip(np.round(x0 + t * np.cos(ang)), 0, nx - 1).astype(int),
+                np.clip(np.round(y0 + t * np.sin(ang)), 0, ny - 1).astype(int))
+
+    for _ in range(n_cosmic_rays):
+        length = int(rng.choice([1, 1, 1, 2, 2, 3, 4, 5, 6, 8]))
+        tx, ty = _track(length)
+        sci[ty, tx] += np.float32(noise * 10 ** rng.uniform(np.log10(5), 2))
+    rec.cosmic_rays = n_cosmic_rays
+    for _ in range(n_jump_residuals):
+        tx, ty = _track(int(rng.integers(1, 6)))
+        sci[ty, tx] += np.float32(noise * rng.uniform(3, 20))
+        dq[ty, tx] |= jump
+    rec.jump_flagged_residuals = n_jump_residuals
+
+    # Snowballs: flagged halo with a residual, and a faint unflagged ring outside it.
+    for _ in range(n_snowballs):
+        x0, y0 = rng.uniform(0, nx), rng.uniform(0, ny)
+        radius = rng.uniform(6, 16)
+        r0 = int(np.ceil(2 * radius)) + 1
+        ya, yb = max(0, int(y0) - r0), min(ny, int(y0) + r0)
+        xa, xb = max(0, int(x0) - r0), min(nx, int(x0) + r0)
+        yy, xx = np.mgrid[ya:yb, xa:xb]
+        r = np.hypot(xx - x0, yy - y0)
+        inner = r < radius
+        ring = (r >= radius) & (r < 1.5 * radius)
+        sci[ya:yb, xa:xb][inner] += np.float32(noise * rng.uniform(2, 6))
+        dq[ya:yb, xa:xb][inner] |= jump
+        sci[ya:yb, xa:xb][ring] += np.float32(noise * rng.uniform(0.5, 1.5))
+    rec.snowballs = n_snowballs
+
+    # NaN patches of masked defects.
+    for _ in range(n_nan_patches):
+        w, h = rng.integers(5, 40, 2)
+        x0, y0 = rng.integers(0, nx - w), rng.integers(0, ny - h)
+        sci[y0:y0 + h, x0:x0 + w] = np.nan
+        dq[y0:y0 + h, x0:x0 + w] |= dnu
+    rec.nan_patches = n_nan_patches
+
+    if reference_border:
+        b = REFERENCE_BORDER
+        border = np.zeros(sci.shape, bool)
+        border[:b, :] = border[-b:, :] = True
+        border[:, :b] = border[:, -b:] = True
+        sci[border] = 0.0
+        err[border] = 0.0
+        dq[border] |= ref | dnu
+    return rec
 
 
 def _sep_deg(ra, dec, ra0, dec0):
@@ -500,3 +727,31 @@ def write_visit(visit, directory, asn_name="asn.json", refcat_name="refcat.ecsv"
     refcat_path = directory / refcat_name
     visit.refcat.write(refcat_path, overwrite=True)
     return asn_path, refcat_path, paths
+
+
+def make_crowded_frame(n_sources=6000, shape=(2048, 2048), noise=0.01, seed=0, point_fraction=0.3):
+    """
+    A crowded, deep frame (a cluster core or a deep field) for SEP's buffer limits.
+
+    Galaxy-like sources (Gaussian, sigma 0.9-4 pixels) and point sources with
+    fluxes from 10 to 10^4 times the noise, uniformly placed, so that many blend.
+
+    Returns
+    -------
+    sci, err : ndarray (float32)
+    dq : ndarray (uint32)
+    truth : ndarray, shape (n, 3)
+        0-based x, y and total flux of each source.
+    """
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    x = rng.uniform(5, nx - 5, n_sources)
+    y = rng.uniform(5, ny - 5, n_sources)
+    flux = noise * 10 ** rng.uniform(1.5, 4.5, n_sources)
+    sigma = np.where(rng.uniform(size=n_sources) < point_fraction, 0.9,
+                     rng.uniform(1.2, 4.0, n_sources))
+    sci = render_sources(shape, x, y, flux, sigma)
+    sci += rng.normal(0.0, noise, size=shape).astype(np.float32)
+    err = np.full(shape, noise, dtype=np.float32)
+    dq = np.zeros(shape, dtype=np.uint32)
+    return sci, err, dq, np.column_stack([x, y, flux])
