@@ -19,6 +19,7 @@ from .fileio import write_ecsv
 __all__ = [
     "build_catalog",
     "catalog_path_for",
+    "image_psf_fwhm",
     "read_catalog",
     "read_refcat",
     "write_catalog",
@@ -37,6 +38,33 @@ def catalog_path_for(filename, output_dir, suffix="cat"):
     return Path(output_dir) / f"{stem}_{suffix}.ecsv"
 
 
+def image_psf_fwhm(model):
+    """
+    The PSF FWHM of an image in pixels, from its filter and the WCS pixel scale.
+
+    Uses `ceers_steps.artifacts.NIRCAM_PSF_FWHM`; None when the filter is not a
+    NIRCam filter or the image has no usable WCS.
+    """
+    from .artifacts import NIRCAM_PSF_FWHM
+
+    instrument = getattr(model.meta, "instrument", None)
+    name = str(getattr(instrument, "filter", "") or "").strip().upper()
+    fwhm = NIRCAM_PSF_FWHM.get(name)
+    wcs = getattr(model.meta, "wcs", None)
+    if fwhm is None or wcs is None:
+        return None
+    ny, nx = np.shape(model.data)
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    ra, dec = wcs(np.array([cx, cx + 1.0, cx]), np.array([cy, cy, cy + 1.0]),
+                  with_bounding_box=False)
+    cosd = np.cos(np.deg2rad(dec[0]))
+    step = np.hypot((np.asarray(ra[1:]) - ra[0]) * cosd, np.asarray(dec[1:]) - dec[0]) * 3600.0
+    scale = float(np.mean(step))
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    return fwhm / scale
+
+
 def build_catalog(model, params=None):
     """
     Detect sources on a calibrated image and return its catalog.
@@ -53,8 +81,10 @@ def build_catalog(model, params=None):
     catalog : `~astropy.table.Table`
         Columns of `~ceers_steps.detection.detect_sources` plus ``ra``, ``dec``
         (deg, from the image WCS). ``meta`` names the image and the parameters.
+        The sharpness cut uses the PSF of the image's filter unless
+        ``params.psf_fwhm`` is set.
     """
-    params = params or DetectionParameters()
+    params = (params or DetectionParameters()).with_psf_fwhm(image_psf_fwhm(model))
     catalog = detect_sources(model.data, model.err, model.dq, params)
     if len(catalog):
         ra, dec = model.meta.wcs(catalog["xcentroid"], catalog["ycentroid"],
