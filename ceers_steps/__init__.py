@@ -14,6 +14,7 @@ _LAZY = {
     "ApplyWcsStep": "ceers_steps.apply_wcs_step",
     "CeersAlignPipeline": "ceers_steps.pipeline",
     "CeersImage3Pipeline": "ceers_steps.stage3",
+    "AllImagesFailedError": "ceers_steps._stpipe",
 }
 
 __all__ = ["__version__", *_LAZY]

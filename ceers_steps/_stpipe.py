@@ -14,7 +14,8 @@ from pathlib import Path
 from jwst.stpipe import Pipeline as JwstPipeline
 from jwst.stpipe import Step as JwstStep
 
-__all__ = ["CeersPipeline", "CeersStep", "ImageOutputMixin", "LOGGER_NAME", "OfflineMixin"]
+__all__ = ["AllImagesFailedError", "CeersPipeline", "CeersStep", "ImageOutputMixin", "LOGGER_NAME",
+           "OfflineMixin"]
 
 LOGGER_NAME = "ceers_steps"
 
@@ -109,6 +110,10 @@ class ImageOutputMixin:
             paths.append(str(path))
             logging.getLogger(f"{LOGGER_NAME}.output").info("Saved %s", path)
         return paths
+
+
+class AllImagesFailedError(RuntimeError):
+    """Every image of a run failed: the run itself fails (one image's failure does not)."""
 
 
 def get_logger(name):

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from ._stpipe import CeersStep, get_logger
+from ._stpipe import AllImagesFailedError, CeersStep, get_logger
 from .catalogs import catalog_path_for
 from .detection import DetectionParameters
 from .engine import run_tasks
@@ -12,7 +12,7 @@ from .fileio import atomic_output
 from .inputs import load_inputs, open_image, written_library
 from .tasks import detect_task, image_arrays
 
-__all__ = ["CatalogStep"]
+__all__ = ["CatalogStep", "log_catalog_results", "require_some_catalogs"]
 
 log = get_logger(__name__)
 
@@ -46,6 +46,15 @@ class CatalogStep(CeersStep):
         deblend_cont = float(default=0.005)  # Minimum contrast for deblending (DEBLEND_MINCONT)
         clean = boolean(default=True)  # Remove spurious detections near bright sources (CLEAN)
         clean_param = float(default=1.0)  # Cleaning efficiency (CLEAN_PARAM)
+        border_margin = float(default=3.0)  # Reject centroids within this many pixels of the image edge or the reference-pixel border
+        max_masked_fraction = float(min=0.0, max=1.0, default=0.05)  # Reject sources with more than this fraction of masked pixels (DO_NOT_USE, NaN, ERR<=0) in their centroid window; 1 keeps all
+        max_flagged_fraction = float(min=0.0, max=1.0, default=0.25)  # Reject sources with more than this fraction of flag_dq pixels in their centroid window (CR and snowball residuals); 1 keeps all
+        flag_dq = string(default='JUMP_DET,SATURATED')  # DQ flags counted by max_flagged_fraction (JWST flag names, comma-separated)
+        sharpness_limit = float(min=0.0, default=0.5)  # Reject sources whose peak falls off faster than this fraction of the PSF's fall-off (cosmic rays, hot pixels); 0 keeps all
+        psf_fwhm = float(default=None)  # PSF FWHM in pixels for the sharpness cut; None = from the image's filter and pixel scale
+        saturation_radius = float(min=0.0, default=4.0)  # Reject sources within this many core radii (+3 px) of a saturated star; 0 disables the saturation cuts
+        spike_length = float(min=0.0, default=300.0)  # Reject sources within this many pixels of a saturated star that are elongated towards it (diffraction spikes)
+        spike_elongation = float(min=1.0, default=2.0)  # Minimum a/b of diffraction-spike debris
         catalog_suffix = string(default='cat')  # Catalogs are named <input stem>_<catalog_suffix>.ecsv
         save_images = boolean(default=False)  # Also save the images (with meta.tweakreg_catalog set) when saving results
         n_jobs = integer(default=None)  # Worker processes for detection: None or 0 = all cores, 1 = serial, -N = all but N-1
@@ -66,6 +75,15 @@ class CatalogStep(CeersStep):
             deblend_cont=self.deblend_cont,
             clean=self.clean,
             clean_param=self.clean_param,
+            border_margin=self.border_margin,
+            max_masked_fraction=self.max_masked_fraction,
+            max_flagged_fraction=self.max_flagged_fraction,
+            flag_dq=self.flag_dq,
+            sharpness_limit=self.sharpness_limit,
+            psf_fwhm=self.psf_fwhm,
+            saturation_radius=self.saturation_radius,
+            spike_length=self.spike_length,
+            spike_elongation=self.spike_elongation,
         )
 
     def save_model(self, model, *args, **kwargs):
@@ -99,13 +117,7 @@ class CatalogStep(CeersStep):
             names.append(name)
         results = run_tasks(detect_task, tasks, n_jobs=self.n_jobs,
                             scheduler=self.scheduler or None, label="Detection", names=names)
-        for res in results:
-            if res.warning:
-                log.warning("%s: %s: empty catalog written to %s", res.name, res.warning,
-                            res.catalog_path)
-            else:
-                log.info("%s: %d sources (rms %.4g, %d dropped) -> %s", res.name, res.n_sources,
-                         res.rms, res.n_rejected, res.catalog_path)
+        log_catalog_results(results)
         return results
 
     def process(self, input_data):
@@ -114,20 +126,26 @@ class CatalogStep(CeersStep):
         inputs = load_inputs(input_data)
         with worker_pool(self.n_jobs, self.scheduler or None):
             results = self.make_catalogs(inputs)
+        require_some_catalogs(results)
         paths = [res.catalog_path for res in results]
         out_dir = self.output_dir_path()
 
         if inputs.asn_path is not None:
-            asn_out = write_catalog_association(inputs, paths, out_dir)
+            unreadable = {image.path for image, res in zip(inputs.images, results, strict=True)
+                          if res.header is None}
+            asn_out = write_catalog_association(inputs, paths, out_dir, exclude=unreadable)
             log.info("Association with tweakreg_catalog members: %s", asn_out)
             if all(image.path is not None for image in inputs.images):
                 # Models are opened only when borrowed: nothing of the visit is held here.
                 return written_library(asn_out)
 
         models = []
-        for image, path in zip(inputs.images, paths, strict=True):
+        for image, res in zip(inputs.images, results, strict=True):
+            if res.header is None:
+                continue  # unreadable: reported above, nothing to return
             model = open_image(image)
-            model.meta.tweakreg_catalog = str(path)
+            if res.catalog_path is not None:
+                model.meta.tweakreg_catalog = str(res.catalog_path)
             models.append(model)
         if len(models) == 1 and inputs.asn is None:
             return models[0]
@@ -136,19 +154,58 @@ class CatalogStep(CeersStep):
         return ModelLibrary(models)
 
 
-def write_catalog_association(inputs, catalog_paths, out_dir):
+def log_catalog_results(results):
+    """One log line per image: sources kept and rejected per cut, or why it failed."""
+    for res in results:
+        if res.error:
+            log.error("%s: FAILED: %s; no catalog", res.name, res.error)
+        elif res.warning:
+            log.warning("%s: %s: empty catalog written to %s", res.name, res.warning,
+                        res.catalog_path)
+        else:
+            cuts = ", ".join(f"{k} {v}" for k, v in (res.rejected or {}).items() if v)
+            log.info("%s: %d sources (rms %.4g in image units; %d rejected%s) -> %s", res.name,
+                     res.n_sources, res.rms, res.n_rejected, f": {cuts}" if cuts else "",
+                     res.catalog_path)
+
+
+def require_some_catalogs(results):
+    """
+    Raise `AllImagesFailedError` when no image got a catalog: a run fails only then.
+
+    One image's failure is that image's (its status says why); the others go on.
+    """
+    failed = [res for res in results if res.error]
+    if failed and len(failed) == len(results):
+        raise AllImagesFailedError(
+            f"all {len(results)} images failed: "
+            + "; ".join(f"{res.name}: {res.error}" for res in failed))
+    if failed:
+        log.warning("%d of %d images FAILED (see above); the others go on", len(failed),
+                    len(results))
+
+
+def write_catalog_association(inputs, catalog_paths, out_dir, exclude=()):
     """
     Write ``<asn stem>_cat_asn.json`` into ``out_dir``: the input association
     with every member's ``expname`` and ``tweakreg_catalog`` relative to it.
+
+    Members whose file is in ``exclude`` (files that cannot be read) are left
+    out; a member whose detection failed (``None`` catalog) has no
+    ``tweakreg_catalog``.
     """
     out_dir = Path(out_dir).resolve()
     asn = json.loads(json.dumps(inputs.asn))
-    by_path = {image.path: cat for image, cat in zip(inputs.images, catalog_paths, strict=True)}
+    by_path = {image.path: cat for image, cat in zip(inputs.images, catalog_paths, strict=True)
+               if cat is not None}
+    exclude = {Path(p).resolve() for p in exclude}
     for product in asn["products"]:
+        product["members"] = [m for m in product["members"]
+                              if (inputs.asn_dir / m["expname"]).resolve() not in exclude]
         for member in product["members"]:
             member_path = (inputs.asn_dir / member["expname"]).resolve()
+            member["expname"] = os.path.relpath(member_path, out_dir)
             if member_path in by_path:
-                member["expname"] = os.path.relpath(member_path, out_dir)
                 member["tweakreg_catalog"] = os.path.relpath(by_path[member_path], out_dir)
     stem = inputs.asn_path.name.removesuffix(".json").removesuffix("_asn")
     out = out_dir / f"{stem}_cat_asn.json"

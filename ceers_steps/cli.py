@@ -101,6 +101,8 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
     """
     The ``<visit>_*_<suffix>.fits`` images in ``input_dir`` whose FILTER header is ``filter_name``.
 
+    A file whose FITS header cannot be read is reported on stderr and left out.
+
     Returns
     -------
     selected : dict
@@ -114,8 +116,10 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
     for path in sorted(Path(input_dir).glob(f"{visit}_*_{suffix}.fits")):
         try:
             header = fits.getheader(path, 0)
-        except OSError as exc:
-            raise OSError(f"{path}: cannot read its FITS header: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the run
+            print(f"ceers-align: {path}: FAILED: cannot read its FITS header ({exc}); "
+                  "left out", file=sys.stderr)
+            continue
         filt = str(header.get("FILTER", "")).strip().lower()
         if filt != filter_name:
             others.add(filt or "<no FILTER>")
@@ -269,9 +273,11 @@ def align_main(argv=None):
     pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
                               save_results=args.save_results, in_memory=False,
                               n_jobs=args.n_jobs, scheduler=args.scheduler)
+    from ._stpipe import AllImagesFailedError
+
     try:
         pipe.run(images)
-    except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
         print(f"ceers-align: {exc}", file=sys.stderr)
         return 1
     if pipe.results is not None:

@@ -255,6 +255,27 @@ def trusted_assignment(model):
             model._validate_on_assignment = previous
 
 
+def _open_model(path):
+    """
+    ``datamodels.open`` that raises OSError naming the file, and closes at once
+    (quietly) the file handle a failed open leaves behind (a truncated FITS file).
+    """
+    import gc
+    import warnings
+
+    from stdatamodels.jwst import datamodels
+
+    error = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            return datamodels.open(path)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is this file's
+            error = f"{path}: cannot be opened as a JWST data model: {exc}"
+        gc.collect()
+    raise OSError(error)
+
+
 def open_image(image, copy=True, require_wcs=True):
     """
     Open an `InputImage` as an `ImageModel`, checking it is a 2-D image with a WCS.
@@ -274,10 +295,7 @@ def open_image(image, copy=True, require_wcs=True):
     if image.model is not None:
         model = copy_sharing_pixels(image.model) if copy else image.model
     else:
-        try:
-            model = datamodels.open(image.path)
-        except Exception as exc:
-            raise OSError(f"{image.path}: cannot be opened as a JWST data model: {exc}") from exc
+        model = _open_model(image.path)
     if not isinstance(model, datamodels.ImageModel):
         kind = type(model).__name__
         model.close()

@@ -17,10 +17,12 @@ from .grouping import image_key
 __all__ = [
     "CatalogResult",
     "ImageHeader",
+    "describe_error",
     "detect_task",
     "finish_aligned_model",
     "header_task",
     "image_arrays",
+    "key_from_file",
     "write_aligned_task",
 ]
 
@@ -46,29 +48,49 @@ class ImageHeader:
 
 @dataclass
 class CatalogResult:
-    """What `detect_task` returns for one image."""
+    """
+    What `detect_task` returns for one image.
+
+    ``error`` is None on success; otherwise it says why the image has no catalog
+    (unreadable file, failed detection), ``catalog_path`` and ``xy`` are None, and
+    ``header`` is None when the file could not even be opened.
+    """
 
     name: str
-    catalog_path: Path
+    catalog_path: Path | None
     n_sources: int
     rms: float
     n_rejected: int
     warning: str | None
-    header: ImageHeader
+    header: ImageHeader | None
     key: object
     xy: object  # Table with 0-based x, y
+    error: str | None = None
+    rejected: dict | None = None
+
+    @classmethod
+    def failed(cls, name, error, header=None, key=None):
+        return cls(name=name, catalog_path=None, n_sources=0, rms=float("nan"), n_rejected=0,
+                   warning=None, header=header, key=key, xy=None, error=error)
+
+
+def describe_error(exc):
+    """``<ExceptionType>: message``, for status strings and logs."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def image_arrays(model):
     """A picklable stand-in of an in-memory model for detection: pixels, WCS and name."""
     return SimpleNamespace(data=model.data, err=model.err, dq=model.dq,
                            meta=SimpleNamespace(wcs=model.meta.wcs, filename=model.meta.filename,
-                                                wcsinfo=model.meta.wcsinfo.instance))
+                                                wcsinfo=model.meta.wcsinfo.instance,
+                                                instrument=SimpleNamespace(
+                                                    filter=model.meta.instrument.filter)))
 
 
 def detect_task(source, params, catalog_path, name=None):
     """
-    Detect sources on one image and write its catalog.
+    Detect sources on one image and write its catalog; never raise for one image's problem.
 
     Parameters
     ----------
@@ -83,32 +105,74 @@ def detect_task(source, params, catalog_path, name=None):
     Returns
     -------
     CatalogResult
+        With ``error`` set when the file cannot be read or detection fails; the
+        other images of a run are not affected.
     """
     from astropy.table import Table
 
     from .inputs import InputImage, open_image
 
+    name = name or (Path(source).name if isinstance(source, (str, Path)) else
+                    source.meta.filename)
     if isinstance(source, (str, Path)):
-        model = open_image(InputImage(path=Path(source)))
+        try:
+            model = open_image(InputImage(path=Path(source)))
+        except Exception as exc:  # noqa: BLE001 - one unreadable file fails only itself
+            return CatalogResult.failed(name, f"cannot be read: {describe_error(exc)}",
+                                        key=key_from_file(source))
+        close = model.close
+    else:
+        model, close = source, (lambda: None)
+    try:
+        if isinstance(source, (str, Path)):
+            header, key = ImageHeader.from_model(model), image_key(model, Path(source).name)
+        else:
+            wi = source.meta.wcsinfo
+            header = ImageHeader(source.meta.filename, source.meta.wcs,
+                                 {k: wi.get(k) for k in ("v2_ref", "v3_ref", "roll_ref")})
+            key = None
         try:
             catalog = build_catalog(model, params)
-            header = ImageHeader.from_model(model)
-            key = image_key(model, Path(source).name)
-        finally:
-            model.close()
-    else:
-        catalog = build_catalog(source, params)
-        wi = source.meta.wcsinfo
-        header = ImageHeader(source.meta.filename, source.meta.wcs,
-                             {k: wi.get(k) for k in ("v2_ref", "v3_ref", "roll_ref")})
-        key = None
-    write_catalog(catalog, catalog_path)
+            write_catalog(catalog, catalog_path)
+        except Exception as exc:  # noqa: BLE001 - a failed detection fails only this image
+            return CatalogResult.failed(name, f"detection failed: {describe_error(exc)}",
+                                        header=header, key=key)
+    finally:
+        close()
     xy = Table({"x": catalog["xcentroid"], "y": catalog["ycentroid"]})
     return CatalogResult(
-        name=name or header.meta.filename, catalog_path=Path(catalog_path).resolve(),
+        name=name, catalog_path=Path(catalog_path).resolve(),
         n_sources=len(catalog), rms=float(catalog.meta.get("rms", float("nan"))),
         n_rejected=int(catalog.meta.get("n_rejected", 0)), warning=catalog.meta.get("warning"),
-        header=header, key=key, xy=xy)
+        header=header, key=key, xy=xy, rejected=dict(catalog.meta.get("rejected", {})))
+
+
+def key_from_file(path):
+    """
+    The `ImageKey` of a file that cannot be opened as a data model, from its
+    primary FITS header if that can be read, else from its name.
+    """
+    from types import SimpleNamespace as NS
+
+    header = {}
+    try:
+        from astropy.io import fits
+
+        header = fits.getheader(path, 0)
+    except Exception:  # noqa: BLE001 - the name alone must do
+        pass
+
+    def get(key):
+        value = header.get(key)
+        return None if value is None else str(value).strip()
+
+    meta = NS(observation=NS(program_number=get("PROGRAM"), observation_number=get("OBSERVTN"),
+                             visit_number=get("VISIT"), visit_group=get("VISITGRP"),
+                             sequence_id=get("SEQ_ID"), activity_id=get("ACT_ID"),
+                             exposure_number=get("EXPOSURE")),
+              instrument=NS(detector=get("DETECTOR"), filter=get("FILTER")),
+              filename=Path(path).name)
+    return image_key(NS(meta=meta), Path(path).name)
 
 
 def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_path=None,
@@ -188,12 +252,19 @@ def finish_aligned_model(model, wcs, wcs_name, status, sip, log=None):
 
 
 def header_task(path):
-    """Open a cal file and return its `ImageHeader`, `ImageKey` and ``meta.tweakreg_catalog``."""
+    """
+    Open a cal file and return its `ImageHeader`, `ImageKey`, ``meta.tweakreg_catalog``
+    and an error (None); for a file that cannot be opened: None, its key from
+    `key_from_file`, None and the reason.
+    """
     from .inputs import InputImage, open_image
 
-    model = open_image(InputImage(path=Path(path)))
+    try:
+        model = open_image(InputImage(path=Path(path)))
+    except Exception as exc:  # noqa: BLE001 - one unreadable file fails only itself
+        return None, key_from_file(path), None, f"cannot be read: {describe_error(exc)}"
     try:
         return (ImageHeader.from_model(model), image_key(model, Path(path).name),
-                getattr(model.meta, "tweakreg_catalog", None))
+                getattr(model.meta, "tweakreg_catalog", None), None)
     finally:
         model.close()

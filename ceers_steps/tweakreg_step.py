@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ._stpipe import CeersStep, ImageOutputMixin, get_logger
+from ._stpipe import AllImagesFailedError, CeersStep, ImageOutputMixin, get_logger
 from .alignment import (
     AbsoluteParameters,
     AlignImage,
@@ -189,9 +189,23 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         headers = self._open_inputs(inputs, stream, catalogs, copy_inputs)
         images, unusable_rows, catalog_paths = [], [], []
         detect = []
-        for i, (image, (model, key, meta_catalog)) in enumerate(zip(inputs.images, headers,
-                                                                    strict=True)):
-            name = model.meta.filename or image.name
+
+        def unusable(model, name, key, reason):
+            log.error("%s: FAILED: %s; its WCS is left unchanged", name, reason)
+            unusable_rows.append(result_row("relative", f"{key.visit_filter}_{key.detector}",
+                                            name, f"FAILED: {reason}", self.fitgeometry))
+            images.append(AlignImage(name=name, model=model, catalog=None, key=key,
+                                     status={"unusable": True}))
+            catalog_paths.append(None)
+
+        for i, (image, (model, key, meta_catalog, error)) in enumerate(zip(inputs.images, headers,
+                                                                           strict=True)):
+            name = (model.meta.filename if model is not None else None) or image.name
+            if error is None and catalogs is not None and catalogs[i].error:
+                error = catalogs[i].error
+            if error is not None:
+                unusable(model, name, key, error)
+                continue
             try:
                 if catalogs is not None:
                     catalog, source = catalogs[i].xy, catalogs[i].catalog_path
@@ -199,12 +213,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                     source = self._catalog_source(image, meta_catalog, catfile_map, inputs.asn_dir)
                     catalog = read_catalog(source) if source else None
             except (FileNotFoundError, ValueError) as exc:
-                log.error("%s: %s; its WCS is left unchanged", name, exc)
-                unusable_rows.append(result_row("relative", f"{key.visit_filter}_{key.detector}",
-                                                name, f"FAILED: {exc}", self.fitgeometry))
-                images.append(AlignImage(name=name, model=model, catalog=None, key=key,
-                                         status={"unusable": True}))
-                catalog_paths.append(None)
+                unusable(model, name, key, str(exc))
                 continue
             if catalog is None:
                 detect.append(i)
@@ -213,22 +222,28 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             images.append(AlignImage(name=name, model=model, catalog=catalog, key=key))
             catalog_paths.append(str(source) if source else None)
         if detect:
-            self._detect_missing(inputs, images, detect, catalog_paths)
+            unusable_rows += self._detect_missing(inputs, images, detect, catalog_paths)
 
         rows = list(unusable_rows)
+        failed_row = {row["image"]: row for row in unusable_rows}
         by_visit = {}
         for im in images:
+            group = by_visit.setdefault(im.key.visit_filter, [])
             if not im.status.get("unusable"):
-                by_visit.setdefault(im.key.visit_filter, []).append(im)
+                group.append(im)
         rel, abs_ = self.relative_parameters(), self.absolute_parameters()
         tables = {}
         for visit_filter, group in by_visit.items():
-            log.info("Aligning %s: %d images", visit_filter, len(group))
-            visit_rows = align_visit(group, refcat, rel, abs_, group_by=self.group_by,
-                                     runner=self._run_tasks)
+            visit_rows = []
+            if group:
+                log.info("Aligning %s: %d images", visit_filter, len(group))
+                visit_rows = align_visit(group, refcat, rel, abs_, group_by=self.group_by,
+                                         runner=self._run_tasks)
             rows += visit_rows
+            failed_here = [failed_row[im.name] for im in images
+                           if im.status.get("unusable") and im.key.visit_filter == visit_filter]
             tables[visit_filter] = results_table(
-                [r for r in unusable_rows if r["group"].startswith(visit_filter)] + visit_rows,
+                failed_here + visit_rows,
                 meta={"visit_filter": visit_filter, "abs_refcat": self.abs_refcat,
                       "abs_group": self.abs_group})
             log.info("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
@@ -241,6 +256,14 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 ecsv = write_results_table(table, out_dir / f"{visit_filter}_tweakreg_results.ecsv")
                 txt = write_ceers_results(table, out_dir / f"tweakreg_results_all.{visit_filter}.txt")
                 log.info("Wrote %s and %s", ecsv, txt)
+        failed = [im.name for im in images if im.status.get("unusable")]
+        if failed and len(failed) == len(images):
+            raise AllImagesFailedError(
+                f"all {len(images)} images failed: "
+                + "; ".join(r["image"] + ": " + r["status"] for r in unusable_rows))
+        if failed:
+            log.warning("%d of %d images FAILED: %s; the others were aligned", len(failed),
+                        len(images), ", ".join(failed))
         save_wcs = self.save_wcs if self.save_wcs is not None else bool(save)
         if stream and not save and not save_wcs:
             log.warning("Streaming without saving images: saving the WCS models, or the fit "
@@ -251,38 +274,54 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             return self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
                                         wcs_dir if save_wcs else None, save)
 
-        for im in images:
+        readable = [im for im in images if im.model is not None]
+        for im in readable:
             status, wcs_name = statuses[im.name]
             finish_aligned_model(im.model, None, wcs_name, status, self._sip(), log=log)
         if save_wcs:
-            for im in images:
+            saved = [im for im in readable if statuses[im.name][0] != "FAILED"]
+            for im in saved:
                 path = wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf"
                 save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo, im.model.meta.wcs)
-            log.info("Saved %d WCS models in %s", len(images), wcs_dir)
+            log.info("Saved %d WCS models in %s", len(saved), wcs_dir)
 
         from jwst.datamodels import ModelLibrary
 
-        return ModelLibrary([im.model for im in images])
+        return ModelLibrary([im.model for im in readable])
 
     def _open_inputs(self, inputs, stream, catalogs, copy_inputs):
         """
-        Per image: the model (or, when streaming, its `ImageHeader`), its `ImageKey`
-        and its ``meta.tweakreg_catalog``.
+        Per image: the model (or, when streaming, its `ImageHeader`), its `ImageKey`,
+        its ``meta.tweakreg_catalog`` and an error. A file that cannot be opened gives
+        ``(None, key from its FITS header or name, None, reason)``; the run goes on.
         """
+        from .tasks import describe_error, key_from_file
+
         if stream:
             if catalogs is not None:
-                return [(res.header, res.key, None) for res in catalogs]
+                return [(res.header, res.key, None, res.error if res.header is None else None)
+                        for res in catalogs]
             return self._run_tasks(header_task, [(image.path,) for image in inputs.images],
                                    "Reading headers", names=[im.name for im in inputs.images])
         out = []
         for image in inputs.images:
-            model = open_image(image, copy=copy_inputs)
+            try:
+                model = open_image(image, copy=copy_inputs)
+            except Exception as exc:  # noqa: BLE001 - one unreadable input fails only itself
+                if image.path is None:
+                    raise
+                out.append((None, key_from_file(image.path), None,
+                            f"cannot be read: {describe_error(exc)}"))
+                continue
             out.append((model, image_key(model, image.name),
-                        getattr(model.meta, "tweakreg_catalog", None)))
+                        getattr(model.meta, "tweakreg_catalog", None), None))
         return out
 
     def _detect_missing(self, inputs, images, indices, catalog_paths):
-        """Images without a catalog get one from the CatalogStep detection (defaults)."""
+        """
+        Images without a catalog get one from the CatalogStep detection (defaults).
+        Returns the FAILED rows of images whose detection failed.
+        """
         tasks = []
         for i in indices:
             image = inputs.images[i]
@@ -291,11 +330,20 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             tasks.append((source, DetectionParameters(), path, images[i].name))
         results = self._run_tasks(detect_task, tasks, "Detection",
                                   names=[images[i].name for i in indices])
+        failed_rows = []
         for i, res in zip(indices, results, strict=True):
-            images[i].catalog = res.xy
+            im = images[i]
+            if res.error:
+                log.error("%s: FAILED: %s; its WCS is left unchanged", im.name, res.error)
+                im.status["unusable"] = True
+                failed_rows.append(result_row("relative", f"{im.key.visit_filter}_{im.key.detector}",
+                                              im.name, f"FAILED: {res.error}", self.fitgeometry))
+                continue
+            im.catalog = res.xy
             catalog_paths[i] = str(res.catalog_path)
             log.info("%s: no catalog given: detected %d sources with the CatalogStep defaults "
-                     "-> %s", images[i].name, res.n_sources, res.catalog_path)
+                     "-> %s", im.name, res.n_sources, res.catalog_path)
+        return failed_rows
 
     def _sip(self):
         if not self.sip_approx:
@@ -309,21 +357,24 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         out_dir = self.output_dir_path()
         tasks, members = [], []
         for image, im, cat in zip(inputs.images, images, catalog_paths, strict=True):
+            if im.model is None:
+                continue  # unreadable: nothing to write
             status, wcs_name = statuses[im.name]
             base = exposure_base(im.name)
             out_path = out_dir / f"{base}_{suffix}.fits" if save else None
             if out_path is not None and out_path.resolve() == image.path.resolve():
                 raise ValueError(f"{image.name}: output would overwrite the input file")
-            wcs_path = wcs_dir / f"{base}_tweakreg.asdf" if wcs_dir is not None else None
+            wcs_path = (wcs_dir / f"{base}_tweakreg.asdf"
+                        if wcs_dir is not None and status != "FAILED" else None)
             tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
                           wcs_name, status, self._sip(), wcs_path, cat))
             members.append({"expname": str(out_path), "exptype": "science",
                             "group_id": im.key.exposure})
         self._run_tasks(write_aligned_task, tasks,
                         "Writing aligned images" if save else "Writing WCS models",
-                        names=[im.name for im in images])
+                        names=[im.name for im in images if im.model is not None])
         if wcs_dir is not None:
-            log.info("Saved %d WCS models in %s", len(images), wcs_dir)
+            log.info("Saved %d WCS models in %s", sum(t[6] is not None for t in tasks), wcs_dir)
         if not save:
             return None
         name = (inputs.asn or {}).get("products", [{}])[0].get("name", "aligned")
@@ -336,7 +387,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         An image is COMPLETE when one of its own fits succeeded (``FIT-LVL3-<refcat>``
         after an absolute fit, ``FIT-REL`` after a relative one); the reference image
         of a relative group counts only in a relative-only run where others were
-        aligned to it. Everything else is SKIPPED with its WCS unchanged.
+        aligned to it. An image that could not be read or has no usable catalog is
+        FAILED; everything else is SKIPPED. Both keep their WCS unchanged.
         """
         stages = {}
         group_success = set()
@@ -348,6 +400,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                             if row["status"].startswith("REFERENCE")}
         out = {}
         for im in images:
+            if im.status.get("unusable"):
+                out[im.name] = ("FAILED", None)
+                continue
             st = stages.get(im.name, {})
             abs_ok = st.get("absolute") == "SUCCESS"
             rel_ok = st.get("relative") == "SUCCESS" or (
