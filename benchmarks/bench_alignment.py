@@ -3,12 +3,15 @@
 Usage:
     python benchmarks/bench_alignment.py [--case sw|sw-det|lw] [--seeds 1 2 3]
         [--modes joint detector visit] [--jwst] [--real|--builtin]
+        [--frames clean|realistic|both]
 
 Builds synthetic visits from the real CEERS WCS models and HST catalog (or the
 built-in NIRCam-like WCS): 3 dithers x 8 SW detectors (or 2 LW detectors), a
 visit offset (~0.5") and rotation (0.02 deg), ~20 mas per-dither errors, ~10 mas
 intrinsic galaxy offsets and, for ``sw-det``, 30 mas rms per-detector placement
-errors. Catalogs: SEP with the CEERS recipe. Parameters: the real CEERS
+errors. ``--frames realistic`` renders the same sources with the nuisances of real
+cal files (`ceers_steps.synthetic.add_nircam_artifacts`); ``both`` runs each seed
+clean and realistic and compares them. Catalogs: SEP with the CEERS recipe. Parameters: the real CEERS
 nircam1 values for jw01345001001 (f200w for SW, f444w for LW), unchanged.
 Score: on-sky difference between aligned and true WCS on a 16x16 pixel grid per
 image; reported as the median over images of the per-image RMS and the worst
@@ -102,6 +105,8 @@ def main():
     parser.add_argument("--modes", nargs="+", default=["joint"],
                         choices=("joint", "detector", "visit"))
     parser.add_argument("--jwst", action="store_true", help="also run jwst's TweakRegStep")
+    parser.add_argument("--frames", choices=("clean", "realistic", "both"), default="clean",
+                        help="render clean frames, frames with real cal-file nuisances, or both")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--builtin", action="store_true", help="built-in NIRCam-like WCS truth")
     src.add_argument("--real", action="store_true", help="require the real CEERS data")
@@ -114,29 +119,54 @@ def main():
     params = CEERS_LW if lw else CEERS_SW
     use_real = False if args.builtin else (True if args.real else None)
     print(f"case {args.case}: {len(detectors)} detectors x 3 dithers, CEERS parameters {params}")
-    print(f"{'seed':>4} {'method':>18} {'median mas':>11} {'worst mas':>10} {'seconds':>8} {'peak MiB':>9}")
+    frames = ("clean", "realistic") if args.frames == "both" else (args.frames,)
+    print(f"{'seed':>4} {'frames':>9} {'method':>18} {'median mas':>11} {'worst mas':>10} "
+          f"{'seconds':>8} {'peak MiB':>9} {'sources/img':>11}")
+    summary = {}
     for seed in args.seeds:
-        visit = make_visit(detectors=detectors, n_dithers=3, use_real=use_real, seed=seed,
-                           detector_error=0.03 if args.case == "sw-det" else 0.0)
-        with tempfile.TemporaryDirectory() as tmp:
-            refcat_path = Path(tmp) / "refcat.ecsv"
-            visit.refcat.write(refcat_path)
-            for image in visit.images:
-                cat = build_catalog(image.model)
-                name = image.model.meta.filename.replace(".fits", "_cat.ecsv")
-                path = write_catalog(cat, Path(tmp) / name)
-                image.model.meta.tweakreg_catalog = str(path)
-            for mode in args.modes:
-                models, dt, peak = run_ceers(visit, refcat_path, params, mode)
-                med, worst = score(models, visit)
-                label = "ceers_tweak " + mode
-                print(f"{seed:>4} {label:>18} {med:>11.2f} {worst:>10.2f} {dt:>8.1f} {peak:>9.0f}",
-                      flush=True)
-            if args.jwst:
-                models, dt = run_jwst(visit, refcat_path, params)
-                med, worst = score(models, visit)
-                print(f"{seed:>4} {'jwst TweakRegStep':>18} {med:>11.2f} {worst:>10.2f} {dt:>8.1f} {'':>9}",
-                      flush=True)
+        for kind in frames:
+            visit = make_visit(detectors=detectors, n_dithers=3, use_real=use_real, seed=seed,
+                               detector_error=0.03 if args.case == "sw-det" else 0.0,
+                               artifacts=kind == "realistic")
+            run_seed(args, visit, params, seed, kind, summary)
+    print()
+    for (kind, method), values in summary.items():
+        med = np.median([v[0] for v in values])
+        worst = np.median([v[1] for v in values])
+        print(f"{kind:>9} {method:>18}: median over {len(values)} draws {med:.2f} mas median, "
+              f"{worst:.2f} mas worst")
+    if len(frames) == 2:
+        for method in {m for _, m in summary}:
+            c = np.median([v[0] for v in summary[("clean", method)]])
+            r = np.median([v[0] for v in summary[("realistic", method)]])
+            print(f"{method}: realistic / clean median = {r / c:.3f}")
+
+
+def run_seed(args, visit, params, seed, kind, summary):
+    with tempfile.TemporaryDirectory() as tmp:
+        refcat_path = Path(tmp) / "refcat.ecsv"
+        visit.refcat.write(refcat_path)
+        n_sources = []
+        for image in visit.images:
+            cat = build_catalog(image.model)
+            n_sources.append(len(cat))
+            name = image.model.meta.filename.replace(".fits", "_cat.ecsv")
+            path = write_catalog(cat, Path(tmp) / name)
+            image.model.meta.tweakreg_catalog = str(path)
+        n_src = f"{np.mean(n_sources):.1f}"
+        for mode in args.modes:
+            models, dt, peak = run_ceers(visit, refcat_path, params, mode)
+            med, worst = score(models, visit)
+            label = "ceers_tweak " + mode
+            summary.setdefault((kind, label), []).append((med, worst))
+            print(f"{seed:>4} {kind:>9} {label:>18} {med:>11.2f} {worst:>10.2f} {dt:>8.1f} "
+                  f"{peak:>9.0f} {n_src:>11}", flush=True)
+        if args.jwst:
+            models, dt = run_jwst(visit, refcat_path, params)
+            med, worst = score(models, visit)
+            summary.setdefault((kind, "jwst TweakRegStep"), []).append((med, worst))
+            print(f"{seed:>4} {kind:>9} {'jwst TweakRegStep':>18} {med:>11.2f} {worst:>10.2f} "
+                  f"{dt:>8.1f} {'':>9} {n_src:>11}", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 __all__ = [
     "NIRCAM_PSF_FWHM",
     "dq_bits",
-    "masked_fraction",
+    "window_fractions",
     "psf_neighbour_ratio",
     "saturated_stars",
     "sharpness",
@@ -135,31 +135,60 @@ def sharpness(sub, xpeak, ypeak, fwhm):
     return out
 
 
-def masked_fraction(indicator, x, y, radius):
+def window_fractions(x, y, radius, mask, dq=None, bits=0):
     """
-    Fraction of pixels inside circles of ``radius`` around (x, y) where ``indicator`` is set.
+    Per source, the fractions of masked and of DQ-flagged pixels inside a circle.
+
+    Pixels count when their centre lies within ``radius`` of (x, y). Only the
+    pixels around each source are read, never the whole image.
 
     Parameters
     ----------
-    indicator : ndarray of bool
     x, y, radius : ndarray
         0-based centres and radii, pixels.
+    mask : ndarray of bool
+        Masked pixels.
+    dq : ndarray, optional
+        DQ array; a pixel is flagged when ``dq & bits`` is non-zero.
+    bits : int
+        DQ bits that flag a pixel.
+
+    Returns
+    -------
+    masked, flagged : ndarray
     """
-    import sep
+    ny, nx = mask.shape
+    n = np.size(x)
+    masked, flagged = np.zeros(n), np.zeros(n)
+    use_dq = dq is not None and bits
+    for i, (xi, yi, ri) in enumerate(zip(np.asarray(x, float), np.asarray(y, float),
+                                         np.asarray(radius, float), strict=True)):
+        x0, x1 = max(int(np.ceil(xi - ri)), 0), min(int(np.floor(xi + ri)) + 1, nx)
+        y0, y1 = max(int(np.ceil(yi - ri)), 0), min(int(np.floor(yi + ri)) + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        inside = (xx - xi) ** 2 + (yy - yi) ** 2 <= ri**2
+        area = inside.sum()
+        if area == 0:
+            continue
+        masked[i] = mask[y0:y1, x0:x1][inside].sum() / area
+        if use_dq:
+            flagged[i] = ((dq[y0:y1, x0:x1] & bits) != 0)[inside].sum() / area
+    return masked, flagged
 
-    image = np.ascontiguousarray(indicator, dtype=np.float32)
-    if not image.any():
-        return np.zeros(np.size(x))
-    total, _, _ = sep.sum_circle(image, x, y, radius, subpix=5)
-    return np.clip(np.asarray(total, dtype=float) / (np.pi * np.asarray(radius) ** 2), 0.0, 1.0)
 
-
-def saturated_stars(saturated, min_pixels=1):
+def saturated_stars(ys, xs):
     """
     Saturated stars: connected sets (8-connected) of SATURATED pixels.
 
     Saturated pixels are few, so they are grouped as a graph of neighbouring
     pixel coordinates rather than by labelling the whole image.
+
+    Parameters
+    ----------
+    ys, xs : ndarray of int
+        0-based coordinates of the SATURATED pixels.
 
     Returns
     -------
@@ -170,8 +199,7 @@ def saturated_stars(saturated, min_pixels=1):
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
-    ys, xs = np.nonzero(saturated)
-    if xs.size == 0:
+    if np.size(xs) == 0:
         return np.zeros((0, 3))
     pairs = cKDTree(np.column_stack([xs, ys])).query_pairs(1.5, output_type="ndarray")
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
@@ -180,8 +208,7 @@ def saturated_stars(saturated, min_pixels=1):
     npix = np.bincount(lab, minlength=n).astype(float)
     cx = np.bincount(lab, weights=xs, minlength=n) / npix
     cy = np.bincount(lab, weights=ys, minlength=n) / npix
-    keep = npix >= min_pixels
-    return np.column_stack([cx[keep], cy[keep], np.sqrt(npix[keep] / np.pi)])
+    return np.column_stack([cx, cy, np.sqrt(npix / np.pi)])
 
 
 def spike_debris(x, y, a, b, theta, stars, core_factor, spike_length, elongation,

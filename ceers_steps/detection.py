@@ -19,10 +19,10 @@ from astropy.table import Table
 from ._stpipe import get_logger
 from .artifacts import (
     dq_bits,
-    masked_fraction,
     saturated_stars,
     sharpness,
     spike_debris,
+    window_fractions,
 )
 
 __all__ = [
@@ -442,7 +442,7 @@ def detect_sources(data, err=None, dq=None, params=None):
         rms = float(bkg.globalrms)
         noise = rms
     catalog.meta["rms"] = rms
-    if not np.isfinite(rms) or rms <= 0 or not np.any(sub[~mask] != 0):
+    if not np.isfinite(rms) or rms <= 0 or not np.any(sub):  # masked pixels are 0 in sub
         catalog.meta["warning"] = "image has no signal or no positive RMS"
         return catalog
 
@@ -521,11 +521,9 @@ def detect_sources(data, err=None, dq=None, params=None):
 
     # The centroid window: twice the window sigma, at least 2 pixels.
     radius = np.maximum(2.0, 2.0 * np.nan_to_num(sig, nan=1.0))
-    masked_frac = masked_fraction(mask, xc, yc, radius)
+    masked_frac, flagged_frac = window_fractions(
+        xc, yc, radius, mask, None if dq is None else np.asarray(dq), params._flag_bits)
     cut("masked", masked_frac > params.max_masked_fraction, FLAG_MASKED)
-    flagged_frac = np.zeros(len(x))
-    if dq is not None and params._flag_bits:
-        flagged_frac = masked_fraction((np.asarray(dq) & params._flag_bits) != 0, xc, yc, radius)
     cut("flagged", flagged_frac > params.max_flagged_fraction, FLAG_DQ_FLAGGED)
 
     fwhm = params.psf_fwhm or DEFAULT_PSF_FWHM
@@ -536,7 +534,10 @@ def detect_sources(data, err=None, dq=None, params=None):
     if dq is not None and params.saturation_radius > 0:
         from stdatamodels.jwst.datamodels import dqflags
 
-        stars = saturated_stars((np.asarray(dq) & dqflags.pixel["SATURATED"]) != 0)
+        # Saturated cores are DO_NOT_USE (masked): look for SATURATED among masked pixels only.
+        my, mx = np.nonzero(mask)
+        sat = (np.asarray(dq)[my, mx] & dqflags.pixel["SATURATED"]) != 0
+        stars = saturated_stars(my[sat], mx[sat])
         if len(stars):
             debris = spike_debris(xc, yc, a, b, theta, stars, params.saturation_radius,
                                   params.spike_length, params.spike_elongation)

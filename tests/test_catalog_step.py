@@ -11,6 +11,7 @@ from conftest import file_digest, run_cli
 from stdatamodels.jwst import datamodels
 
 from ceers_steps import CatalogStep
+from ceers_steps._stpipe import AllImagesFailedError
 from ceers_steps.wcs_utils import world_to_pixel_exact
 
 
@@ -93,7 +94,8 @@ def test_image_without_wcs_is_named(tmp_path):
     model.meta.filename = "nowcs_cal.fits"
     path = tmp_path / "nowcs_cal.fits"
     model.save(path)
-    with pytest.raises(ValueError, match="nowcs_cal.fits.*no WCS"):
+    # The only image failed, so the run fails, naming the file and the problem.
+    with pytest.raises(AllImagesFailedError, match="nowcs_cal.fits.*no WCS"):
         CatalogStep.call(str(path), output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -102,7 +104,7 @@ def test_non_image_model_is_named(tmp_path):
     cube = datamodels.CubeModel(np.ones((2, 16, 16), np.float32))
     path = tmp_path / "cube_rateints.fits"
     cube.save(path)
-    with pytest.raises(TypeError, match="cube_rateints.fits.*ImageModel"):
+    with pytest.raises(AllImagesFailedError, match="cube_rateints.fits.*ImageModel"):
         CatalogStep.call(str(path), output_dir=str(tmp_path))
 
 

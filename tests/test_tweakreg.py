@@ -290,7 +290,7 @@ def test_missing_catalog_file_is_reported_and_rest_aligned(builtin_visit, tmp_pa
     models[4].meta.tweakreg_catalog = str(tmp_path / "does_not_exist_cat.ecsv")
     step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), save_fit_results=False)
     out = models_of(step.run(lib))
-    assert out[4].meta.cal_step.tweakreg == "SKIPPED"
+    assert out[4].meta.cal_step.tweakreg == "FAILED"
     row = [r for r in step.results if r["image"] == out[4].meta.filename][0]
     assert "does_not_exist_cat.ecsv" in row["status"]
     errs = _errors(out, v["visit"])
