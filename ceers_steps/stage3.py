@@ -20,7 +20,10 @@ class CeersImage3Pipeline(Image3Pipeline):
 
     CRDS parameter files: jwst's own steps get theirs as in ``calwebb_image3``
     (unless ``STPIPE_DISABLE_CRDS_STEPPARS`` is set); the CEERS steps and this
-    class never ask for any.
+    class never ask for any. CRDS reference files: of the steps run, only jwst's
+    ``source_catalog`` needs any (``apcorr``, ``abvegaoffset``). When no step
+    that runs needs one, CRDS is never contacted, so the pipeline runs offline
+    with ``--steps.source_catalog.skip=true`` (or with both overrides given).
     """
 
     class_alias = "calwebb_image3_ceers"
@@ -36,6 +39,22 @@ class CeersImage3Pipeline(Image3Pipeline):
             refcfg["steps"][name] = step_class._get_config_from_parameters(
                 crds_parameters, crds_observatory)
         return refcfg
+
+    def _precache_references(self, input_file):
+        # stpipe asks CRDS even for an empty list of reference types; offline that is fatal.
+        needed = [t for t in self.reference_file_types if self.get_ref_override(t) is None]
+        if needed:
+            super()._precache_references(input_file)
+
+    def finalize_result(self, result, reference_files_used):
+        # jwst's Pipeline asks CRDS for its context; with no reference file used (offline,
+        # source_catalog skipped) record the software versions only, as a Step does.
+        if reference_files_used:
+            super().finalize_result(result, reference_files_used)
+        else:
+            from jwst.stpipe import Step
+
+            Step.finalize_result(self, result, reference_files_used)
 
     @staticmethod
     def get_stpipe_loggers():

@@ -437,7 +437,8 @@ def make_visit(
         shift = dither_shift[d] + detector_shift[det]
         assigned = apply_correction(true_wcs, wcsinfo, matrix, list(visit_shift + shift), plane)
 
-        model = ImageModel(data=sci, err=err, dq=dq)
+        # The read-noise variance, by which resample and outlier detection weight ("ivm").
+        model = ImageModel(data=sci, err=err, dq=dq, var_rnoise=err.astype(np.float32) ** 2)
         _fill_meta(model, det, d, filter_name, visit_id, group, wcsinfo, assigned)
         images.append(SyntheticImage(model=model, true_wcs=true_wcs, detector=det, dither=d,
                                      error_shift=tuple(np.asarray(visit_shift) + shift),
@@ -683,9 +684,22 @@ def _fill_meta(model, det, dither, filter_name, visit_id, group, wcsinfo, wcs):
     m.instrument.filter = filter_name
     m.instrument.pupil = "CLEAR"
     m.exposure.type = "NRC_IMAGE"
+    # A CEERS-like MEDIUM8 exposure: 9 groups of 8 frames (+2 dropped), one integration.
+    frame_time, nframes, groupgap, ngroups = 10.73677, 8, 2, 9
+    group_time = (nframes + groupgap) * frame_time
+    m.exposure.readpatt = "MEDIUM8"
+    m.exposure.nints, m.exposure.ngroups = 1, ngroups
+    m.exposure.nframes, m.exposure.groupgap = nframes, groupgap
+    m.exposure.frame_time, m.exposure.group_time = frame_time, group_time
+    m.exposure.integration_time = m.exposure.exposure_time = m.exposure.duration = \
+        ngroups * group_time
+    m.exposure.effective_exposure_time = m.exposure.measurement_time = (ngroups - 1) * group_time
     m.exposure.start_time = 59800.0 + dither * 0.01
     m.exposure.mid_time = 59800.0 + dither * 0.01 + 0.002
     m.exposure.end_time = 59800.0 + dither * 0.01 + 0.004
+    scale = DETECTOR_GEOMETRY[det][3]
+    m.photometry.pixelarea_arcsecsq = scale**2
+    m.photometry.pixelarea_steradians = scale**2 * (np.pi / 180.0 / 3600.0) ** 2
     m.observation.date = "2022-06-21"
     m.observation.time = "12:00:00.000"
     m.observation.program_number = program
