@@ -3,7 +3,8 @@
 Builds a synthetic NIRCam visit (built-in NIRCam-like WCS and a random galaxy
 catalog, or the real CEERS models when ``--real``), writes its cal files, an
 association and a reference catalog, then runs the steps as a user would and
-prints what they produced.
+prints what they produced, how far from the truth, and what it wrote to disk.
+The steps' log goes to ``<output-dir>/demo.log``; the console shows warnings only.
 """
 
 import argparse
@@ -12,18 +13,26 @@ import sys
 import warnings
 from pathlib import Path
 
+from .cli import add_version
+
 __all__ = ["main"]
+
+#: The loggers whose records the demo sends to its log file.
+_LOGGERS = ("stpipe", "jwst", "ceers_steps", "tweakwcs", "stcal", "gwcs")
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="ceers-demo", description=__doc__.splitlines()[0])
     p.add_argument("--output-dir", default="demo_output", help="where everything is written")
-    p.add_argument("--detectors", default="nrca1,nrca3,nrcb1,nrcb3",
-                   help="comma-separated NIRCam detectors (default: 4 SW detectors)")
+    p.add_argument("--detectors", default="nrca1,nrca3",
+                   help="comma-separated NIRCam detectors (default: 2 SW detectors)")
+    p.add_argument("--size", type=int, default=1024,
+                   help="image size in pixels (default 1024; real cal files are 2048)")
     p.add_argument("--dithers", type=int, default=3, help="number of dithers (default 3)")
     p.add_argument("--real", action="store_true",
                    help="use the real CEERS WCS models and HST catalog (needs ../shared/ceers)")
     p.add_argument("--seed", type=int, default=1)
+    add_version(p)
     return p
 
 
@@ -38,39 +47,84 @@ def _accuracy(models, visit):
     return alignment_accuracy(models, [truth[exposure_base(m.meta.filename)] for m in models])
 
 
+def _setup_logging(path):
+    """Steps' records (INFO and up) to ``path``, warnings also to the console, each once."""
+    file_handler = logging.FileHandler(path, "w", "utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - "
+                                                "%(message)s"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(file_handler)
+        logger.addHandler(console)
+    return file_handler, console
+
+
+def _call(step_class, *args, **kwargs):
+    """``step_class.call`` with the demo's logging (stpipe >= 0.8 can leave it to us)."""
+    import inspect
+
+    from stpipe import Step
+
+    if "configure_log" in inspect.getsource(Step.call):
+        kwargs["configure_log"] = False
+    return step_class.call(*args, **kwargs)
+
+
+def _footprint(folder):
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
 def main(argv=None):
+    import time
+
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
     from .apply_wcs_step import ApplyWcsStep
     from .catalog_step import CatalogStep
     from .synthetic import make_visit, write_visit
     from .tweakreg_step import CeersTweakRegStep
 
     out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    handlers = _setup_logging(out / "demo.log")
     detectors = tuple(d.strip() for d in args.detectors.split(",") if d.strip())
-    print(f"Building a synthetic visit: {len(detectors)} detectors x {args.dithers} dithers ...")
-    visit = make_visit(detectors=detectors, n_dithers=args.dithers,
-                       use_real=True if args.real else False, seed=args.seed)
+    print(f"Building a synthetic visit: {len(detectors)} detectors x {args.dithers} dithers, "
+          f"{args.size} x {args.size} pixels ...")
+    try:
+        visit = make_visit(detectors=detectors, n_dithers=args.dithers,
+                           shape=(args.size, args.size),
+                           use_real=True if args.real else False, seed=args.seed)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        print(f"ceers-demo: cannot build the visit: {exc}", file=sys.stderr)
+        return 2
     asn, refcat, paths = write_visit(visit, out / "calibrated")
     print(f"  {len(paths)} cal files, association {asn}, reference catalog {refcat}")
 
     print("Running CatalogStep (SEP, CEERS recipe) ...")
-    CatalogStep.call(str(asn), output_dir=str(out / "catalogs"))
+    _call(CatalogStep, str(asn), output_dir=str(out / "catalogs"))
     cat_asn = out / "catalogs" / "asn_cat_asn.json"
     print(f"  catalogs and association with tweakreg_catalog members: {cat_asn}")
 
     print("Running CeersTweakRegStep (relative + joint absolute fit to the reference catalog) ...")
-    aligned = CeersTweakRegStep.call(str(cat_asn), abs_refcat=str(refcat), save_results=True,
-                                     output_dir=str(out / "aligned"))
+    aligned = _call(CeersTweakRegStep, str(cat_asn), abs_refcat=str(refcat), save_wcs=True,
+                    output_dir=str(out / "aligned"))
     before = _accuracy([im.model for im in visit.images], visit)
     after = _accuracy(aligned, visit)
-    print(f"  aligned images, results tables and WCS models in {out / 'aligned'}")
+    print(f"  results tables and WCS models in {out / 'aligned'}")
 
     print("Running ApplyWcsStep (saved WCS models back onto the untouched cal files) ...")
-    reapplied = ApplyWcsStep.call([str(p) for p in paths],
-                                  wcs_dir=str(out / "aligned" / "tweakreg_wcs"))
+    reapplied = _call(ApplyWcsStep, [str(p) for p in paths],
+                      wcs_dir=str((out / "aligned" / "tweakreg_wcs").resolve()))
     again = _accuracy(reapplied, visit)
+    for handler in handlers:
+        handler.close()
 
     print()
     print("WCS error against the injected truth (16x16 grid per image, mas):")
@@ -79,6 +133,10 @@ def main(argv=None):
     print(f"  {'after ceers_tweak':28s} {after[0]:8.2f} {after[1]:8.2f}")
     print(f"  {'after apply_wcs':28s} {again[0]:8.2f} {again[1]:8.2f}")
     print(f"Results: {out / 'aligned' / 'tweakreg_results_all.jw01345001001_f200w.txt'}")
+    print(f"Log: {out / 'demo.log'}")
+    n_files, size = _footprint(out)
+    print(f"Wrote {n_files} files, {size / 2**20:.1f} MiB, in {out} "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 
