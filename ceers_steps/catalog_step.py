@@ -164,8 +164,8 @@ def log_catalog_results(results):
                         res.catalog_path)
         else:
             cuts = ", ".join(f"{k} {v}" for k, v in (res.rejected or {}).items() if v)
-            log.info("%s: %d sources (rms %.4g in image units; %d rejected%s) -> %s", res.name,
-                     res.n_sources, res.rms, res.n_rejected, f": {cuts}" if cuts else "",
+            log.info("%s: %d sources (rms %.4g %s; %d rejected%s) -> %s", res.name,
+                     res.n_sources, res.rms, res.unit, res.n_rejected, f": {cuts}" if cuts else "",
                      res.catalog_path)
 
 
@@ -188,7 +188,9 @@ def require_some_catalogs(results):
 def write_catalog_association(inputs, catalog_paths, out_dir, exclude=()):
     """
     Write ``<asn stem>_cat_asn.json`` into ``out_dir``: the input association
-    with every member's ``expname`` and ``tweakreg_catalog`` relative to it.
+    with every member's ``expname`` relative to it and its ``tweakreg_catalog``
+    as an absolute path, so that jwst's TweakRegStep reads it from any working
+    directory.
 
     Members whose file is in ``exclude`` (files that cannot be read) are left
     out; a member whose detection failed (``None`` catalog) has no
@@ -206,7 +208,10 @@ def write_catalog_association(inputs, catalog_paths, out_dir, exclude=()):
             member_path = (inputs.asn_dir / member["expname"]).resolve()
             member["expname"] = os.path.relpath(member_path, out_dir)
             if member_path in by_path:
-                member["tweakreg_catalog"] = os.path.relpath(by_path[member_path], out_dir)
+                # Absolute: jwst's TweakRegStep joins tweakreg_catalog with the association's
+                # folder only when expname is a bare file name (jwst 3.0, tweakreg_step.py);
+                # otherwise it opens the path as given, i.e. from the working directory.
+                member["tweakreg_catalog"] = str(Path(by_path[member_path]).resolve())
     stem = inputs.asn_path.name.removesuffix(".json").removesuffix("_asn")
     out = out_dir / f"{stem}_cat_asn.json"
     if out.resolve() == inputs.asn_path.resolve():

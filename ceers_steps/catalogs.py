@@ -102,6 +102,7 @@ def build_catalog(model, params=None):
             "centroid": "windowed (SEP winpos, Source Extractor XWIN/YWIN convention)",
             "flux": "AUTO (Kron k=2.5, minimum radius 3.5)",
             "detection_parameters": params.as_dict(),
+            "unit": getattr(model.meta, "bunit_data", None) or "image units",
             "software": f"ceers_steps {__version__}",
         }
     )

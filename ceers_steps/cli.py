@@ -5,10 +5,25 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["align_main", "apply_wcs_main", "convert_cfg_main", "default_parameter_dirs",
-           "select_images"]
+__all__ = ["add_version", "align_main", "apply_wcs_main", "convert_cfg_main",
+           "default_parameter_dirs", "select_images"]
+
 
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+def add_version(parser):
+    """``--version``: this package's version and the jwst it runs on (without importing jwst)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        jwst = version("jwst")
+    except PackageNotFoundError:
+        jwst = "not installed"
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s (ceers-steps {__version__}, jwst {jwst})")
 
 
 def _apply_wcs_parser():
@@ -16,6 +31,7 @@ def _apply_wcs_parser():
         prog="ceers-apply-wcs",
         description="Put saved tweaked WCS models (<base>_tweakreg.asdf) back onto calibrated "
                     "images and write <base>_<output suffix>.fits (CEERS' updatewcs.py).")
+    add_version(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--image", help="one image file (a path, or a name inside --input-dir)")
     which.add_argument("--all", action="store_true",
@@ -33,7 +49,6 @@ def _apply_wcs_parser():
 def apply_wcs_main(argv=None):
     """``ceers-apply-wcs``: apply saved WCS models to one image or a folder of images."""
     args = _apply_wcs_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     if args.input_suffix == args.output_suffix and Path(args.input_dir).resolve() == \
             Path(args.output_dir).resolve():
         print("ceers-apply-wcs: input and output suffix are the same in the same folder: "
@@ -51,7 +66,8 @@ def apply_wcs_main(argv=None):
     from .apply_wcs_step import ApplyWcsStep
 
     try:
-        ApplyWcsStep.call([str(p) for p in images], wcs_dir=args.wcs_dir,
+        # Command-line paths are relative to where the command runs.
+        ApplyWcsStep.call([str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
                           output_dir=args.output_dir, suffix=args.output_suffix,
                           skip_missing=args.skip_missing, save_results=True)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
@@ -66,6 +82,7 @@ def convert_cfg_main(argv=None):
         prog="ceers-convert-cfg",
         description="Convert CEERS tweakreg .cfg files (one [visit] section each) into ASDF "
                     "parameter files for ceers_align, one per section: <visit>_<filter>.asdf.")
+    add_version(p)
     p.add_argument("cfg", nargs="+", help="CEERS cfg files, e.g. tweakreg_cfgs/nircam1/f200w.cfg")
     p.add_argument("--output-dir", required=True, help="folder for the parameter files")
     p.add_argument("--abs-refcat", help="absolute reference catalog to write into every file")
@@ -184,10 +201,16 @@ def _read_parameter_file(path):
 
     from .pipeline import CeersAlignPipeline
 
+    # Validation only: the run itself creates (and logs) the pipeline once.
+    quiet = logging.getLogger("stpipe")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         pipe = Step.from_config_file(str(path))
     except Exception as exc:
         raise ValueError(f"{path}: not a readable stpipe parameter file: {exc}") from None
+    finally:
+        quiet.setLevel(level)
     if not isinstance(pipe, CeersAlignPipeline):
         raise ValueError(f"{path}: a parameter file for {type(pipe).__name__}, "
                          "not for ceers_align (CeersAlignPipeline)")
@@ -204,6 +227,7 @@ def _align_parser():
                     "<visit> <filter>'): select its *_cal.fits by FILTER header, write one "
                     "association per detector, detect sources, align, write results and WCS "
                     "models, print the summary.")
+    add_version(p)
     p.add_argument("visit", help="visit id, e.g. jw01345001001")
     p.add_argument("filter", help="filter, e.g. f115w")
     p.add_argument("--input-dir", default="calibrated", help="folder of the *_cal.fits (calibrated)")
@@ -228,6 +252,9 @@ def align_main(argv=None):
     import re
 
     args = _align_parser().parse_args(argv)
+    # The pipeline is run as an instance (pipe.run), which configures no log handler;
+    # one root handler shows every record once. (Step.call, as in ceers-apply-wcs, adds
+    # stpipe's own handler: a root handler there would print every line twice.)
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     visit, filter_name = args.visit.strip().lower(), args.filter.strip().lower()
     if not re.fullmatch(r"jw\d{11}", visit):
@@ -261,11 +288,18 @@ def align_main(argv=None):
         print("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
               file=sys.stderr)
     steps["tweakreg"]["save_wcs"] = True
+    refcat = steps["tweakreg"].get("abs_refcat")
+    if refcat and not Path(refcat).is_file():
+        print(f"ceers-align: reference catalog not found: {refcat}; nothing written",
+              file=sys.stderr)
+        return 1
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     asn_paths = _write_detector_associations(selected, visit, filter_name, out_dir)
     for path in asn_paths:
         print(f"  association {path}")
 
+    from ._stpipe import AllImagesFailedError
     from .pipeline import CeersAlignPipeline
     from .results import format_summary
 
@@ -273,16 +307,34 @@ def align_main(argv=None):
     pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
                               save_results=args.save_results, in_memory=False,
                               n_jobs=args.n_jobs, scheduler=args.scheduler)
-    from ._stpipe import AllImagesFailedError
-
     try:
         pipe.run(images)
     except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
         print(f"ceers-align: {exc}", file=sys.stderr)
+        _remove_if_alone(asn_paths, out_dir if created else None)
         return 1
     if pipe.results is not None:
         print(format_summary(pipe.results))
+    print(f"ceers-align: results in {out_dir / f'{visit}_{filter_name}_tweakreg_results.ecsv'} "
+          f"and {out_dir / f'tweakreg_results_all.{visit}_{filter_name}.txt'}")
     return 0
+
+
+def _remove_if_alone(asn_paths, created_dir):
+    """
+    After a failed run: remove the associations written for it when nothing else was
+    written beside them, and the output folder if this run created it and it is empty.
+    """
+    if created_dir is None:
+        return
+    others = [p for p in created_dir.rglob("*") if p.is_file() and p not in set(asn_paths)]
+    if others:
+        return
+    for path in asn_paths:
+        path.unlink(missing_ok=True)
+    for folder in sorted((p for p in created_dir.rglob("*") if p.is_dir()), reverse=True):
+        folder.rmdir()
+    created_dir.rmdir()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,12 @@ def effective_jobs(n_jobs, n_tasks=None):
 
 
 class _Progress:
-    """Log ``label: done/total (elapsed)`` at most every ``interval`` seconds, and at the end."""
+    """
+    Log ``label: done/total (elapsed)`` at most every ``interval`` seconds, and at the end.
+
+    The time left is estimated only once a tenth of the tasks (at least 2) are done:
+    before that the rate says nothing (the first results of a pool arrive together).
+    """
 
     def __init__(self, label, total, interval):
         self.label, self.total, self.interval = label, total, interval
@@ -67,11 +72,12 @@ class _Progress:
         now = time.perf_counter()
         if self.done == self.total or now - self.last >= self.interval:
             self.last = now
-            rate = (now - self.start) / self.done
-            eta = rate * (self.total - self.done)
+            eta = ""
+            if self.done < self.total and self.done >= max(2, self.total / 10):
+                rate = (now - self.start) / self.done
+                eta = f", ~{rate * (self.total - self.done):.0f} s left"
             log.info("%s: %d/%d done, %.1f s elapsed%s%s", self.label, self.done, self.total,
-                     now - self.start, f", ~{eta:.0f} s left" if self.done < self.total else "",
-                     f" (last: {what})" if what else "")
+                     now - self.start, eta, f" (last: {what})" if what else "")
 
 
 def _mp_context():
@@ -181,7 +187,7 @@ def run_tasks(func, tasks, n_jobs=None, scheduler=None, label="tasks", progress_
 
 
 def _run_local(func, tasks, n, progress, name_of, pool=None):
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     results = [None] * len(tasks)
     own = pool is None
@@ -191,7 +197,8 @@ def _run_local(func, tasks, n, progress, name_of, pool=None):
         futures = {pool.submit(func, *task): i for i, task in enumerate(tasks)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # One task at a time, so progress is reported as it happens.
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 i = futures[fut]
                 results[i] = fut.result()  # re-raises a worker's exception here

@@ -58,7 +58,13 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
             return self._process(input_data)
 
     def _process(self, input_data):
+        from pathlib import Path
+
         inputs = load_inputs(input_data)
+        refcat = (self.tweakreg.abs_refcat or "").strip()
+        if refcat and not self.tweakreg.skip and not Path(refcat).is_file():
+            # Before detection writes anything.
+            raise FileNotFoundError(f"reference catalog not found: {refcat}")
         log.info("CEERS alignment of %d images", len(inputs))
         catalogs = None
         if not self.catalog.skip:

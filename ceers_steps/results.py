@@ -10,6 +10,7 @@ __all__ = [
     "CEERS_HEADER",
     "ceers_results_lines",
     "format_summary",
+    "summary_line",
     "results_table",
     "write_ceers_results",
     "write_results_table",
@@ -89,8 +90,32 @@ def write_ceers_results(table, path):
     return Path(path)
 
 
+def summary_line(table):
+    """
+    One line for the log: images per outcome and the median RMSE (mas) of the
+    successful fits. The full table is in the results files.
+    """
+    import numpy as np
+
+    images = {}
+    for row in table:
+        status = str(row["status"]).split(":")[0]
+        previous = images.get(row["image"])
+        # An image's outcome is its worst row: FAILED over SKIPPED over the rest.
+        rank = {"FAILED": 2, "SKIPPED": 1}
+        if previous is None or rank.get(status, 0) > rank.get(previous, 0):
+            images[row["image"]] = status
+    counts = {}
+    for status in images.values():
+        counts[status] = counts.get(status, 0) + 1
+    ok = table[table["status"] == "SUCCESS"]
+    rmse = f"; median RMSE {1e3 * float(np.median(ok['rmse'])):.2f} mas" if len(ok) else ""
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"{len(images)} images ({parts}){rmse}"
+
+
 def format_summary(table):
-    """A readable fixed-width summary (for the log), mas and deg."""
+    """A readable fixed-width summary (for the console), mas and deg."""
     head = (f"{'stage':8s} {'group':34s} {'image':44s} {'nmatch':>6s} {'rmse':>7s} "
             f"{'xshift':>9s} {'yshift':>9s} {'rot(deg)':>9s} {'scale':>10s}  status")
     out = [head, "-" * len(head)]

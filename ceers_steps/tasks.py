@@ -67,6 +67,7 @@ class CatalogResult:
     xy: object  # Table with 0-based x, y
     error: str | None = None
     rejected: dict | None = None
+    unit: str = "image units"
 
     @classmethod
     def failed(cls, name, error, header=None, key=None):
@@ -84,6 +85,7 @@ def image_arrays(model):
     return SimpleNamespace(data=model.data, err=model.err, dq=model.dq,
                            meta=SimpleNamespace(wcs=model.meta.wcs, filename=model.meta.filename,
                                                 wcsinfo=model.meta.wcsinfo.instance,
+                                                bunit_data=model.meta.bunit_data,
                                                 instrument=SimpleNamespace(
                                                     filter=model.meta.instrument.filter)))
 
@@ -144,7 +146,8 @@ def detect_task(source, params, catalog_path, name=None):
         name=name, catalog_path=Path(catalog_path).resolve(),
         n_sources=len(catalog), rms=float(catalog.meta.get("rms", float("nan"))),
         n_rejected=int(catalog.meta.get("n_rejected", 0)), warning=catalog.meta.get("warning"),
-        header=header, key=key, xy=xy, rejected=dict(catalog.meta.get("rejected", {})))
+        header=header, key=key, xy=xy, rejected=dict(catalog.meta.get("rejected", {})),
+        unit=str(catalog.meta.get("unit", "image units")))
 
 
 def key_from_file(path):
