@@ -2,7 +2,7 @@
 
 from ._stpipe import CeersStep, ImageOutputMixin, get_logger
 from .inputs import load_inputs, open_image
-from .wcs_io import apply_wcs_model, load_wcs_for_image
+from .wcs_io import apply_wcs_model, load_wcs_for_image, wcs_dir_path
 
 __all__ = ["ApplyWcsStep"]
 
@@ -13,7 +13,8 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     """
     Apply saved WCS models (CEERS ``<base>_tweakreg.asdf`` files) to calibrated images.
 
-    For each image, ``<wcs_dir>/<base>_tweakreg.asdf`` is read, where ``<base>`` is
+    For each image, ``<wcs_dir>/<base>_tweakreg.asdf`` is read (a relative
+    ``wcs_dir`` is in the output directory, where ``ceers_tweak`` writes it), where ``<base>`` is
     the exposure name up to and including the detector, whatever the image's
     suffix. Its ``wcs`` and ``wcsinfo`` replace the image's, and
     ``meta.cal_step.tweakreg`` is set to COMPLETE. Before anything is applied,
@@ -25,20 +26,28 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     class_alias = "apply_wcs"
 
     spec = """
-        wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf
+        wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf, relative to the output directory (as ceers_tweak writes them)
         skip_missing = boolean(default=False)  # Pass images without a usable WCS model through unchanged (warning) instead of failing
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
     """  # noqa: E501
 
+    def wcs_dir_path(self):
+        """
+        ``wcs_dir``, a relative one taken in the output directory (or the working
+        directory without one): the same meaning as ``ceers_tweak``'s ``wcs_dir``.
+        """
+        return wcs_dir_path(self.wcs_dir, self.output_dir_path())
+
     def process(self, input_data):
         inputs = load_inputs(input_data)
+        wcs_dir = self.wcs_dir_path()
         plan = []
         # Check every image first, so that a bad one stops the run before anything is written.
         for image in inputs.images:
             model = open_image(image, copy=self.parent is None, require_wcs=False)
             try:
-                found = load_wcs_for_image(model, self.wcs_dir, model.meta.filename or image.name)
+                found = load_wcs_for_image(model, wcs_dir, model.meta.filename or image.name)
             except (FileNotFoundError, ValueError) as exc:
                 if not self.skip_missing:
                     raise

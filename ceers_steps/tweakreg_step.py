@@ -14,9 +14,15 @@ from .catalogs import catalog_path_for, read_catalog, read_refcat
 from .detection import DetectionParameters
 from .grouping import image_key
 from .inputs import load_inputs, open_image, written_library
-from .results import format_summary, results_table, write_ceers_results, write_results_table
+from .results import (
+    format_summary,
+    results_table,
+    summary_line,
+    write_ceers_results,
+    write_results_table,
+)
 from .tasks import detect_task, finish_aligned_model, header_task, image_arrays, write_aligned_task
-from .wcs_io import exposure_base, save_wcs_model
+from .wcs_io import exposure_base, save_wcs_model, wcs_dir_path
 
 __all__ = ["CeersTweakRegStep", "parse_catfile"]
 
@@ -97,7 +103,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_mag_min = float(default=None)  # Use only reference sources at least this faint (needs a MAG column)
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright (needs a MAG column)
         save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf (default: when saving results)
-        wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models, relative to the output directory
+        wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models; a relative one is in the output directory (as apply_wcs reads it)
         save_fit_results = boolean(default=True)  # Write <visit>_<filter>_tweakreg_results.ecsv and tweakreg_results_all.<visit>_<filter>.txt
         sip_approx = boolean(default=True)  # Refresh the FITS SIP approximation in meta.wcsinfo
         sip_max_pix_error = float(default=0.01)  # SIP fit: max forward error, pixels
@@ -246,18 +252,17 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 failed_here + visit_rows,
                 meta={"visit_filter": visit_filter, "abs_refcat": self.abs_refcat,
                       "abs_group": self.abs_group})
-            log.info("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
+            log.info("Results for %s: %s", visit_filter, summary_line(tables[visit_filter]))
+            log.debug("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
 
         statuses = self._statuses(images, rows, refcat is not None)
         self.results = results_table(rows) if rows else None
-        if self.save_fit_results and tables:
-            out_dir = self.output_dir_path()
-            for visit_filter, table in tables.items():
-                ecsv = write_results_table(table, out_dir / f"{visit_filter}_tweakreg_results.ecsv")
-                txt = write_ceers_results(table, out_dir / f"tweakreg_results_all.{visit_filter}.txt")
-                log.info("Wrote %s and %s", ecsv, txt)
+        # The results tables are written last, so a folder with them holds a complete run;
+        # an earlier run's tables are removed first, so an interrupted rerun has none.
+        self._retire_earlier_results(tables)
         failed = [im.name for im in images if im.status.get("unusable")]
         if failed and len(failed) == len(images):
+            self._write_results(tables)
             raise AllImagesFailedError(
                 f"all {len(images)} images failed: "
                 + "; ".join(r["image"] + ": " + r["status"] for r in unusable_rows))
@@ -269,10 +274,12 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             log.warning("Streaming without saving images: saving the WCS models, or the fit "
                         "would be lost")
             save_wcs = True
-        wcs_dir = self.output_dir_path() / self.wcs_dir
+        wcs_dir = wcs_dir_path(self.wcs_dir, self.output_dir_path())
         if stream:
-            return self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
-                                        wcs_dir if save_wcs else None, save)
+            result = self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
+                                          wcs_dir if save_wcs else None, save)
+            self._write_results(tables)
+            return result
 
         readable = [im for im in images if im.model is not None]
         for im in readable:
@@ -284,10 +291,39 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 path = wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf"
                 save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo, im.model.meta.wcs)
             log.info("Saved %d WCS models in %s", len(saved), wcs_dir)
+        # In-memory images are saved by stpipe after this returns; the tables come first then.
+        self._write_results(tables)
 
         from jwst.datamodels import ModelLibrary
 
         return ModelLibrary([im.model for im in readable])
+
+    def _results_paths(self, visit_filter):
+        out_dir = self.output_dir_path()
+        return (out_dir / f"{visit_filter}_tweakreg_results.ecsv",
+                out_dir / f"tweakreg_results_all.{visit_filter}.txt")
+
+    def _retire_earlier_results(self, tables):
+        """Say so when the output folder holds an earlier run of the same visit, and retire it."""
+        if not self.save_fit_results:
+            return
+        for visit_filter in tables:
+            earlier = [p for p in self._results_paths(visit_filter) if p.exists()]
+            if earlier:
+                log.warning("%s: %s holds the results of an earlier run (%s); its outputs are "
+                            "being replaced", visit_filter, earlier[0].parent,
+                            ", ".join(p.name for p in earlier))
+                for path in earlier:
+                    path.unlink()
+
+    def _write_results(self, tables):
+        if not self.save_fit_results:
+            return
+        for visit_filter, table in tables.items():
+            ecsv_path, txt_path = self._results_paths(visit_filter)
+            ecsv = write_results_table(table, ecsv_path)
+            txt = write_ceers_results(table, txt_path)
+            log.info("Wrote %s and %s", ecsv, txt)
 
     def _open_inputs(self, inputs, stream, catalogs, copy_inputs):
         """

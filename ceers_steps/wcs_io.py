@@ -18,6 +18,7 @@ __all__ = [
     "load_wcs_for_image",
     "read_wcs_model",
     "save_wcs_model",
+    "wcs_dir_path",
     "wcs_model_path",
 ]
 
@@ -37,6 +38,18 @@ def exposure_base(filename):
         return match.group(1)
     stem = name.split(".")[0]
     return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def wcs_dir_path(wcs_dir, output_dir):
+    """
+    Where the WCS models are: ``wcs_dir`` itself when absolute, else inside ``output_dir``.
+
+    The one meaning of every step's ``wcs_dir`` (written by ``ceers_tweak``, read by
+    ``apply_wcs``); console commands resolve their ``--wcs-dir`` from the working
+    directory, as every path on a command line, before passing it on.
+    """
+    path = Path(wcs_dir).expanduser()
+    return path if path.is_absolute() else Path(output_dir) / path
 
 
 def wcs_model_path(wcs_dir, filename):
