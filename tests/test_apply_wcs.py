@@ -24,6 +24,7 @@ def _blank_cal(base):
     return model
 
 
+@pytest.mark.slow  # all 690 real models: CI runs it in its own stage (pytest -m slow)
 def test_every_real_ceers_model_applies_exactly(ceers_dir):
     """All 690 real models; ``CEERS_APPLY_SAMPLE=1`` (CI's second, older stack) checks one
     model per visit and detector (50) to keep CI within its time budget."""

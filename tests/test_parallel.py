@@ -161,8 +161,12 @@ def test_ctrl_c_leaves_no_half_written_output(visit24, tmp_path):
            f"--steps.tweakreg.abs_refcat={visit24['refcat']}", f"--output_dir={out}"]
     log = tmp_path / "run.log"
     with open(log, "w") as log_file:  # a file, not a pipe: a full pipe would block the run
+        # start_new_session: its own process group, as a shell job. The child gets SIGINT's
+        # default disposition back, as a terminal's job would: a pytest started under nohup or
+        # with '&' passes SIGINT on ignored, and Python keeps an ignored SIGINT ignored.
         proc = subprocess.Popen(cmd, env=clean_env(), stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while (time.time() < deadline and proc.poll() is None
                and not list(out.glob("*_tweakreg.fits"))):

@@ -147,6 +147,7 @@ def test_results_files_in_ceers_layout(builtin_visit, tmp_path):
     assert float(line[4]) == pytest.approx(row["rmse"], abs=5e-9)
 
 
+@pytest.mark.slow  # all 30 CEERS parameter sets: CI runs it in its own stage (pytest -m slow)
 def test_all_30_ceers_parameter_sets_run(ceers_dir, builtin_visit):
     """Every visit section of the real CEERS cfg files runs; none is refused."""
     v = builtin_visit
