@@ -66,6 +66,22 @@ class OfflineMixin:
         """The step's (or its pipeline's) output directory, else the working directory."""
         return Path(self.search_attr("output_dir") or os.getcwd())
 
+    def run(self, *args, **kwargs):
+        """
+        stpipe's ``run``; when it fails, an output directory that stpipe created for this
+        run and that is still empty is removed, so a failed run leaves nothing behind.
+        """
+        out = None
+        if self.output_dir:
+            out = Path(os.path.expandvars(os.path.expanduser(self.output_dir)))
+        existed = out is None or out.exists()
+        try:
+            return super().run(*args, **kwargs)
+        except BaseException:
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+
 
 class CeersStep(OfflineMixin, JwstStep):
     """A jwst Step that never contacts CRDS and logs under ``ceers_steps``."""

@@ -132,3 +132,12 @@ def test_ceers_apply_wcs_logs_each_line_once(small_visit_dir, catalogued, tmp_pa
     lines = [line for line in proc.stderr.splitlines() if " applied " in line]
     assert len(lines) == 4 and len(set(lines)) == 4
     assert not any(line.startswith("INFO stpipe") for line in proc.stderr.splitlines())
+
+
+def test_failed_strun_leaves_no_empty_output_folder(small_visit_dir, tmp_path):
+    """stpipe creates --output_dir when a run starts; a run that fails before writing removes it."""
+    proc = run_cli(["strun", "ceers_align", str(small_visit_dir["asn"]), "--output_dir=new",
+                    f"--steps.tweakreg.abs_refcat={tmp_path / 'missing.ecsv'}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "reference catalog not found" in proc.stderr + proc.stdout
+    assert not (tmp_path / "new").exists()
