@@ -106,21 +106,36 @@ class CeersPipeline(OfflineMixin, JwstPipeline):
 class ImageOutputMixin:
     """Save images as ``<exposure base>_<suffix>.fits``, completely or not at all."""
 
+    #: The input files of the current run, never to be written over (`remember_inputs`).
+    _input_paths = ()
+
+    def remember_inputs(self, inputs):
+        """Record the run's input files (an `InputSet`): `save_model` never writes over them."""
+        self._input_paths = tuple(image.path for image in inputs.images if image.path is not None)
+
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False, **kwargs):
-        """Save images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``)."""
+        """
+        Save images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``).
+
+        Every output path is checked before the first is written: none may be an
+        input of the run (same path or same file) and no two may coincide.
+        """
         if not (force or self.save_results):
             return None
         if getattr(model, "outputs_written", False):
             return None  # a streamed run wrote its outputs as it went
-        from .fileio import atomic_output
+        from .fileio import atomic_output, check_outputs
         from .inputs import library_models
         from .wcs_io import exposure_base
 
         suffix = suffix or self.suffix or "tweakreg"
         out_dir = self.output_dir_path()
+        models = library_models(model)
+        planned = [(out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits", m.meta.filename)
+                   for m in models]
+        check_outputs(planned, self._input_paths)
         paths = []
-        for m in library_models(model):
-            path = out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits"
+        for m, (path, _) in zip(models, planned, strict=True):
             with atomic_output(path) as tmp:
                 m.save(str(tmp))
             paths.append(str(path))

@@ -41,6 +41,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
 
     def process(self, input_data):
         inputs = load_inputs(input_data)
+        self.remember_inputs(inputs)
         wcs_dir = self.wcs_dir_path()
         plan = []
         # Check every image first, so that a bad one stops the run before anything is written.

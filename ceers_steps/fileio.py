@@ -6,7 +6,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "write_association", "write_ecsv"]
+__all__ = ["atomic_output", "check_outputs", "write_association", "write_ecsv"]
 
 
 @contextmanager
@@ -29,6 +29,53 @@ def atomic_output(path):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _file_keys(path):
+    """What identifies a file: its resolved path and, when it exists, its device and inode."""
+    path = Path(path)
+    keys = [("path", str(path.resolve()))]
+    try:
+        st = path.stat()
+        keys.append(("inode", st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    return keys
+
+
+def check_outputs(outputs, inputs):
+    """
+    Refuse, before anything is written, outputs that would overwrite an input or each other.
+
+    Parameters
+    ----------
+    outputs : list of (path, str)
+        Each output file and the input it is made from (for messages).
+    inputs : iterable of path
+        Every input file of the run (None entries are ignored).
+
+    Raises
+    ------
+    ValueError
+        Naming the output and the input it would overwrite, or the two inputs that
+        would be written to the same output.
+    """
+    known = {}
+    for path in inputs:
+        if path is not None:
+            for key in _file_keys(path):
+                known[key] = Path(path)
+    seen = {}
+    for out, source in outputs:
+        keys = _file_keys(out)
+        for key in keys:
+            if key in known:
+                raise ValueError(f"{out}: this output would overwrite the input {known[key]}; "
+                                 "choose another output folder or suffix")
+        if keys[0] in seen:
+            raise ValueError(f"{seen[keys[0]]} and {source} would both be written to {out}; "
+                             "rename one or align them in separate runs")
+        seen[keys[0]] = source
 
 
 def write_ecsv(table, path):

@@ -61,6 +61,7 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
         from pathlib import Path
 
         inputs = load_inputs(input_data)
+        self.remember_inputs(inputs)
         refcat = (self.tweakreg.abs_refcat or "").strip()
         if refcat and not self.tweakreg.skip and not Path(refcat).is_file():
             # Before detection writes anything.

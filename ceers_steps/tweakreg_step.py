@@ -151,6 +151,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         from .engine import worker_pool
 
         inputs = load_inputs(input_data)
+        self.remember_inputs(inputs)
         with worker_pool(self.n_jobs, self.scheduler or None):
             return self.align(inputs, save=bool(self.save_results), suffix=self.suffix)
 
@@ -285,10 +286,17 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         for im in readable:
             status, wcs_name = statuses[im.name]
             finish_aligned_model(im.model, None, wcs_name, status, self._sip(), log=log)
+        from .fileio import check_outputs
+
+        # Every output of the run (images saved by stpipe afterwards, WCS models) checked first.
+        saved = [im for im in readable if statuses[im.name][0] != "FAILED"] if save_wcs else []
+        wcs_paths = [(wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf", im.name)
+                     for im in saved]
+        image_paths = [(self.output_dir_path() / f"{exposure_base(im.model.meta.filename)}_"
+                        f"{suffix}.fits", im.name) for im in readable] if save else []
+        check_outputs(image_paths + wcs_paths, [image.path for image in inputs.images])
         if save_wcs:
-            saved = [im for im in readable if statuses[im.name][0] != "FAILED"]
-            for im in saved:
-                path = wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf"
+            for im, (path, _) in zip(saved, wcs_paths, strict=True):
                 save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo, im.model.meta.wcs)
             log.info("Saved %d WCS models in %s", len(saved), wcs_dir)
         # In-memory images are saved by stpipe after this returns; the tables come first then.
@@ -390,16 +398,25 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
     def _write_streamed(self, inputs, images, statuses, catalog_paths, suffix, wcs_dir, save):
         """Workers write every aligned image (and WCS model); return a library over them."""
+        from .fileio import check_outputs
+
         out_dir = self.output_dir_path()
+        readable = [(image, im, cat) for image, im, cat in zip(inputs.images, images, catalog_paths,
+                                                                strict=True)
+                    if im.model is not None]  # an unreadable file has nothing to write
+        planned = []
+        for _, im, _ in readable:
+            base = exposure_base(im.name)
+            if save:
+                planned.append((out_dir / f"{base}_{suffix}.fits", im.name))
+            if wcs_dir is not None and statuses[im.name][0] != "FAILED":
+                planned.append((wcs_dir / f"{base}_tweakreg.asdf", im.name))
+        check_outputs(planned, [image.path for image in inputs.images])
         tasks, members = [], []
-        for image, im, cat in zip(inputs.images, images, catalog_paths, strict=True):
-            if im.model is None:
-                continue  # unreadable: nothing to write
+        for image, im, cat in readable:
             status, wcs_name = statuses[im.name]
             base = exposure_base(im.name)
             out_path = out_dir / f"{base}_{suffix}.fits" if save else None
-            if out_path is not None and out_path.resolve() == image.path.resolve():
-                raise ValueError(f"{image.name}: output would overwrite the input file")
             wcs_path = (wcs_dir / f"{base}_tweakreg.asdf"
                         if wcs_dir is not None and status != "FAILED" else None)
             tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
