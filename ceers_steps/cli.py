@@ -12,6 +12,20 @@ __all__ = ["add_version", "align_main", "apply_wcs_main", "convert_cfg_main",
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
+def _log_once():
+    """
+    Show every log record of a pipeline run as an instance (``pipe.run``) once.
+
+    stpipe >= 0.8 configures no handler for an instance's run: one root handler does.
+    Older stpipe (jwst 1.16) puts a handler on its own logger at import and forwards
+    root records to it: a root handler there would print every line twice.
+    """
+    import stpipe  # noqa: F401 - older versions set their handlers up on import
+
+    if not logging.getLogger("stpipe").handlers:
+        logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+
+
 def add_version(parser):
     """``--version``: this package's version and the jwst it runs on (without importing jwst)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -202,15 +216,13 @@ def _read_parameter_file(path):
     from .pipeline import CeersAlignPipeline
 
     # Validation only: the run itself creates (and logs) the pipeline once.
-    quiet = logging.getLogger("stpipe")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
+    logging.disable(logging.INFO)
     try:
         pipe = Step.from_config_file(str(path))
     except Exception as exc:
         raise ValueError(f"{path}: not a readable stpipe parameter file: {exc}") from None
     finally:
-        quiet.setLevel(level)
+        logging.disable(logging.NOTSET)
     if not isinstance(pipe, CeersAlignPipeline):
         raise ValueError(f"{path}: a parameter file for {type(pipe).__name__}, "
                          "not for ceers_align (CeersAlignPipeline)")
@@ -252,10 +264,7 @@ def align_main(argv=None):
     import re
 
     args = _align_parser().parse_args(argv)
-    # The pipeline is run as an instance (pipe.run), which configures no log handler;
-    # one root handler shows every record once. (Step.call, as in ceers-apply-wcs, adds
-    # stpipe's own handler: a root handler there would print every line twice.)
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    _log_once()
     visit, filter_name = args.visit.strip().lower(), args.filter.strip().lower()
     if not re.fullmatch(r"jw\d{11}", visit):
         print(f"ceers-align: {args.visit!r} is not a visit id like jw01345001001", file=sys.stderr)

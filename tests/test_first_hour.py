@@ -47,6 +47,7 @@ def test_jwst_reads_our_catalog_association_from_any_directory(small_visit_dir, 
     """jwst's own TweakRegStep, run from another folder, finds every catalog we wrote."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    (tmp_path / "jwst_out").mkdir()  # jwst 1.16's stpipe does not create it
     env = clean_env()
     env["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
     cmd = [str(Path(sys.executable).parent / "strun"), "tweakreg",
@@ -115,9 +116,11 @@ def test_ceers_align_prints_the_table_once(small_visit_dir, tmp_path):
     both = proc.stdout + proc.stderr
     assert both.count("(rmse and shifts in mas)") == 1
     assert "Results for jw01345001001_f200w: 4 images" in proc.stderr
-    # No record twice: stpipe's handler is the only one (no second root handler).
+    # No record twice: one handler prints each (no second root handler). Python warnings of
+    # third-party code, which older stpipe logs at each occurrence, are not our events.
     records = [line.split(" - ", 1)[1] for line in proc.stderr.splitlines()
-               if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - ", line)]
+               if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - ", line)
+               and "site-packages" not in line]
     assert len(records) > 10 and len(records) == len(set(records))
 
 
