@@ -113,6 +113,13 @@ class ImageOutputMixin:
         """Record the run's input files (an `InputSet`): `save_model` never writes over them."""
         self._input_paths = tuple(image.path for image in inputs.images if image.path is not None)
 
+    def image_output_path(self, filename, suffix=None):
+        """``<output dir>/<exposure base>_<suffix>.fits``: where an image of this step is saved."""
+        from .wcs_io import exposure_base
+
+        suffix = suffix or self.suffix or "tweakreg"
+        return self.output_dir_path() / f"{exposure_base(filename)}_{suffix}.fits"
+
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False, **kwargs):
         """
         Save images as ``<exposure base>_<suffix>.fits`` (CEERS: ``_tweakreg``).
@@ -126,12 +133,9 @@ class ImageOutputMixin:
             return None  # a streamed run wrote its outputs as it went
         from .fileio import atomic_output, check_outputs
         from .inputs import library_models
-        from .wcs_io import exposure_base
 
-        suffix = suffix or self.suffix or "tweakreg"
-        out_dir = self.output_dir_path()
         models = library_models(model)
-        planned = [(out_dir / f"{exposure_base(m.meta.filename)}_{suffix}.fits", m.meta.filename)
+        planned = [(self.image_output_path(m.meta.filename, suffix), m.meta.filename)
                    for m in models]
         check_outputs(planned, self._input_paths)
         paths = []

@@ -292,8 +292,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         saved = [im for im in readable if statuses[im.name][0] != "FAILED"] if save_wcs else []
         wcs_paths = [(wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf", im.name)
                      for im in saved]
-        image_paths = [(self.output_dir_path() / f"{exposure_base(im.model.meta.filename)}_"
-                        f"{suffix}.fits", im.name) for im in readable] if save else []
+        image_paths = [(self.image_output_path(im.model.meta.filename, suffix), im.name)
+                       for im in readable] if save else []
         check_outputs(image_paths + wcs_paths, [image.path for image in inputs.images])
         if save_wcs:
             for im, (path, _) in zip(saved, wcs_paths, strict=True):
@@ -400,25 +400,21 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         """Workers write every aligned image (and WCS model); return a library over them."""
         from .fileio import check_outputs
 
-        out_dir = self.output_dir_path()
-        readable = [(image, im, cat) for image, im, cat in zip(inputs.images, images, catalog_paths,
-                                                                strict=True)
-                    if im.model is not None]  # an unreadable file has nothing to write
-        planned = []
-        for _, im, _ in readable:
-            base = exposure_base(im.name)
-            if save:
-                planned.append((out_dir / f"{base}_{suffix}.fits", im.name))
-            if wcs_dir is not None and statuses[im.name][0] != "FAILED":
-                planned.append((wcs_dir / f"{base}_tweakreg.asdf", im.name))
-        check_outputs(planned, [image.path for image in inputs.images])
-        tasks, members = [], []
-        for image, im, cat in readable:
+        # Each output path once: checked against the inputs and each other, then written.
+        plan = []
+        for image, im, cat in zip(inputs.images, images, catalog_paths, strict=True):
+            if im.model is None:
+                continue  # an unreadable file has nothing to write
             status, wcs_name = statuses[im.name]
-            base = exposure_base(im.name)
-            out_path = out_dir / f"{base}_{suffix}.fits" if save else None
-            wcs_path = (wcs_dir / f"{base}_tweakreg.asdf"
+            out_path = self.image_output_path(im.name, suffix) if save else None
+            wcs_path = (wcs_dir / f"{exposure_base(im.name)}_tweakreg.asdf"
                         if wcs_dir is not None and status != "FAILED" else None)
+            plan.append((image, im, cat, status, wcs_name, out_path, wcs_path))
+        check_outputs([(path, im.name) for _, im, _, _, _, out_path, wcs_path in plan
+                       for path in (out_path, wcs_path) if path is not None],
+                      [image.path for image in inputs.images])
+        tasks, members = [], []
+        for image, im, cat, status, wcs_name, out_path, wcs_path in plan:
             tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
                           wcs_name, status, self._sip(), wcs_path, cat))
             members.append({"expname": str(out_path), "exptype": "science",
