@@ -17,6 +17,7 @@ from astropy.table import Table
 from ._stpipe import get_logger
 from .grouping import group_images
 from .jointfit import JointParameters, joint_fit
+from .judge import judge_images
 
 __all__ = [
     "ABS_GROUPS",
@@ -33,6 +34,28 @@ __all__ = [
 log = get_logger(__name__)
 
 ABS_GROUPS = ("joint", "detector", "visit")
+#: Fewest matches each fit geometry can be solved from.
+MIN_POINTS = {"shift": 1, "rshift": 2, "rscale": 2, "general": 3}
+
+
+def _check(prefix, fitgeometry, minobj, searchrad, separation, tolerance, nclip, sigma):
+    """Refuse parameters no fit can use, naming the step parameter."""
+    if fitgeometry not in MIN_POINTS:
+        raise ValueError(f"{prefix}fitgeometry must be one of {tuple(MIN_POINTS)}, "
+                         f"not {fitgeometry!r}")
+    need = max(2, MIN_POINTS[fitgeometry])
+    checks = [
+        ("minobj", minobj, minobj is not None and minobj >= need,
+         f"at least {need} for fitgeometry {fitgeometry!r}"),
+        ("searchrad", searchrad, searchrad is not None and searchrad > 0, "positive (arcsec)"),
+        ("separation", separation, separation is not None and separation >= 0, ">= 0 (arcsec)"),
+        ("tolerance", tolerance, tolerance is not None and tolerance > 0, "positive (arcsec)"),
+        ("nclip", nclip, nclip is not None and nclip >= 0, ">= 0"),
+        ("sigma", sigma, sigma is not None and sigma > 0, "positive"),
+    ]
+    for name, value, ok, rule in checks:
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"{prefix}{name} must be {rule}, not {value}")
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -53,6 +76,10 @@ class RelativeParameters:
     nclip: int = 1
     sigma: float = 0.6
 
+    def __post_init__(self):
+        _check("", self.fitgeometry, self.minobj, self.searchrad, self.separation,
+               self.tolerance, self.nclip, self.sigma)
+
 
 @dataclass
 class AbsoluteParameters:
@@ -69,6 +96,17 @@ class AbsoluteParameters:
     group: str = "joint"
     significance: float = 3.0
     margin: float = 5.0
+    image_minobj: int = 3
+
+    def __post_init__(self):
+        _check("abs_", self.fitgeometry, self.minobj, self.searchrad, self.separation,
+               self.tolerance, self.nclip, self.sigma)
+        if self.group not in ABS_GROUPS:
+            raise ValueError(f"abs_group must be one of {ABS_GROUPS}, not {self.group!r}")
+        if self.significance is None or self.significance < 0:
+            raise ValueError(f"abs_significance must be >= 0, not {self.significance}")
+        if self.image_minobj is None or self.image_minobj < 1:
+            raise ValueError(f"abs_image_minobj must be at least 1, not {self.image_minobj}")
 
 
 @dataclass
@@ -97,6 +135,7 @@ class AlignImage:
     key: object
     status: dict = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
+    original_wcs: object = None
 
     def wcsinfo(self):
         wi = self.model.meta.wcsinfo
@@ -110,8 +149,10 @@ class AlignImage:
             self.model.meta.wcs = wcs
 
     def inside_catalog(self):
-        """The catalog rows inside the WCS bounding box."""
+        """The catalog rows with finite positions inside the WCS bounding box."""
         cat = self.catalog
+        if len(cat):
+            cat = cat[np.isfinite(cat["x"]) & np.isfinite(cat["y"])]
         bbox = self.model.meta.wcs.bounding_box
         if bbox is not None and len(cat):
             (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
@@ -126,6 +167,38 @@ class AlignImage:
         return StackedJWSTWCSCorrector(wcs=self.model.meta.wcs, wcsinfo=self.wcsinfo(),
                                 meta={"catalog": self.inside_catalog(), "name": self.name,
                                       "group_id": group_id})
+
+
+#: More catalog sources than one per this many pixels is no NIRCam catalog (deep fields
+#: give one per ~1000-4000 pixels): matching will be confused.
+DENSE_PIXELS_PER_SOURCE = 200.0
+
+
+def catalog_problem(im):
+    """
+    What is wrong with an image's catalog for alignment, or None.
+
+    Reported per image: a catalog whose sources are all non-finite or off the
+    image (a wrong catalog, or 1-based positions of another image), or one far
+    denser than any real NIRCam catalog.
+    """
+    n = len(im.catalog) if im.catalog is not None else 0
+    if n == 0:
+        return None
+    inside = len(im.inside_catalog())
+    if inside == 0:
+        finite = int(np.sum(np.isfinite(im.catalog["x"]) & np.isfinite(im.catalog["y"])))
+        return (f"none of the {n} sources of its catalog lies on the image "
+                f"({n - finite} non-finite, {finite} outside it): the wrong catalog?")
+    bbox = im.model.meta.wcs.bounding_box
+    if bbox is not None:
+        (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+        area = max((x1 - x0) * (y1 - y0), 1.0)
+        if inside > area / DENSE_PIXELS_PER_SOURCE:
+            return (f"its catalog has {inside} sources on the image, one per "
+                    f"{area / inside:.0f} pixels: far denser than a NIRCam catalog "
+                    "(random rows?); matches may be confused")
+    return None
 
 
 def result_row(stage, group, image, status, fitgeometry, fit_info=None, **values):
@@ -318,8 +391,45 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None)
         loose = [i for i in idx if images[i].status.get("relative_failed")]
         fits += ([(name, tied)] if tied else []) + [(f"{name}:{images[i].name}", [i])
                                                     for i in loose]
-    return _run_groups(_absolute_group_task, images, [(n, idx, params) for n, idx in fits], runner,
-                       "Absolute fits", extra=lambda idx: (refcat,))
+    rows = _run_groups(_absolute_group_task, images, [(n, idx, params) for n, idx in fits],
+                       runner, "Absolute fits", extra=lambda idx: (refcat,))
+    fitted = [i for i, im in enumerate(images)
+              if any(r["image"] == im.name and r["stage"] == "absolute" and r["status"] == "SUCCESS"
+                     for r in rows)]
+    if fitted:
+        plane = visit_plane(images)
+        _, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
+        positions = [_plane_positions(images[i], plane) for i in fitted]
+        verdicts = judge_images(positions, ref_xy, params.tolerance, params.image_minobj,
+                                n_sources=[len(images[i].catalog) for i in fitted],
+                                separation=params.separation)
+        for i, verdict in zip(fitted, verdicts, strict=True):
+            if not verdict.ok:
+                _reject(images[i], verdict.reason, rows, visit_name)
+    return rows
+
+
+def _plane_positions(im, plane, wcs=None):
+    """An image's in-bounds catalog through its (current or given) WCS, in ``plane`` (arcsec)."""
+    cat = im.inside_catalog()
+    if not len(cat):
+        return np.zeros((0, 2))
+    wcs = wcs or im.model.meta.wcs
+    ra, dec = wcs(np.asarray(cat["x"]), np.asarray(cat["y"]), with_bounding_box=False)
+    x, y = plane.world_to_tanp(ra, dec)
+    return np.column_stack([x, y])
+
+
+def _reject(im, reason, rows, visit_name):
+    """An image failed its judgement: its WCS back to the input's, its rows say why."""
+    log.warning("%s: %s: not aligned: %s; its WCS is left unchanged", visit_name, im.name, reason)
+    if im.original_wcs is not None and im.model.meta.wcs is not im.original_wcs:
+        im.set_wcs(im.original_wcs)
+    im.status["rejected"] = reason
+    for row in rows:
+        if row["image"] == im.name and row["status"] == "SUCCESS":
+            row.update(status=f"FAILED: {reason}", nmatch=0, rmse=0.0, mae=0.0, xshift=0.0,
+                       yshift=0.0, rotation=0.0, scale=1.0)
 
 
 def _portable(images):
@@ -413,60 +523,96 @@ def _absolute_tweakwcs(images, refcat, params, group):
 
 
 def _absolute_joint(images, refcat, params, visit_name):
+    """
+    The joint visit fit, then every image judged on its own matches; images that
+    fail are left out and the visit refitted without them (at most three rounds).
+    """
     from .correctors import StackedJWSTWCSCorrector
 
     geom = params.fitgeometry
     plane = visit_plane(images)
     _, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
-    positions = []
-    for im in images:
-        cat = im.inside_catalog()
-        if len(cat):
-            ra, dec = im.model.meta.wcs(np.asarray(cat["x"]), np.asarray(cat["y"]),
-                                        with_bounding_box=False)
-            x, y = plane.world_to_tanp(ra, dec)
-            positions.append(np.column_stack([x, y]))
-        else:
-            positions.append(np.zeros((0, 2)))
+    positions = [_plane_positions(im, plane) for im in images]
     jp = JointParameters(fitgeometry=geom, searchrad=params.searchrad, use2dhist=params.use2dhist,
                          separation=params.separation, tolerance=params.tolerance,
                          minobj=params.minobj, significance=params.significance)
-    fit = joint_fit(positions, [im.key.exposure for im in images],
-                    [im.key.detector for im in images], ref_xy, jp)
     det_group = {im.key.detector: f"{visit_name}_{im.key.detector}" for im in images}
-    if not fit.success:
+    rejected = {}
+    for _ in range(3):
+        kept = [i for i in range(len(images)) if i not in rejected]
+        if not kept:
+            break
+        fit = joint_fit([positions[i] for i in kept], [images[i].key.exposure for i in kept],
+                        [images[i].key.detector for i in kept], ref_xy, jp)
+        if not fit.success:
+            break
+        after = [positions[i] @ fit.matrix.T + shift
+                 for i, shift in zip(kept, fit.image_shift, strict=True)]
+        verdicts = judge_images(after, ref_xy, params.tolerance, params.image_minobj,
+                                n_sources=[len(images[i].catalog) for i in kept],
+                                offset_test=True, separation=params.separation)
+        new = {i: v.reason for i, v in zip(kept, verdicts, strict=True) if not v.ok}
+        if not new:
+            break
+        rejected.update(new)
+    else:
+        fit = None  # still rejecting after three rounds: nothing is trusted
+    if fit is None or not fit.success or len(rejected) == len(images):
+        status = ("FAILED: images kept failing their judgement after three fits" if fit is None
+                  else fit.status if not fit.success else "FAILED: every image failed its judgement")
         log.warning("%s: joint absolute alignment failed: %s; WCS left unchanged",
-                    visit_name, fit.status)
-        return ([result_row("relative", visit_name, im.name, fit.status, "shift") for im in images]
-                + [result_row("absolute", det_group[im.key.detector], im.name, fit.status, geom)
-                   for im in images])
+                    visit_name, status)
+        rows = []
+        for stage, group, g in (("relative", lambda im: visit_name, "shift"),
+                                ("absolute", lambda im: det_group[im.key.detector], geom)):
+            for i, im in enumerate(images):
+                st = f"FAILED: {rejected[i]}" if i in rejected else status
+                rows.append(result_row(stage, group(im), im.name, st, g))
+        for i in rejected:
+            images[i].status["rejected"] = rejected[i]
+        return rows
+    for i, reason in rejected.items():
+        log.warning("%s: %s: not aligned: %s; its WCS is left unchanged", visit_name,
+                    images[i].name, reason)
+        images[i].status["rejected"] = reason
+    kept = [i for i in range(len(images)) if i not in rejected]
+    index = {i: k for k, i in enumerate(kept)}
 
     limit = 2 * (params.searchrad + params.tolerance)
-    new_wcs = []
-    for im, shift in zip(images, fit.image_shift, strict=True):
+    new_wcs = {}
+    for i in kept:
+        im = images[i]
         corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
-        corr.set_correction(matrix=fit.matrix, shift=shift, ref_tpwcs=plane)
-        new_wcs.append((corr, _correction_size(corr)))
-    size = max(s for _, s in new_wcs)
+        corr.set_correction(matrix=fit.matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
+        new_wcs[i] = (corr, _correction_size(corr))
+    size = max(s for _, s in new_wcs.values())
     status = "SUCCESS"
     if size > limit:
         status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
         log.warning("%s: %s; WCS left unchanged", visit_name, status)
     rows = []
-    for i, (im, (corr, _)) in enumerate(zip(images, new_wcs, strict=True)):
+    for i, im in enumerate(images):
+        if i in rejected:
+            rows.append(result_row("relative", visit_name, im.name, f"FAILED: {rejected[i]}",
+                                   "shift"))
+            continue
         if status == "SUCCESS":
-            im.set_wcs(corr.wcs)
-        st = fit.image_stats[i]
+            im.set_wcs(new_wcs[i][0].wcs)
+        st = fit.image_stats[index[i]]
         t = fit.dither_shift[im.key.exposure]
         rows.append(result_row("relative", visit_name, im.name, status, "shift",
                                nmatch=st["nmatch"], rmse=st["rmse"], mae=st["mae"],
                                xshift=float(t[0]), yshift=float(t[1])))
     for det, name in det_group.items():
-        st = fit.detector_stats[det]
-        total = fit.shift + fit.detector_shift[det]
-        for im in images:
+        st = fit.detector_stats.get(det)
+        for i, im in enumerate(images):
             if im.key.detector != det:
                 continue
+            if i in rejected or st is None:
+                reason = rejected.get(i, "every image of this detector failed its judgement")
+                rows.append(result_row("absolute", name, im.name, f"FAILED: {reason}", geom))
+                continue
+            total = fit.shift + fit.detector_shift[det]
             rows.append(result_row("absolute", name, im.name, status, geom,
                                    nmatch=st["nmatch"], rmse=st["rmse"], mae=st["mae"],
                                    xshift=float(total[0]), yshift=float(total[1]),
@@ -499,6 +645,11 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     """
     rel = rel or RelativeParameters()
     abs_ = abs_ or AbsoluteParameters()
+    for im in images:
+        im.original_wcs = im.model.meta.wcs
+        problem = catalog_problem(im)
+        if problem:
+            log.warning("%s: %s", im.name, problem)
     keys = [im.key for im in images]
     runs, group_ids = group_images(keys, group_by)
     visit_name = images[0].key.visit_filter

@@ -255,11 +255,17 @@ def test_empty_catalog_image_is_reported_and_rest_aligned(builtin_visit, tmp_pat
     empty = tmp_path / "empty_cat.ecsv"
     Table(names=("id", "xcentroid", "ycentroid", "flux"), dtype=("i4", "f8", "f8", "f8")).write(empty)
     models[0].meta.tweakreg_catalog = str(empty)
+    before = models[0].meta.wcs(100.0, 200.0)
     step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), save_fit_results=False)
     out = models_of(step.run(lib))
     errs = _errors(out, v["visit"])
-    # The joint model still places the image (its dither and detector are known from the others).
-    assert max(errs) < 5
+    # Nothing of its own confirms the visit's correction for it: not called aligned, WCS as given.
+    assert out[0].meta.cal_step.tweakreg == "SKIPPED"
+    assert out[0].meta.wcs(100.0, 200.0) == pytest.approx(before, abs=1e-12)
+    rows = [r for r in step.results if r["image"] == out[0].meta.filename]
+    assert rows and all("no sources in its catalog" in r["status"] for r in rows)
+    assert max(errs[1:]) < 5
+    assert all(m.meta.cal_step.tweakreg == "COMPLETE" for m in out[1:])
 
 
 def test_refcat_without_radec_is_a_clear_error(builtin_visit, tmp_path):
