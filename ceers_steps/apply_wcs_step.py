@@ -18,7 +18,9 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     the exposure name up to and including the detector, whatever the image's
     suffix. Its ``wcs`` and ``wcsinfo`` replace the image's, and
     ``meta.cal_step.tweakreg`` is set to COMPLETE. Before anything is applied,
-    every image is checked (model found, detector matches, bounding box fits);
+    every image is checked (model found, made for this exposure and detector,
+    recording a COMPLETE fit, bounding box equal to the image; ``force`` overrides
+    all but the first);
     a problem is an error naming the image and the file, unless
     ``skip_missing`` passes such images through unchanged with a warning.
     """
@@ -28,6 +30,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     spec = """
         wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf, relative to the output directory (as ceers_tweak writes them)
         skip_missing = boolean(default=False)  # Pass images without a usable WCS model through unchanged (warning) instead of failing
+        force = boolean(default=False)  # Experts: apply models that record an unaligned (SKIPPED) fit, another exposure, or a bounding box that does not match the image
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
     """  # noqa: E501
@@ -48,7 +51,8 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         for image in inputs.images:
             model = open_image(image, copy=self.parent is None, require_wcs=False)
             try:
-                found = load_wcs_for_image(model, wcs_dir, model.meta.filename or image.name)
+                found = load_wcs_for_image(model, wcs_dir, model.meta.filename or image.name,
+                                           force=self.force)
             except (FileNotFoundError, ValueError) as exc:
                 if not self.skip_missing:
                     raise

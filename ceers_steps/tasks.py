@@ -179,7 +179,7 @@ def key_from_file(path):
 
 
 def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_path=None,
-                       catalog_path=None):
+                       catalog_path=None, reason=None):
     """
     Open a cal file, give it its aligned WCS, and save it as ``out_path``.
 
@@ -201,6 +201,8 @@ def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_pat
         Also save the WCS as a CEERS-layout ASDF file here.
     catalog_path : str, optional
         Recorded as ``meta.tweakreg_catalog``.
+    reason : str, optional
+        Why the image was not aligned (recorded in the WCS model of a SKIPPED image).
 
     Returns
     -------
@@ -215,12 +217,19 @@ def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_pat
     try:
         finish_aligned_model(model, wcs, wcs_name, status, sip)
         if catalog_path:
-            model.meta.tweakreg_catalog = str(catalog_path)
+            from .fileio import fits_safe_path
+
+            # Relative to the written image when the absolute path cannot be a FITS value.
+            where = [Path(out_path).parent] if out_path is not None else []
+            safe = fits_safe_path(catalog_path, where + [Path.cwd()])
+            if safe is not None:
+                model.meta.tweakreg_catalog = safe
         if out_path is not None:
             with atomic_output(out_path) as tmp:
                 model.save(str(tmp))
         if wcs_model_path is not None:
-            save_wcs_model(wcs_model_path, model.meta.filename, model.meta.wcsinfo, model.meta.wcs)
+            save_wcs_model(wcs_model_path, model.meta.filename, model.meta.wcsinfo, model.meta.wcs,
+                           status=status, reason=reason)
     finally:
         model.close()
     return None if out_path is None else str(out_path)

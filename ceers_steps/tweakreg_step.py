@@ -51,6 +51,14 @@ def parse_catfile(catfile):
     return catalogs
 
 
+def _not_aligned_reason(rows, name):
+    """Why an image was not aligned: its last result row that is not a success."""
+    reasons = [row["status"] for row in rows
+               if row["image"] == name and row["status"] not in ("SUCCESS",)
+               and not row["status"].startswith("REFERENCE")]
+    return reasons[-1] if reasons else "not aligned"
+
+
 class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     """
     Align NIRCam images the CEERS way: relative per detector, then absolute to a catalog.
@@ -100,6 +108,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_nclip = integer(min=0, default=1)  # Absolute (detector/visit): clipping iterations
         abs_sigma = float(min=0.0, default=0.7)  # Absolute (detector/visit): clipping limit in units of the fit RMSE
         abs_significance = float(min=0.0, default=3.0)  # Joint fit: keep a per-detector offset above this many sigma
+        abs_image_minobj = integer(min=1, default=3)  # Absolute: matches each image needs of its own after the fit (and more than chance gives) to be called aligned
         abs_mag_min = float(default=None)  # Use only reference sources at least this faint (needs a MAG column)
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright (needs a MAG column)
         save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf (default: when saving results)
@@ -130,7 +139,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             minobj=self.abs_minobj, searchrad=self.abs_searchrad, use2dhist=self.abs_use2dhist,
             separation=self.abs_separation, tolerance=self.abs_tolerance,
             fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
-            group=self.abs_group, significance=self.abs_significance)
+            group=self.abs_group, significance=self.abs_significance,
+            image_minobj=self.abs_image_minobj)
 
     def _catalog_source(self, image, meta_catalog, catfile_map, asn_dir):
         """Where the image's catalog comes from (None: detect)."""
@@ -139,6 +149,12 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             return catfile_map[name]
         if image.member.get("tweakreg_catalog"):
             return str(Path(asn_dir or ".") / image.member["tweakreg_catalog"])
+        if meta_catalog and image.path is not None and not Path(meta_catalog).is_absolute() \
+                and not Path(meta_catalog).exists():
+            # Written relative to the image (a folder name FITS cannot hold).
+            beside = image.path.parent / meta_catalog
+            if beside.exists():
+                return str(beside)
         return meta_catalog or None
 
     def _run_tasks(self, func, tasks, label, names=None):
@@ -152,7 +168,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
         inputs = load_inputs(input_data)
         self.remember_inputs(inputs)
-        with worker_pool(self.n_jobs, self.scheduler or None):
+        with worker_pool(self.n_jobs, self.scheduler or None, n_tasks=len(inputs)):
             return self.align(inputs, save=bool(self.save_results), suffix=self.suffix)
 
     def align(self, inputs, catalogs=None, save=False, suffix="tweakreg", stream=None,
@@ -183,6 +199,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         -------
         ModelLibrary or None
         """
+        # Every parameter checked before anything is read or written.
+        rel, abs_ = self.relative_parameters(), self.absolute_parameters()
+        self._check_sip_parameters()
         on_disk = all(image.path is not None for image in inputs.images)
         stream = on_disk and (save if stream is None else stream)
         refcat = None
@@ -238,7 +257,6 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             group = by_visit.setdefault(im.key.visit_filter, [])
             if not im.status.get("unusable"):
                 group.append(im)
-        rel, abs_ = self.relative_parameters(), self.absolute_parameters()
         tables = {}
         for visit_filter, group in by_visit.items():
             visit_rows = []
@@ -278,7 +296,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         wcs_dir = wcs_dir_path(self.wcs_dir, self.output_dir_path())
         if stream:
             result = self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
-                                          wcs_dir if save_wcs else None, save)
+                                          wcs_dir if save_wcs else None, save, rows)
             self._write_results(tables)
             return result
 
@@ -297,7 +315,11 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         check_outputs(image_paths + wcs_paths, [image.path for image in inputs.images])
         if save_wcs:
             for im, (path, _) in zip(saved, wcs_paths, strict=True):
-                save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo, im.model.meta.wcs)
+                status = statuses[im.name][0]
+                save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo,
+                               im.model.meta.wcs, status=status,
+                               reason=_not_aligned_reason(rows, im.name) if status != "COMPLETE"
+                               else None)
             log.info("Saved %d WCS models in %s", len(saved), wcs_dir)
         # In-memory images are saved by stpipe after this returns; the tables come first then.
         self._write_results(tables)
@@ -389,6 +411,18 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                      "-> %s", im.name, res.n_sources, res.catalog_path)
         return failed_rows
 
+    def _check_sip_parameters(self):
+        for name in ("sip_max_pix_error", "sip_max_inv_pix_error"):
+            value = getattr(self, name)
+            if value is None or not value > 0:
+                raise ValueError(f"{name} must be positive (pixels), not {value}")
+        if self.sip_npoints is None or self.sip_npoints < 3:
+            raise ValueError(f"sip_npoints must be at least 3, not {self.sip_npoints}")
+        for name in ("sip_degree", "sip_inv_degree"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be between 1 and 6 or None, not {value}")
+
     def _sip(self):
         if not self.sip_approx:
             return None
@@ -396,7 +430,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 "max_inv_pix_error": self.sip_max_inv_pix_error,
                 "inv_degree": self.sip_inv_degree, "npoints": self.sip_npoints}
 
-    def _write_streamed(self, inputs, images, statuses, catalog_paths, suffix, wcs_dir, save):
+    def _write_streamed(self, inputs, images, statuses, catalog_paths, suffix, wcs_dir, save, rows):
         """Workers write every aligned image (and WCS model); return a library over them."""
         from .fileio import check_outputs
 
@@ -416,7 +450,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         tasks, members = [], []
         for image, im, cat, status, wcs_name, out_path, wcs_path in plan:
             tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
-                          wcs_name, status, self._sip(), wcs_path, cat))
+                          wcs_name, status, self._sip(), wcs_path, cat,
+                          _not_aligned_reason(rows, im.name) if status != "COMPLETE" else None))
             members.append({"expname": str(out_path), "exptype": "science",
                             "group_id": im.key.exposure})
         self._run_tasks(write_aligned_task, tasks,
@@ -451,6 +486,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         for im in images:
             if im.status.get("unusable"):
                 out[im.name] = ("FAILED", None)
+                continue
+            if im.status.get("rejected"):
+                out[im.name] = ("SKIPPED", None)  # failed its own judgement: WCS unchanged
                 continue
             st = stages.get(im.name, {})
             abs_ok = st.get("absolute") == "SUCCESS"

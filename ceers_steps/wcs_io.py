@@ -4,19 +4,30 @@ A model file holds the tree ``filename`` (the image it belongs to),
 ``wcsinfo`` (a dict of FITS-like keywords, including the SIP approximation)
 and ``wcs`` (the `gwcs.WCS`), exactly as CEERS' ``save_wcs`` wrote them, so
 CEERS' own ``updatewcs.py`` and plain ``asdf.open(f)['wcs']`` read them.
+Files written here add ``status`` (the image's ``meta.cal_step.tweakreg``:
+COMPLETE, or SKIPPED for an image the fit did not align), ``reason`` (why not)
+and ``exposure`` (the exposure base name), so that applying a model can refuse
+one that aligned nothing or belongs to another exposure. CEERS' own files have
+none of these and count as COMPLETE.
 """
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from ._stpipe import get_logger
 from .fileio import atomic_output
+
+log = get_logger(__name__)
 
 __all__ = [
     "apply_wcs_model",
     "detector_from_name",
     "exposure_base",
     "load_wcs_for_image",
+    "SavedWcs",
     "read_wcs_model",
+    "read_wcs_model_file",
     "save_wcs_model",
     "wcs_dir_path",
     "wcs_model_path",
@@ -63,7 +74,7 @@ def _wcsinfo_dict(wcsinfo):
     return {k: v for k, v in dict(wcsinfo).items() if v is not None}
 
 
-def save_wcs_model(path, filename, wcsinfo, wcs):
+def save_wcs_model(path, filename, wcsinfo, wcs, status="COMPLETE", reason=None):
     """
     Write a WCS model file (written completely or not at all).
 
@@ -72,17 +83,41 @@ def save_wcs_model(path, filename, wcsinfo, wcs):
     path : str or Path
         Output ``.asdf`` path.
     filename : str
-        The image the WCS belongs to (stored as ``filename``).
+        The image the WCS belongs to (stored as ``filename``, and its exposure
+        base name as ``exposure``).
     wcsinfo : dict or stdatamodels node
         ``meta.wcsinfo`` of the image.
     wcs : `gwcs.WCS`
+    status : {"COMPLETE", "SKIPPED"}
+        The image's alignment status; a SKIPPED model is the unchanged input WCS.
+    reason : str, optional
+        Why the image was not aligned.
     """
     import asdf
 
-    tree = {"filename": str(filename), "wcsinfo": _wcsinfo_dict(wcsinfo), "wcs": wcs}
+    from . import __version__
+
+    tree = {"filename": str(filename), "wcsinfo": _wcsinfo_dict(wcsinfo), "wcs": wcs,
+            "status": str(status), "exposure": exposure_base(filename),
+            "software": f"ceers_steps {__version__}"}
+    if reason:
+        tree["reason"] = str(reason)
     with atomic_output(path) as tmp:
         asdf.AsdfFile(tree).write_to(tmp)
     return Path(path)
+
+
+@dataclass
+class SavedWcs:
+    """What a WCS model file holds (``status`` COMPLETE when the file does not say)."""
+
+    path: Path
+    filename: str | None
+    wcsinfo: dict
+    wcs: object
+    status: str = "COMPLETE"
+    reason: str | None = None
+    exposure: str | None = None
 
 
 def read_wcs_model(path):
@@ -94,6 +129,18 @@ def read_wcs_model(path):
     filename : str or None
     wcsinfo : dict
     wcs : `gwcs.WCS`
+    """
+    saved = read_wcs_model_file(path)
+    return saved.filename, saved.wcsinfo, saved.wcs
+
+
+def read_wcs_model_file(path):
+    """
+    Read a WCS model file with its record (status, reason, exposure).
+
+    Returns
+    -------
+    SavedWcs
 
     Raises
     ------
@@ -118,11 +165,15 @@ def read_wcs_model(path):
                 wcs = tree.get("wcs")
                 wcsinfo = dict(tree.get("wcsinfo") or {})
                 filename = tree.get("filename")
+                record = {k: tree.get(k) for k in ("status", "reason", "exposure")}
     except Exception as exc:
         raise ValueError(f"{path}: cannot be read as an ASDF WCS model: {exc}") from exc
     if not isinstance(wcs, gwcs.WCS):
         raise ValueError(f"{path}: no 'wcs' (gwcs.WCS) in the ASDF tree")
-    return filename, wcsinfo, wcs
+    exposure = record["exposure"] or (exposure_base(filename) if filename else None)
+    return SavedWcs(path=path, filename=filename, wcsinfo=wcsinfo, wcs=wcs,
+                    status=str(record["status"] or "COMPLETE"), reason=record["reason"],
+                    exposure=exposure)
 
 
 def detector_from_name(filename):
@@ -131,13 +182,14 @@ def detector_from_name(filename):
     return match.group(1).rsplit("_", 1)[1].lower() if match else None
 
 
-def load_wcs_for_image(model, wcs_dir, image_name=None):
+def load_wcs_for_image(model, wcs_dir, image_name=None, force=False):
     """
     Find, read and check the saved WCS model of an image.
 
     Looks for ``<wcs_dir>/<exposure base>_tweakreg.asdf`` and checks that the
-    file has a ``wcs``, that its detector matches the image's, and that its
-    bounding box fits the image.
+    file has a ``wcs``, that it records a COMPLETE fit, that it was made for
+    this exposure (detector and exposure name) and that its bounding box
+    covers the image and no more.
 
     Parameters
     ----------
@@ -145,6 +197,9 @@ def load_wcs_for_image(model, wcs_dir, image_name=None):
     wcs_dir : str or Path
     image_name : str, optional
         Name used for the image in messages (default ``meta.filename``).
+    force : bool
+        Apply the model even when it records an unaligned fit, another
+        exposure or a bounding box that does not match the image (experts).
 
     Returns
     -------
@@ -162,25 +217,43 @@ def load_wcs_for_image(model, wcs_dir, image_name=None):
     if not path.exists():
         raise FileNotFoundError(f"{name}: no saved WCS model (looked for {path})")
     try:
-        tree_filename, wcsinfo, wcs = read_wcs_model(path)
+        saved = read_wcs_model_file(path)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
     image_det = (getattr(model.meta.instrument, "detector", None) or "").lower()
     image_det = image_det or detector_from_name(name)
     # The file's own record of its image (CEERS trees carry 'filename') is the stronger witness.
-    for source in (tree_filename, path.name):
+    for source in (saved.filename, path.name):
         file_det = detector_from_name(source) if source else None
         if image_det and file_det and image_det != file_det:
             raise ValueError(f"{name}: detector {image_det.upper()} does not match the WCS model "
                              f"{path} (made for detector {file_det.upper()}: {source})")
-    bbox = wcs.bounding_box
+    hint = " (force=True / --force applies it anyway)"
+    problems = []
+    if saved.status != "COMPLETE":
+        problems.append(f"the WCS model {path} records a {saved.status} fit"
+                        + (f" ({saved.reason})" if saved.reason else "")
+                        + ": the image was not aligned")
+    if saved.exposure and saved.exposure.lower() != exposure_base(name).lower():
+        problems.append(f"the WCS model {path} was made for exposure {saved.exposure} "
+                        f"({saved.filename}), not {exposure_base(name)}")
+    bbox = saved.wcs.bounding_box
     if bbox is not None and model.data is not None and model.data.ndim == 2:
         (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
         ny, nx = model.data.shape
-        if x0 < -0.5 - 1e-6 or y0 < -0.5 - 1e-6 or x1 > nx - 0.5 + 1e-6 or y1 > ny - 0.5 + 1e-6:
-            raise ValueError(f"{name}: the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
-                             f"y {y0:g}..{y1:g}, which does not fit the image ({nx} x {ny})")
-    return path, wcsinfo, wcs
+        eps = 1e-6
+        if x0 < -0.5 - eps or y0 < -0.5 - eps or x1 > nx - 0.5 + eps or y1 > ny - 0.5 + eps:
+            problems.append(f"the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
+                            f"y {y0:g}..{y1:g}, which does not fit the image ({nx} x {ny})")
+        elif x0 > -0.5 + 0.5 or y0 > -0.5 + 0.5 or x1 < nx - 1.0 or y1 < ny - 1.0:
+            problems.append(f"the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
+                            f"y {y0:g}..{y1:g}, which does not cover the image ({nx} x {ny}): "
+                            "pixels outside it would have no sky position")
+    if problems and not force:
+        raise ValueError(f"{name}: " + "; ".join(problems) + hint)
+    if problems:
+        log.warning("%s: applied anyway (force): %s", name, "; ".join(problems))
+    return path, saved.wcsinfo, saved.wcs
 
 
 def apply_wcs_model(model, wcsinfo, wcs):
