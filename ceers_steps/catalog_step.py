@@ -124,7 +124,7 @@ class CatalogStep(CeersStep):
         from .engine import worker_pool
 
         inputs = load_inputs(input_data)
-        with worker_pool(self.n_jobs, self.scheduler or None):
+        with worker_pool(self.n_jobs, self.scheduler or None, n_tasks=len(inputs)):
             results = self.make_catalogs(inputs)
         require_some_catalogs(results)
         paths = [res.catalog_path for res in results]
@@ -145,7 +145,15 @@ class CatalogStep(CeersStep):
                 continue  # unreadable: reported above, nothing to return
             model = open_image(image)
             if res.catalog_path is not None:
-                model.meta.tweakreg_catalog = str(res.catalog_path)
+                from .fileio import fits_safe_path
+
+                safe = fits_safe_path(res.catalog_path, [out_dir, Path.cwd()])
+                if safe is None:
+                    log.warning("%s: the catalog path %s cannot be stored in a FITS header "
+                                "(not ASCII); meta.tweakreg_catalog left unset", res.name,
+                                res.catalog_path)
+                else:
+                    model.meta.tweakreg_catalog = safe
             models.append(model)
         if len(models) == 1 and inputs.asn is None:
             return models[0]

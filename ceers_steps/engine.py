@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 from ._stpipe import get_logger
 
-__all__ = ["effective_jobs", "run_tasks", "worker_pool"]
+__all__ = ["SchedulerError", "effective_jobs", "probe_scheduler", "run_tasks", "worker_pool"]
 
 log = get_logger(__name__)
 
@@ -92,15 +92,42 @@ def _mp_context():
 _ACTIVE = None
 
 
+def _watch_parent(parent_pid):
+    """
+    Worker initializer: end this worker when the main process dies.
+
+    A SIGKILLed main process cannot stop its pool; its workers would go on with
+    their task (minutes on a big image) and hold memory. A daemon thread checks
+    every half second whether the parent is still this worker's parent.
+    """
+    import threading
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="ceers-parent-watch", daemon=True).start()
+
+
+def _process_pool(n):
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(),
+                               initializer=_watch_parent, initargs=(os.getpid(),))
+
+
 @contextmanager
-def worker_pool(n_jobs=None, scheduler=None):
+def worker_pool(n_jobs=None, scheduler=None, n_tasks=None):
     """
     Keep one pool of workers (or one Dask client) for every `run_tasks` call inside.
 
     A run opens it at its start, while the process is still small: workers are
     forked once, so they neither pay a start-up per stage nor inherit (and, as
     Python touches reference counts, copy) what the run accumulates later.
-    Nested blocks reuse the outer pool.
+    Nested blocks reuse the outer pool. ``n_tasks`` (the number of images) caps
+    the number of workers: no run needs more workers than it has images.
     """
     global _ACTIVE
     if _ACTIVE is not None:
@@ -109,10 +136,8 @@ def worker_pool(n_jobs=None, scheduler=None):
     executor = None
     if scheduler:
         executor = _dask_client(scheduler)
-    elif effective_jobs(n_jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        executor = ProcessPoolExecutor(max_workers=effective_jobs(n_jobs), mp_context=_mp_context())
+    elif effective_jobs(n_jobs, n_tasks) > 1:
+        executor = _process_pool(effective_jobs(n_jobs, n_tasks))
     _ACTIVE = (n_jobs, scheduler or None, executor)
     try:
         yield
@@ -130,6 +155,57 @@ def worker_pool(n_jobs=None, scheduler=None):
                 executor.shutdown(wait=True)
 
 
+class SchedulerError(ConnectionError):
+    """The Dask scheduler cannot be reached, or what answers is not a Dask scheduler."""
+
+
+def _connect_timeout():
+    """Dask's own connect timeout (``distributed.comm.timeouts.connect``, 30 s), seconds."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"),
+                                 default="seconds"))
+
+
+def probe_scheduler(address, timeout=None):
+    """
+    Connect to ``address`` and complete Dask's handshake within ``timeout`` seconds.
+
+    dask.distributed bounds the TCP connect but not the handshake read after it:
+    a port that accepts and never answers would hang the run, and a server of
+    another kind (HTTP) makes it read a garbage message length. Both become a
+    `SchedulerError` naming the address.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from distributed.comm import connect
+
+    timeout = _connect_timeout() if timeout is None else float(timeout)
+
+    async def handshake():
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout)
+        await comm.close()
+
+    # In a thread of its own: the caller may already run an event loop (Jupyter).
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(asyncio.run, handshake())
+        try:
+            future.result(timeout + 5.0)
+        except (TimeoutError, asyncio.TimeoutError, FutureTimeout):
+            raise SchedulerError(
+                f"the Dask scheduler at {address} did not complete a handshake within "
+                f"{timeout:g} s (is a dask scheduler running there? the timeout is dask's "
+                "distributed.comm.timeouts.connect)") from None
+        except Exception as exc:  # noqa: BLE001 - anything else there is not a scheduler
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, MemoryError):
+                text = "it answered with something that is not the Dask protocol"
+            raise SchedulerError(f"cannot use the Dask scheduler at {address}: {text}") from None
+
+
 def _dask_client(scheduler):
     try:
         from dask.distributed import Client
@@ -138,7 +214,12 @@ def _dask_client(scheduler):
             "a Dask scheduler was given but dask.distributed is not installed: "
             "pip install 'ceers-steps[dask]'"
         ) from None
-    return Client(scheduler)
+    timeout = _connect_timeout()
+    probe_scheduler(scheduler, timeout)
+    try:
+        return Client(scheduler, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - named for the user
+        raise SchedulerError(f"cannot use the Dask scheduler at {scheduler}: {exc}") from None
 
 
 def run_tasks(func, tasks, n_jobs=None, scheduler=None, label="tasks", progress_interval=10.0,
@@ -187,12 +268,12 @@ def run_tasks(func, tasks, n_jobs=None, scheduler=None, label="tasks", progress_
 
 
 def _run_local(func, tasks, n, progress, name_of, pool=None):
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     results = [None] * len(tasks)
     own = pool is None
     if own:
-        pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+        pool = _process_pool(n)
     try:
         futures = {pool.submit(func, *task): i for i, task in enumerate(tasks)}
         pending = set(futures)

@@ -53,15 +53,15 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
         from .engine import worker_pool
 
         self._share_engine()
-        # One pool for the whole run, forked now while this process is small.
-        with worker_pool(self.n_jobs, self.scheduler or None):
-            return self._process(input_data)
-
-    def _process(self, input_data):
-        from pathlib import Path
-
         inputs = load_inputs(input_data)
         self.remember_inputs(inputs)
+        # One pool for the whole run, forked now while this process is small.
+        with worker_pool(self.n_jobs, self.scheduler or None, n_tasks=len(inputs)):
+            return self._process(inputs)
+
+    def _process(self, inputs):
+        from pathlib import Path
+
         refcat = (self.tweakreg.abs_refcat or "").strip()
         if refcat and not self.tweakreg.skip and not Path(refcat).is_file():
             # Before detection writes anything.
