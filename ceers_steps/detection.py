@@ -205,6 +205,13 @@ class DetectionParameters:
                             ("max_flagged_fraction", max_flagged_fraction)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        for name, value in (("detect_minarea", detect_minarea), ("back_size", back_size),
+                            ("back_filtersize", back_filtersize),
+                            ("deblend_nthresh", deblend_nthresh)):
+            if value is None or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value}")
+        if not 0 <= deblend_cont <= 1:
+            raise ValueError(f"deblend_cont must be between 0 and 1, not {deblend_cont}")
         if psf_fwhm is not None and psf_fwhm <= 0:
             raise ValueError(f"psf_fwhm must be positive (pixels), not {psf_fwhm}")
         self.detect_thresh = float(detect_thresh)

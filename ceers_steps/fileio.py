@@ -6,7 +6,34 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "check_outputs", "write_association", "write_ecsv"]
+__all__ = ["atomic_output", "check_outputs", "fits_safe_path", "write_association", "write_ecsv"]
+
+
+def _fits_printable(text):
+    return all(32 <= ord(c) <= 126 for c in text)
+
+
+def fits_safe_path(path, base_dirs=()):
+    """
+    A way to write ``path`` in a FITS header value (printable ASCII only).
+
+    The absolute path when it is printable ASCII; otherwise the path relative to
+    the first of ``base_dirs`` (the folder of the file that records it, the
+    working directory) that gives a printable one; otherwise None: the path
+    cannot be stored in FITS and the caller keeps it where it can (an
+    association, the results tables).
+    """
+    text = str(path)
+    if _fits_printable(text):
+        return text
+    for base in base_dirs:
+        try:
+            rel = os.path.relpath(Path(path).resolve(), Path(base).resolve())
+        except ValueError:  # another drive (Windows)
+            continue
+        if _fits_printable(rel):
+            return rel
+    return None
 
 
 @contextmanager
@@ -21,12 +48,22 @@ def atomic_output(path):
     interrupted or failed write leaves nothing under the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         tmp = tmpdir / path.name
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            # Disk full, quota, read-only: say which file could not be written.
+            reason = exc.strerror or str(exc)
+            if exc.errno is None:  # a short write (numpy, astropy): no errno to say why
+                raise OSError(f"cannot write {path}: {reason} (disk full?)") from exc
+            raise OSError(exc.errno, f"cannot write {path}: {reason}") from exc
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

@@ -90,7 +90,34 @@ def _read_asn(path):
     return images, asn
 
 
+def _without_duplicates(inputs):
+    """
+    The same file (or the same in-memory model) listed twice is used once, with a
+    warning: fitting one image twice would weight it double and write one output twice.
+    """
+    seen, images = {}, []
+    for image in inputs.images:
+        key = ("path", str(image.path)) if image.path is not None else ("model", id(image.model))
+        if key in seen:
+            log.warning("%s is listed more than once in the input; it is used once",
+                        image.path or image.name)
+            continue
+        seen[key] = image
+        images.append(image)
+    inputs.images = images
+    return inputs
+
+
 def load_inputs(obj):
+    """
+    Flatten any supported step input into an `InputSet` (each image once).
+
+    See `_load_inputs`.
+    """
+    return _without_duplicates(_load_inputs(obj))
+
+
+def _load_inputs(obj):
     """
     Flatten any supported step input into an `InputSet`.
 
@@ -138,7 +165,7 @@ def load_inputs(obj):
     if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ModelContainer":
         images = []
         for item in obj:
-            sub = load_inputs(item)
+            sub = _load_inputs(item)
             if sub.asn_path is not None:
                 raise TypeError("an association cannot be nested in a list of inputs")
             images.extend(sub.images)
@@ -303,6 +330,15 @@ def open_image(image, copy=True, require_wcs=True):
     if require_wcs and getattr(model.meta, "wcs", None) is None:
         model.close()
         raise ValueError(f"{image.name}: the image has no WCS (run assign_wcs first)")
+    if require_wcs:
+        wcsinfo = getattr(model.meta, "wcsinfo", None)
+        missing = [k for k in ("v2_ref", "v3_ref", "roll_ref")
+                   if not isinstance(getattr(wcsinfo, k, None), (int, float))
+                   or not np.isfinite(getattr(wcsinfo, k))]
+        if missing:
+            model.close()
+            raise ValueError(f"{image.name}: meta.wcsinfo lacks {', '.join(missing)} (the "
+                             "telescope pointing tweakreg corrects; run assign_wcs first)")
     if image.path is not None and not model.meta.filename:
         model.meta.filename = image.path.name
     return model
