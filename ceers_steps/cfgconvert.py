@@ -10,6 +10,7 @@ reported, never silently dropped; any other key is an error.
 """
 
 import configparser
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,22 @@ def _convert_value(path, section, key, raw, kind):
     return value
 
 
+def _check_values(path, section, steps):
+    """The values must make sense to the steps (positive tolerances...): checked by their rules."""
+    from .alignment import AbsoluteParameters, RelativeParameters
+    from .detection import DetectionParameters
+
+    tw = steps["tweakreg"]
+    rel = {k: v for k, v in tw.items() if not k.startswith("abs_")}
+    abs_ = {k[4:]: v for k, v in tw.items() if k.startswith("abs_")}
+    try:
+        RelativeParameters(**rel)
+        AbsoluteParameters(**abs_)
+        DetectionParameters(**steps["catalog"])
+    except ValueError as exc:
+        raise ValueError(f"{path} [{section}]: {exc}") from None
+
+
 def read_cfg(path):
     """
     Read a CEERS cfg file.
@@ -123,8 +140,15 @@ def read_cfg(path):
     if not parser.sections():
         raise ValueError(f"{path}: no [visit] sections found")
     filt = path.stem.lower()
+    if not re.fullmatch(r"f\d{3}[a-z]\d?", filt):
+        raise ValueError(f"{path}: the file name must be the filter (e.g. f200w.cfg), "
+                         f"not {path.name!r}")
     sections = []
     for visit in parser.sections():
+        # The section name becomes a file name: only visit ids, never a path.
+        if not re.fullmatch(r"jw\d{11}", visit.strip().lower()):
+            raise ValueError(f"{path} [{visit}]: section names must be visit ids like "
+                             "jw01345001001")
         steps = {"catalog": {}, "tweakreg": {}}
         unused = {}
         for key, raw in parser.items(visit):
@@ -136,6 +160,7 @@ def read_cfg(path):
             else:
                 raise ValueError(f"{path} [{visit}]: unknown key {key!r} (known: "
                                  f"{', '.join([*CFG_KEYS, *UNUSED_KEYS])})")
+        _check_values(path, visit, steps)
         sections.append(CfgSection(source=path, visit=visit.strip().lower(), filter=filt,
                                    steps=steps, unused=unused))
     return sections

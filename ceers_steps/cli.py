@@ -1,6 +1,7 @@
 """Console commands for the CEERS workflow."""
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +25,35 @@ def _log_once():
 
     if not logging.getLogger("stpipe").handlers:
         logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+
+
+def _user_error_types():
+    from ._stpipe import AllImagesFailedError
+
+    return (OSError, ValueError, TypeError, ImportError, AllImagesFailedError)
+
+
+def one_line_errors(prog):
+    """
+    A console command ends with one line on stderr and an exit status, never a traceback,
+    for what a user can fix (a path, a file, a parameter, a full disk): status 1, and
+    130 after Ctrl-C. Anything else is a bug and keeps its traceback.
+    """
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None):
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted; files being written were not left half-written",
+                      file=sys.stderr)
+                return 130
+            except _user_error_types() as exc:
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                print(f"{prog}: {text}", file=sys.stderr)
+                return 1
+        return run
+    return wrap
 
 
 def add_version(parser):
@@ -57,9 +87,13 @@ def _apply_wcs_parser():
     p.add_argument("--output-suffix", default="tweakreg", help="suffix of the outputs (tweakreg)")
     p.add_argument("--skip-missing", action="store_true",
                    help="copy images without a WCS model unchanged instead of failing")
+    p.add_argument("--force", action="store_true",
+                   help="experts: apply models of unaligned (SKIPPED) fits, of other exposures, "
+                        "or whose bounding box does not match the image")
     return p
 
 
+@one_line_errors("ceers-apply-wcs")
 def apply_wcs_main(argv=None):
     """``ceers-apply-wcs``: apply saved WCS models to one image or a folder of images."""
     args = _apply_wcs_parser().parse_args(argv)
@@ -83,13 +117,14 @@ def apply_wcs_main(argv=None):
         # Command-line paths are relative to where the command runs.
         ApplyWcsStep.call([str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
                           output_dir=args.output_dir, suffix=args.output_suffix,
-                          skip_missing=args.skip_missing, save_results=True)
+                          skip_missing=args.skip_missing, force=args.force, save_results=True)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"ceers-apply-wcs: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+@one_line_errors("ceers-convert-cfg")
 def convert_cfg_main(argv=None):
     """``ceers-convert-cfg``: CEERS cfg files -> ``<visit>_<filter>.asdf`` parameter files."""
     p = argparse.ArgumentParser(
@@ -259,6 +294,7 @@ def _align_parser():
     return p
 
 
+@one_line_errors("ceers-align")
 def align_main(argv=None):
     """``ceers-align VISIT FILTER``: the CEERS per-visit, per-filter alignment run."""
     import re

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli import add_version
+from .cli import add_version, one_line_errors
 
 __all__ = ["main"]
 
@@ -80,10 +80,25 @@ def _footprint(folder):
     return len(files), sum(p.stat().st_size for p in files)
 
 
+@one_line_errors("ceers-demo")
 def main(argv=None):
     import time
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from .synthetic import LW_DETECTORS, SW_DETECTORS
+
+    detectors = tuple(d.strip().lower() for d in args.detectors.split(",") if d.strip())
+    unknown = [d for d in detectors if d not in SW_DETECTORS + LW_DETECTORS]
+    if not detectors or unknown:
+        parser.error(f"--detectors: unknown NIRCam detector(s) {', '.join(unknown) or '(none)'}; "
+                     f"use {', '.join(SW_DETECTORS + LW_DETECTORS)}")
+    if set(detectors) & set(SW_DETECTORS) and set(detectors) & set(LW_DETECTORS):
+        parser.error("--detectors: SW and LW detectors observe different filters; use one channel")
+    if args.size < 256:
+        parser.error(f"--size must be at least 256 pixels, not {args.size}")
+    if args.dithers < 1 or (args.real and args.dithers > 3):
+        parser.error(f"--dithers must be at least 1 (at most 3 with --real), not {args.dithers}")
     warnings.simplefilter("ignore")
     start = time.perf_counter()
     from .apply_wcs_step import ApplyWcsStep
@@ -94,7 +109,6 @@ def main(argv=None):
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     handlers = _setup_logging(out / "demo.log")
-    detectors = tuple(d.strip() for d in args.detectors.split(",") if d.strip())
     print(f"Building a synthetic visit: {len(detectors)} detectors x {args.dithers} dithers, "
           f"{args.size} x {args.size} pixels ...")
     try:
