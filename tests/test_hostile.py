@@ -52,6 +52,7 @@ class Work:
 
     def __init__(self, pristine, root):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.cal = root / "calibrated"
         shutil.copytree(pristine.cal, self.cal)
         self.refcat = self.cal / "refcat.ecsv"
@@ -369,6 +370,13 @@ def test_output_folder_with_non_ascii_or_spaces(work, capsys, folder):
     st = work.verify(code, 0, out=work.root / folder)
     assert len(st) == 4 and set(st.values()) == {"COMPLETE"}
     assert len(list((work.root / folder / "tweakreg_wcs").glob("*.asdf"))) == 4
+
+
+def test_input_folder_with_non_ascii_name(pristine, tmp_path, capsys):
+    work = Work(pristine, tmp_path / "données")
+    work.snapshot()
+    st = work.verify(work.align(), 0)
+    assert len(st) == 4 and set(st.values()) == {"COMPLETE"}
 
 
 # --- 6. apply checks the exposure and the bounding box -----------------------------------------
