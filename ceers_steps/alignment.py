@@ -34,6 +34,9 @@ __all__ = [
 log = get_logger(__name__)
 
 ABS_GROUPS = ("joint", "detector", "visit")
+#: Scatter of matches about the reference beyond the reference's own errors (galaxy
+#: centroids between bands and instruments), mas: weights of the tweakwcs fits.
+NOMINAL_SCATTER_MAS = 10.0
 #: Fewest matches each fit geometry can be solved from.
 MIN_POINTS = {"shift": 1, "rshift": 2, "rscale": 2, "general": 3}
 
@@ -496,8 +499,13 @@ def _absolute_tweakwcs(images, refcat, params, group):
     correctors = [im.corrector(group_id=group) for im in images]
     match = XYXYMatch(searchrad=params.searchrad, separation=params.separation,
                       use2dhist=params.use2dhist, tolerance=params.tolerance)
+    tw_ref = Table({"RA": ref["RA"], "DEC": ref["DEC"]})
+    if "ERR" in ref.colnames and np.any(np.asarray(ref["ERR"]) > 0):
+        # tweakwcs weights: the nominal intrinsic scatter of galaxies against the
+        # reference (these fits do not measure it) and each source's own error.
+        tw_ref["weight"] = 1.0 / (NOMINAL_SCATTER_MAS**2 + np.asarray(ref["ERR"], float) ** 2)
     try:
-        align_wcs(correctors, refcat=Table({"RA": ref["RA"], "DEC": ref["DEC"]}),
+        align_wcs(correctors, refcat=tw_ref,
                   enforce_user_order=True, expand_refcat=False, minobj=params.minobj,
                   match=match, fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
     except (ValueError, RuntimeError) as exc:
@@ -531,7 +539,11 @@ def _absolute_joint(images, refcat, params, visit_name):
 
     geom = params.fitgeometry
     plane = visit_plane(images)
-    _, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
+    near, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
+    ref_err = (np.asarray(refcat["ERR"], float)[near] / 1e3 if "ERR" in refcat.colnames
+               else None)
+    ref_group = (np.asarray(refcat["PRIORITY"], int)[near] if "PRIORITY" in refcat.colnames
+                 else None)
     positions = [_plane_positions(im, plane) for im in images]
     jp = JointParameters(fitgeometry=geom, searchrad=params.searchrad, use2dhist=params.use2dhist,
                          separation=params.separation, tolerance=params.tolerance,
@@ -543,7 +555,8 @@ def _absolute_joint(images, refcat, params, visit_name):
         if not kept:
             break
         fit = joint_fit([positions[i] for i in kept], [images[i].key.exposure for i in kept],
-                        [images[i].key.detector for i in kept], ref_xy, jp)
+                        [images[i].key.detector for i in kept], ref_xy, jp, ref_err=ref_err,
+                        ref_group=ref_group)
         if not fit.success:
             break
         after = [positions[i] @ fit.matrix.T + shift

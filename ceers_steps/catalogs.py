@@ -20,7 +20,6 @@ __all__ = [
     "build_catalog",
     "catalog_path_for",
     "image_psf_fwhm",
-    "merge_duplicates",
     "read_catalog",
     "read_refcat",
     "write_catalog",
@@ -154,6 +153,10 @@ def read_refcat(path, mag_column=None, mag_min=None, mag_max=None):
     """
     Read an absolute reference catalog and return ``RA``, ``DEC`` (deg) [+ ``MAG``].
 
+    Positions as given in the file (no epoch propagation); see
+    `ceers_steps.refcat.read_reference_catalogs` for proper motions, several
+    catalogs and cuts.
+
     Parameters
     ----------
     path : str or Path
@@ -163,115 +166,13 @@ def read_refcat(path, mag_column=None, mag_min=None, mag_max=None):
     mag_min, mag_max : float, optional
         Keep only sources with ``mag_min <= mag <= mag_max``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"reference catalog not found: {path}")
-    try:
-        if path.suffix == ".ecsv":
-            table = Table.read(path, format="ascii.ecsv")
-        elif path.suffix in (".csv", ".txt", ".dat", ".cat"):
-            table = Table.read(path, format="ascii")
-        else:
-            table = Table.read(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot be read as a table: {exc}") from exc
-    names = {n.lower(): n for n in table.colnames}
-    if "ra" in names and "dec" in names:
-        ra, dec = _radec_columns(path, table[names["ra"]], table[names["dec"]])
-    elif "sky_centroid" in names:
-        sky = table[names["sky_centroid"]]
-        ra, dec = sky.ra.deg, sky.dec.deg
-    else:
-        raise ValueError(
-            f"{path}: reference catalog has no RA/DEC columns (any case) or sky_centroid "
-            f"column; found {', '.join(table.colnames) or 'none'}"
-        )
-    out = Table({"RA": ra, "DEC": dec})
-    mag_name = names.get((mag_column or "mag").lower())
-    if mag_name is not None:
-        out["MAG"] = np.asarray(table[mag_name], dtype=float)
-    elif mag_column is not None:
-        raise ValueError(f"{path}: no magnitude column {mag_column!r}")
-    if mag_min is not None or mag_max is not None:
-        if "MAG" not in out.colnames:
-            raise ValueError(f"{path}: magnitude limits given but the catalog has no MAG column")
-        keep = np.ones(len(out), bool)
-        if mag_min is not None:
-            keep &= out["MAG"] >= mag_min
-        if mag_max is not None:
-            keep &= out["MAG"] <= mag_max
-        out = out[keep]
-    good = np.isfinite(out["RA"]) & np.isfinite(out["DEC"])
-    if not good.any() and len(out):
-        raise ValueError(f"{path}: no reference source has a finite RA and DEC")
-    if (np.abs(out["DEC"][good]) > 90).any():
-        raise ValueError(f"{path}: DEC values beyond +-90 deg: not declinations in degrees")
-    out = out[good]
-    out, n_dup = merge_duplicates(out)
-    if n_dup:
-        from ._stpipe import get_logger
+    from .refcat import read_reference_catalogs
 
-        get_logger(__name__).warning("%s: %d duplicate rows (within %g mas of another) merged; "
-                                     "%d sources remain", path, n_dup, DUPLICATE_RADIUS_MAS,
-                                     len(out))
+    full = read_reference_catalogs([path], mag_column=mag_column, mag_min=mag_min,
+                                   mag_max=mag_max)
+    out = Table({"RA": full["RA"], "DEC": full["DEC"]})
+    if "MAG" in full.colnames:
+        out["MAG"] = full["MAG"]
     out.meta["source"] = str(path)
-    out.meta["n_duplicates_merged"] = int(n_dup)
+    out.meta["n_duplicates_merged"] = full.meta.get("n_duplicates_merged", 0)
     return out
-
-
-#: Reference rows closer than this are one source listed twice.
-DUPLICATE_RADIUS_MAS = 1.0
-
-
-def merge_duplicates(refcat, radius_mas=DUPLICATE_RADIUS_MAS):
-    """
-    Keep one row of each group of rows closer than ``radius_mas`` (the first).
-
-    A catalog listing a source twice would otherwise make both copies look
-    confused (each has a twin within the separation) and both be dropped.
-
-    Returns
-    -------
-    table : Table
-    n_merged : int
-        Rows removed.
-    """
-    from scipy.spatial import cKDTree
-
-    if len(refcat) < 2:
-        return refcat, 0
-    ra, dec = np.deg2rad(refcat["RA"]), np.deg2rad(refcat["DEC"])
-    xyz = np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
-    pairs = cKDTree(xyz).query_pairs(np.deg2rad(radius_mas / 3.6e6), output_type="ndarray")
-    if not len(pairs):
-        return refcat, 0
-    drop = np.zeros(len(refcat), bool)
-    # Greedy over sorted pairs: the later row of each pair goes, unless its partner went already.
-    for i, j in sorted(map(tuple, np.sort(pairs, axis=1))):
-        if not drop[i]:
-            drop[j] = True
-    return refcat[~drop], int(drop.sum())
-
-
-def _radec_columns(path, ra_col, dec_col):
-    """RA/DEC in degrees from numbers (deg) or sexagesimal strings (RA in hours)."""
-    numeric = ra_col.dtype.kind in "fiu" and dec_col.dtype.kind in "fiu"
-    if numeric:
-        ra = np.ma.filled(np.ma.asarray(ra_col, dtype=float), np.nan)
-        dec = np.ma.filled(np.ma.asarray(dec_col, dtype=float), np.nan)
-        return np.asarray(ra), np.asarray(dec)
-    try:
-        return np.asarray(ra_col, dtype=float), np.asarray(dec_col, dtype=float)
-    except (TypeError, ValueError):
-        pass
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-
-    ra_s, dec_s = [str(v).strip() for v in ra_col], [str(v).strip() for v in dec_col]
-    try:
-        coords = SkyCoord(ra_s, dec_s, unit=(u.hourangle, u.deg))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: RA/DEC are neither numbers in degrees nor sexagesimal "
-                         f"'hh:mm:ss' / 'dd:mm:ss' (first row: RA {ra_s[0]!r}, DEC {dec_s[0]!r}): "
-                         f"{exc}") from None
-    return coords.ra.deg, coords.dec.deg

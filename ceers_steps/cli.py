@@ -333,11 +333,13 @@ def align_main(argv=None):
         print("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
               file=sys.stderr)
     steps["tweakreg"]["save_wcs"] = True
-    refcat = steps["tweakreg"].get("abs_refcat")
-    if refcat and not Path(refcat).is_file():
-        print(f"ceers-align: reference catalog not found: {refcat}; nothing written",
-              file=sys.stderr)
-        return 1
+    from .refcat import refcat_paths
+
+    for refcat in refcat_paths(steps["tweakreg"].get("abs_refcat") or ""):
+        if not refcat.is_file():
+            print(f"ceers-align: reference catalog not found: {refcat}; nothing written",
+                  file=sys.stderr)
+            return 1
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     asn_paths = _write_detector_associations(selected, visit, filter_name, out_dir)

@@ -233,8 +233,11 @@ class _Model:
         return p @ self.matrix.T + self.shift + self.dither[dith] + self.detector[det]
 
 
-def _solve(p, q, dith, det, active, n_dith, n_det, fitgeometry, model):
-    """One linearised least-squares update of ``model`` from matched pairs p -> q."""
+def _solve(p, q, dith, det, active, n_dith, n_det, fitgeometry, model, weights=None):
+    """
+    One linearised least-squares update of ``model`` from matched pairs p -> q
+    (weighted by ``weights``, 1/variance per pair, when given).
+    """
     n = len(p)
     pred = model.apply(p, dith, det)
     resid = np.concatenate([q[:, 0] - pred[:, 0], q[:, 1] - pred[:, 1]])
@@ -256,6 +259,9 @@ def _solve(p, q, dith, det, active, n_dith, n_det, fitgeometry, model):
         names += [("u", (k, 0)), ("u", (k, 1))]
     a = np.column_stack(blocks)
     b = resid
+    if weights is not None:
+        root = np.sqrt(np.tile(weights / np.mean(weights), 2))
+        a, b = a * root[:, None], b * root
     if act and len(act) == n_det:
         # Every detector has its own offset: pin their mean to zero (T is the common shift).
         w = 1e3
@@ -297,7 +303,8 @@ def _stats(r):
     return {"nmatch": int(len(r)), "rmse": float(np.sqrt(np.mean(d**2))), "mae": float(np.mean(d))}
 
 
-def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None):
+def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None, ref_err=None,
+              ref_group=None):
     """
     Fit the visit model to detections matched to a reference catalog.
 
@@ -311,6 +318,15 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None):
     ref_xy : ndarray (m, 2)
         Reference catalog positions in the same plane, arcsec.
     params : JointParameters, optional
+    ref_err : ndarray (m,), optional
+        Position error of each reference source at the images' epoch, arcsec per
+        axis. Each match is then weighted by 1 / (intrinsic scatter^2 + error^2),
+        the intrinsic scatter (the galaxy-to-galaxy part of the residuals) measured
+        from the residuals at each iteration. Without it all matches weigh the same.
+    ref_group : ndarray (m,) of int, optional
+        The catalog each reference source comes from: the intrinsic scatter is then
+        measured per catalog (an older, noisier catalog weighs less), wherever a
+        catalog has at least 10 matches.
 
     Returns
     -------
@@ -325,7 +341,16 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None):
 
     # Drop confused sources (closer than `separation` to another of the same catalog).
     ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
-    ref_xy = ref_xy[_isolated(ref_xy, params.separation)]
+    isolated = _isolated(ref_xy, params.separation)
+    ref_xy = ref_xy[isolated]
+    groups = (np.zeros(len(isolated), int) if ref_group is None
+              else np.asarray(ref_group, int))[isolated]
+    n_groups = int(groups.max()) + 1 if len(groups) else 1
+    weighted = (ref_err is not None and np.any(np.asarray(ref_err) > 0)) or n_groups > 1
+    ref_var = (np.nan_to_num(np.asarray(ref_err, float)[isolated]) ** 2 if ref_err is not None
+               else np.zeros(len(groups)))
+    # Intrinsic scatter per catalog: a first guess, measured after each solve.
+    sig_int2 = np.full(n_groups, (params.tolerance / 5.0) ** 2)
     if len(ref_xy) < params.minobj:
         return JointFitResult(status=f"FAILED: only {len(ref_xy)} usable reference sources "
                                      f"(abs_minobj {params.minobj})")
@@ -375,9 +400,24 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy, params=None):
         use = np.ones(len(sel), bool)
         for _ in range(max(params.nclip, 0) + 1):
             s = sel[use]
-            _solve(p[s], q[use], dith[s], det[s], active, n_dith, n_det, params.fitgeometry, model)
+            ref_s = ref_idx[s]
+            w = 1.0 / (sig_int2[groups[ref_s]] + ref_var[ref_s]) if weighted else None
+            _solve(p[s], q[use], dith[s], det[s], active, n_dith, n_det, params.fitgeometry, model,
+                   weights=w)
             r = q - model.apply(p[sel], dith[sel], det[sel])
             s_axis = _robust_sigma(r[use])
+            if weighted:
+                # Residual scatter = intrinsic (+ centroid) scatter and the reference errors.
+                g_used = groups[ref_idx[sel][use]]
+                for g in range(n_groups):
+                    m = g_used == g
+                    if m.sum() < 10:
+                        m = np.ones(len(g_used), bool)
+                    s_g = _robust_sigma(r[use][m])
+                    ref_part = float(np.median(ref_var[ref_idx[sel][use][m]]))
+                    sig_int2[g] = max(float(np.mean(s_g**2)) - ref_part, 0.0005**2)
+                log.debug("intrinsic scatter per catalog (mas): %s, matches %s",
+                          np.sqrt(sig_int2) * 1e3, np.bincount(g_used, minlength=n_groups))
             # Robust clipping: normalised 2-D residual beyond `sigma` (a chi-square cut, so
             # a Gaussian core loses ~1% at 3 sigma; aggressive RMSE cuts would bias the scatter).
             new_use = np.hypot(r[:, 0] / s_axis[0], r[:, 1] / s_axis[1]) <= params.sigma

@@ -60,12 +60,10 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
             return self._process(inputs)
 
     def _process(self, inputs):
-        from pathlib import Path
-
         refcat = (self.tweakreg.abs_refcat or "").strip()
-        if refcat and not self.tweakreg.skip and not Path(refcat).is_file():
-            # Before detection writes anything.
-            raise FileNotFoundError(f"reference catalog not found: {refcat}")
+        if refcat and not self.tweakreg.skip:
+            # Read and checked (files, columns, epochs, cuts) before detection writes anything.
+            self.tweakreg.preloaded_refcat = self.tweakreg.read_refcat()
         log.info("CEERS alignment of %d images", len(inputs))
         catalogs = None
         if not self.catalog.skip:

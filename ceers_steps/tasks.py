@@ -32,18 +32,24 @@ class ImageHeader:
     The metadata alignment needs from an image, without its pixels (picklable).
 
     Stands in for the image model in `ceers_steps.alignment.AlignImage`:
-    ``meta.filename``, ``meta.wcs`` and ``meta.wcsinfo.v2_ref/v3_ref/roll_ref``.
+    ``meta.filename``, ``meta.wcs``, ``meta.wcsinfo.v2_ref/v3_ref/roll_ref`` and
+    ``meta.exposure.mid_time`` (MJD, the epoch for reference proper motions).
     """
 
-    def __init__(self, filename, wcs, wcsinfo):
+    def __init__(self, filename, wcs, wcsinfo, mid_time=None):
         self.meta = SimpleNamespace(filename=filename, wcs=wcs,
-                                    wcsinfo=SimpleNamespace(**wcsinfo))
+                                    wcsinfo=SimpleNamespace(**wcsinfo),
+                                    exposure=SimpleNamespace(mid_time=mid_time))
 
     @classmethod
     def from_model(cls, model):
+        from .refcat import image_epoch
+
         wi = model.meta.wcsinfo
+        epoch = image_epoch(model)
         return cls(model.meta.filename, model.meta.wcs,
-                   {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref})
+                   {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref},
+                   mid_time=None if epoch is None else float(epoch.mjd))
 
 
 @dataclass

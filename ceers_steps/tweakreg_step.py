@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+
 from ._stpipe import AllImagesFailedError, CeersStep, ImageOutputMixin, get_logger
 from .alignment import (
     AbsoluteParameters,
@@ -10,10 +12,11 @@ from .alignment import (
     align_visit,
     result_row,
 )
-from .catalogs import catalog_path_for, read_catalog, read_refcat
+from .catalogs import catalog_path_for, read_catalog
 from .detection import DetectionParameters
 from .grouping import image_key
 from .inputs import load_inputs, open_image, written_library
+from .refcat import read_reference_catalogs, refcat_paths
 from .results import (
     format_summary,
     results_table,
@@ -97,7 +100,12 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         yoffset = float(default=0.0)  # Relative: initial y offset guess, arcsec
         nclip = integer(min=0, default=1)  # Relative: number of clipping iterations
         sigma = float(min=0.0, default=0.6)  # Relative: clipping limit in units of the fit RMSE
-        abs_refcat = string(default='')  # Absolute reference catalog: a file Table.read reads, with RA/DEC (any case) or sky_centroid; empty = relative only
+        abs_refcat = string(default='')  # Absolute reference catalog(s): a file Table.read reads with RA/DEC (any case) or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; empty = relative only
+        abs_refcat_epoch = string(default='')  # Epoch of abs_refcat positions when it has no ref_epoch column: Julian year (2016.0) or a date
+        abs_pm_missing = option('keep', 'drop', default='keep')  # Sources of a proper-motion catalog without their own: keep (errors grown by abs_pm_dispersion x epoch difference) or drop
+        abs_pm_dispersion = float(min=0.0, default=5.0)  # Proper-motion dispersion assumed for those sources, mas/yr per axis
+        abs_cuts = string(default='')  # Cuts on any reference-catalog column, e.g. 'phot_g_mean_mag < 20; ruwe <= 1.4'
+        save_abs_catalog = boolean(default=False)  # Write the reference catalog used for each visit and filter (after cuts, merging, propagation) as <visit>_<filter>_abs_refcat.ecsv
         abs_group = option('joint', 'detector', 'visit', default='joint')  # Absolute fit: joint visit model (default), per detector group (CEERS), one rigid fit (jwst)
         abs_minobj = integer(default=20)  # Absolute: minimum number of matches
         abs_searchrad = float(default=1.0)  # Absolute: search radius, arcsec
@@ -206,8 +214,11 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         stream = on_disk and (save if stream is None else stream)
         refcat = None
         if self.abs_refcat and self.abs_refcat.strip():
-            refcat = read_refcat(self.abs_refcat, mag_min=self.abs_mag_min, mag_max=self.abs_mag_max)
-            log.info("Absolute reference catalog %s: %d sources", self.abs_refcat, len(refcat))
+            refcat = getattr(self, "preloaded_refcat", None)
+            refcat = self.read_refcat() if refcat is None else refcat
+            for cat in refcat.meta["catalogs"]:
+                log.info("Absolute reference catalog %s: %d sources read, %d after cuts",
+                         cat["file"], cat["n_read"], cat["n_after_cuts"])
         catfile_map = parse_catfile(self.catfile) if self.catfile and self.catfile.strip() else None
 
         if copy_inputs is None:
@@ -257,20 +268,27 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             group = by_visit.setdefault(im.key.visit_filter, [])
             if not im.status.get("unusable"):
                 group.append(im)
-        tables = {}
+        tables, used_refcats = {}, {}
         for visit_filter, group in by_visit.items():
             visit_rows = []
+            ref_used = None
             if group:
                 log.info("Aligning %s: %d images", visit_filter, len(group))
-                visit_rows = align_visit(group, refcat, rel, abs_, group_by=self.group_by,
+                if refcat is not None:
+                    ref_used = self._refcat_at_epoch(refcat, group, visit_filter)
+                    used_refcats[visit_filter] = ref_used
+                visit_rows = align_visit(group, ref_used, rel, abs_, group_by=self.group_by,
                                          runner=self._run_tasks)
             rows += visit_rows
             failed_here = [failed_row[im.name] for im in images
                            if im.status.get("unusable") and im.key.visit_filter == visit_filter]
-            tables[visit_filter] = results_table(
-                failed_here + visit_rows,
-                meta={"visit_filter": visit_filter, "abs_refcat": self.abs_refcat,
-                      "abs_group": self.abs_group})
+            meta = {"visit_filter": visit_filter, "abs_refcat": self.abs_refcat,
+                    "abs_group": self.abs_group}
+            if ref_used is not None:
+                meta.update(abs_refcat_catalogs=ref_used.meta.get("catalogs"),
+                            abs_refcat_epoch=ref_used.meta.get("epoch"),
+                            abs_refcat_sources=len(ref_used))
+            tables[visit_filter] = results_table(failed_here + visit_rows, meta=meta)
             log.info("Results for %s: %s", visit_filter, summary_line(tables[visit_filter]))
             log.debug("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
 
@@ -294,6 +312,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                         "would be lost")
             save_wcs = True
         wcs_dir = wcs_dir_path(self.wcs_dir, self.output_dir_path())
+        self._save_abs_catalogs(used_refcats, inputs)
         if stream:
             result = self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
                                           wcs_dir if save_wcs else None, save, rows)
@@ -327,6 +346,55 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         from jwst.datamodels import ModelLibrary
 
         return ModelLibrary([im.model for im in readable])
+
+    def read_refcat(self):
+        """The reference catalogs of ``abs_refcat``, read, cut and merged (not yet propagated)."""
+        return read_reference_catalogs(
+            self.abs_refcat, epoch=self.abs_refcat_epoch or None, cuts=self.abs_cuts,
+            mag_min=self.abs_mag_min, mag_max=self.abs_mag_max, merge_radius=self.abs_tolerance)
+
+    def _refcat_at_epoch(self, refcat, group, visit_filter):
+        """The reference catalog propagated to the mean epoch of a visit's images."""
+        from astropy.time import Time
+
+        from .refcat import at_epoch, image_epoch
+
+        epochs = [image_epoch(im.model) for im in group]
+        known = [e for e in epochs if e is not None]
+        has_pm = bool(np.any(np.isfinite(refcat["PMRA"])))
+        if has_pm and not known:
+            log.warning("%s: the images carry no observation time: reference positions are "
+                        "used at their catalog epoch, without proper motions", visit_filter)
+        epoch = Time(np.mean([e.mjd for e in known]), format="mjd", scale="utc") if known else None
+        used = at_epoch(refcat, epoch if has_pm else None, pm_missing=self.abs_pm_missing,
+                        pm_dispersion=self.abs_pm_dispersion)
+        if len(used.meta.get("catalogs", [])) > 1:
+            log.info("%s: reference sources used per catalog (after merging): %s", visit_filter,
+                     ", ".join(f"{Path(c['file']).name} {c['n_used']}"
+                               for c in used.meta["catalogs"]))
+        if has_pm and epoch is not None:
+            spread = max(abs(e.mjd - epoch.mjd) for e in known) / 365.25
+            pm_max = float(np.nanmax(np.hypot(refcat["PMRA"], refcat["PMDEC"])))
+            log.info("%s: reference positions moved to epoch %.4f (largest motion %.1f mas); "
+                     "within the visit they differ from each exposure's by at most %.3f mas",
+                     visit_filter, epoch.jyear, used.meta["max_motion_mas"], pm_max * spread)
+        return used
+
+    def _save_abs_catalogs(self, used_refcats, inputs):
+        if not self.save_abs_catalog or not used_refcats:
+            return
+        from .fileio import check_outputs, write_ecsv
+
+        paths = {vf: self.output_dir_path() / f"{vf}_abs_refcat.ecsv" for vf in used_refcats}
+        check_outputs([(p, vf) for vf, p in paths.items()],
+                      [image.path for image in inputs.images]
+                      + [p for p in refcat_paths(self.abs_refcat)])
+        for vf, path in paths.items():
+            table = used_refcats[vf].copy()
+            table.meta = {k: v for k, v in table.meta.items()
+                          if k in ("catalogs", "epoch", "max_motion_mas", "source")}
+            write_ecsv(table, path)
+            log.info("%s: reference catalog used (%d sources) written to %s", vf, len(table), path)
 
     def _results_paths(self, visit_filter):
         out_dir = self.output_dir_path()
