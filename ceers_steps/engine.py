@@ -92,21 +92,42 @@ def _mp_context():
 _ACTIVE = None
 
 
+#: Seconds a worker whose parent died has to clean up before it exits.
+PARENT_GRACE = 3.0
+
+
 def _watch_parent(parent_pid):
     """
     Worker initializer: end this worker when the main process dies.
 
-    A SIGKILLed main process cannot stop its pool; its workers would go on with
-    their task (minutes on a big image) and hold memory. A daemon thread checks
-    every half second whether the parent is still this worker's parent.
+    - Ctrl-C (SIGINT to the whole process group) is left to the main process: it
+      cancels the tasks not started and waits for the running ones, so every file
+      is complete; a worker interrupted itself would break the pool, which then
+      terminates the others in the middle of their writes.
+    - SIGTERM (the pool stopping a broken worker) ends a task with SystemExit, so
+      that a file being written is cleaned up (`ceers_steps.fileio.atomic_output`).
+    - A SIGKILLed main process cannot stop its pool; its workers would go on with
+      their task (minutes on a big image) and hold memory. A daemon thread checks
+      every half second whether the parent is still this worker's parent; when it is
+      not, the task is ended as by SIGTERM, and the worker exits ``PARENT_GRACE``
+      seconds later whatever it is doing.
     """
+    import _thread
+    import signal
     import threading
 
+    def terminate(signum, frame):
+        raise SystemExit(1)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, terminate)
+
     def watch():
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
+        while os.getppid() == parent_pid:
             time.sleep(0.5)
+        _thread.interrupt_main(signal.SIGTERM)
+        time.sleep(PARENT_GRACE)
+        os._exit(1)
 
     threading.Thread(target=watch, name="ceers-parent-watch", daemon=True).start()
 
