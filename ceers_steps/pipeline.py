@@ -60,7 +60,8 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
             return self._process(inputs)
 
     def _process(self, inputs):
-        refcat = (self.tweakreg.abs_refcat or "").strip()
+        self.tweakreg._normalise_lists()
+        refcat = self.tweakreg.abs_refcat.strip()
         if refcat and not self.tweakreg.skip:
             # Read and checked (files, columns, epochs, cuts) before detection writes anything.
             self.tweakreg.preloaded_refcat = self.tweakreg.read_refcat()

@@ -100,11 +100,11 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         yoffset = float(default=0.0)  # Relative: initial y offset guess, arcsec
         nclip = integer(min=0, default=1)  # Relative: number of clipping iterations
         sigma = float(min=0.0, default=0.6)  # Relative: clipping limit in units of the fit RMSE
-        abs_refcat = string(default='')  # Absolute reference catalog(s): a file Table.read reads with RA/DEC (any case) or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; empty = relative only
+        abs_refcat = pass(default='')  # Absolute reference catalog(s): a file Table.read reads with RA/DEC (any case) or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; empty = relative only
         abs_refcat_epoch = string(default='')  # Epoch of abs_refcat positions when it has no ref_epoch column: Julian year (2016.0) or a date
         abs_pm_missing = option('keep', 'drop', default='keep')  # Sources of a proper-motion catalog without their own: keep (errors grown by abs_pm_dispersion x epoch difference) or drop
         abs_pm_dispersion = float(min=0.0, default=5.0)  # Proper-motion dispersion assumed for those sources, mas/yr per axis
-        abs_cuts = string(default='')  # Cuts on any reference-catalog column, e.g. 'phot_g_mean_mag < 20; ruwe <= 1.4'
+        abs_cuts = pass(default='')  # Cuts on any reference-catalog column, e.g. 'phot_g_mean_mag < 20; ruwe <= 1.4'
         save_abs_catalog = boolean(default=False)  # Write the reference catalog used for each visit and filter (after cuts, merging, propagation) as <visit>_<filter>_abs_refcat.ecsv
         abs_group = option('joint', 'detector', 'visit', default='joint')  # Absolute fit: joint visit model (default), per detector group (CEERS), one rigid fit (jwst)
         abs_minobj = integer(default=20)  # Absolute: minimum number of matches
@@ -208,6 +208,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         ModelLibrary or None
         """
         # Every parameter checked before anything is read or written.
+        self._normalise_lists()
         rel, abs_ = self.relative_parameters(), self.absolute_parameters()
         self._check_sip_parameters()
         on_disk = all(image.path is not None for image in inputs.images)
@@ -347,8 +348,23 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
         return ModelLibrary([im.model for im in readable])
 
+    def _normalise_lists(self):
+        """
+        ``abs_refcat`` and ``abs_cuts`` as one string: on a command line or in a
+        parameter file configobj turns ``a.ecsv,b.ecsv`` into a list.
+        """
+        for name, sep in (("abs_refcat", ", "), ("abs_cuts", "; ")):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                setattr(self, name, sep.join(str(v).strip() for v in value))
+            elif value is None:
+                setattr(self, name, "")
+            elif not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, not {value!r}")
+
     def read_refcat(self):
         """The reference catalogs of ``abs_refcat``, read, cut and merged (not yet propagated)."""
+        self._normalise_lists()
         return read_reference_catalogs(
             self.abs_refcat, epoch=self.abs_refcat_epoch or None, cuts=self.abs_cuts,
             mag_min=self.abs_mag_min, mag_max=self.abs_mag_max, merge_radius=self.abs_tolerance)
@@ -563,7 +579,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             rel_ok = st.get("relative") == "SUCCESS" or (
                 not absolute and reference_groups.get(im.name) in group_success)
             if abs_ok:
-                out[im.name] = ("COMPLETE", f"FIT-LVL3-{Path(self.abs_refcat).name}")
+                names = "+".join(p.name for p in refcat_paths(self.abs_refcat))
+                out[im.name] = ("COMPLETE", f"FIT-LVL3-{names}")
             elif rel_ok:
                 out[im.name] = ("COMPLETE", "FIT-REL")
             else:

@@ -207,3 +207,25 @@ def test_proper_motion_units_converted(catalogs, tmp_path):
     t.write(path)
     ref = read_reference_catalogs(str(path))
     assert np.asarray(ref["PMRA"]) == pytest.approx(np.asarray(catalogs["gaia_table"]["pmra"]))
+
+
+def test_several_catalogs_and_cuts_from_the_command_line(small_visit_dir, tmp_path):
+    """configobj turns 'a,b' into a list on a command line: both parameters accept it."""
+    from astropy.table import vstack
+    from conftest import run_cli
+
+    twice = tmp_path / "refcat_copy.ecsv"
+    t = Table.read(small_visit_dir["refcat"])
+    vstack([t, t]).write(twice)
+    out = tmp_path / "out"
+    proc = run_cli(["strun", "ceers_tweak", str(small_visit_dir["asn"]),
+                    f"--abs_refcat={small_visit_dir['refcat']},{twice}",
+                    "--abs_cuts=MAG < 40, MAG > 0", "--minobj=8", "--abs_minobj=8",
+                    "--save_abs_catalog=true", f"--output_dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = Table.read(out / "jw01345001001_f200w_abs_refcat.ecsv")
+    assert len(saved) == len(t)  # the second catalog repeats the first: merged, not doubled
+    counts = [c["n_used"] for c in saved.meta["catalogs"]]
+    assert counts == [len(t), 0]
+    results = Table.read(out / "jw01345001001_f200w_tweakreg_results.ecsv")
+    assert set(results["status"]) == {"SUCCESS"}
