@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_alignment.py [--case sw|sw-det|lw] [--seeds 1 2 3]
-        [--modes joint detector visit] [--jwst] [--real|--builtin]
+        [--modes joint detector visit] [--jwst] [--oracle] [--real|--builtin]
         [--frames clean|realistic|both]
 
 Builds synthetic visits from the real CEERS WCS models and HST catalog (or the
@@ -33,7 +33,7 @@ import numpy as np
 
 from ceers_steps.catalogs import build_catalog, write_catalog
 from ceers_steps.inputs import library_models
-from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
+from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit, oracle_floor
 from ceers_steps.wcs_utils import alignment_accuracy
 
 # CEERS nircam1 f200w / f444w, section [jw01345001001] (tweakreg_cfgs), unchanged.
@@ -105,6 +105,9 @@ def main():
     parser.add_argument("--modes", nargs="+", default=["joint"],
                         choices=("joint", "detector", "visit"))
     parser.add_argument("--jwst", action="store_true", help="also run jwst's TweakRegStep")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also print the oracle floor: the joint model fitted to the same "
+                             "catalogs placed through the true WCS")
     parser.add_argument("--frames", choices=("clean", "realistic", "both"), default="clean",
                         help="render clean frames, frames with real cal-file nuisances, or both")
     src = parser.add_mutually_exclusive_group()
@@ -161,6 +164,12 @@ def run_seed(args, visit, params, seed, kind, summary):
             summary.setdefault((kind, label), []).append((med, worst))
             print(f"{seed:>4} {kind:>9} {label:>18} {med:>11.2f} {worst:>10.2f} {dt:>8.1f} "
                   f"{peak:>9.0f} {n_src:>11}", flush=True)
+        if args.oracle:
+            geom = params["abs_fitgeometry"]
+            med, worst = oracle_floor(visit, fitgeometry=geom)
+            summary.setdefault((kind, "oracle floor"), []).append((med, worst))
+            print(f"{seed:>4} {kind:>9} {'oracle floor':>18} {med:>11.2f} {worst:>10.2f} "
+                  f"{'':>8} {'':>9} {n_src:>11}", flush=True)
         if args.jwst:
             models, dt = run_jwst(visit, refcat_path, params)
             med, worst = score(models, visit)

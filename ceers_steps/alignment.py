@@ -18,6 +18,7 @@ from ._stpipe import get_logger
 from .grouping import group_images
 from .jointfit import JointParameters, joint_fit
 from .judge import judge_images
+from .wcs_utils import bbox_limits
 
 __all__ = [
     "ABS_GROUPS",
@@ -156,9 +157,9 @@ class AlignImage:
         cat = self.catalog
         if len(cat):
             cat = cat[np.isfinite(cat["x"]) & np.isfinite(cat["y"])]
-        bbox = self.model.meta.wcs.bounding_box
-        if bbox is not None and len(cat):
-            (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+        limits = bbox_limits(self.model.meta.wcs)
+        if limits is not None and len(cat):
+            (x0, x1), (y0, y1) = limits
             inside = (cat["x"] > x0) & (cat["x"] < x1) & (cat["y"] > y0) & (cat["y"] < y1)
             cat = cat[inside]
         return cat
@@ -193,9 +194,9 @@ def catalog_problem(im):
         finite = int(np.sum(np.isfinite(im.catalog["x"]) & np.isfinite(im.catalog["y"])))
         return (f"none of the {n} sources of its catalog lies on the image "
                 f"({n - finite} non-finite, {finite} outside it): the wrong catalog?")
-    bbox = im.model.meta.wcs.bounding_box
-    if bbox is not None:
-        (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+    limits = bbox_limits(im.model.meta.wcs)
+    if limits is not None:
+        (x0, x1), (y0, y1) = limits
         area = max((x1 - x0) * (y1 - y0), 1.0)
         if inside > area / DENSE_PIXELS_PER_SOURCE:
             return (f"its catalog has {inside} sources on the image, one per "
@@ -412,13 +413,12 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None)
     return rows
 
 
-def _plane_positions(im, plane, wcs=None):
-    """An image's in-bounds catalog through its (current or given) WCS, in ``plane`` (arcsec)."""
+def _plane_positions(im, plane):
+    """An image's in-bounds catalog through its current WCS, in ``plane`` (arcsec)."""
     cat = im.inside_catalog()
     if not len(cat):
         return np.zeros((0, 2))
-    wcs = wcs or im.model.meta.wcs
-    ra, dec = wcs(np.asarray(cat["x"]), np.asarray(cat["y"]), with_bounding_box=False)
+    ra, dec = im.model.meta.wcs(np.asarray(cat["x"]), np.asarray(cat["y"]), with_bounding_box=False)
     x, y = plane.world_to_tanp(ra, dec)
     return np.column_stack([x, y])
 

@@ -30,6 +30,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
+from .jointfit import _isolated, _robust_sigma
+
 __all__ = ["CHANCE_PROBABILITY", "MIN_RADIUS", "OFFSET_SIGMA", "SCATTER_FACTOR", "ImageVerdict",
            "judge_images"]
 
@@ -79,11 +81,6 @@ def _density(ref_xy):
     return len(ref_xy) / max(float(span[0] * span[1]), 1e-6)
 
 
-def _robust(r):
-    """Gaussian-equivalent per-axis scatter from the median absolute deviation."""
-    return 1.4826 * np.median(np.abs(r - np.median(r, axis=0)), axis=0)
-
-
 def _matches(xy, tree, ref_xy, radius):
     """Residuals ``ref - xy`` of the detections within ``radius`` of a reference source."""
     if len(xy) == 0 or len(ref_xy) == 0:
@@ -91,16 +88,6 @@ def _matches(xy, tree, ref_xy, radius):
     dist, idx = tree.query(xy, distance_upper_bound=radius)
     ok = np.isfinite(dist)
     return ref_xy[idx[ok]] - xy[ok]
-
-
-def _isolated(xy, separation):
-    """Mask of points with no other point of the same set closer than ``separation``."""
-    if len(xy) < 2 or not separation or separation <= 0:
-        return np.ones(len(xy), bool)
-    pairs = cKDTree(xy).query_pairs(separation, output_type="ndarray")
-    keep = np.ones(len(xy), bool)
-    keep[pairs.ravel()] = False
-    return keep
 
 
 def judge_images(positions, ref_xy, tolerance, min_matches, n_sources=None, offset_test=False,
@@ -143,13 +130,13 @@ def judge_images(positions, ref_xy, tolerance, min_matches, n_sources=None, offs
             for p in pos]
     centred = [r - np.median(r, axis=0) for r in wide if len(r) >= 3]
     if centred:
-        sigma = float(np.max(_robust(np.concatenate(centred))))
+        sigma = float(np.max(_robust_sigma(np.concatenate(centred))))
     else:
         sigma = tolerance / 5.0
     radius = float(min(tolerance, max(5.0 * sigma, MIN_RADIUS)))
     own = [_matches(p, tree, ref_xy, radius) if tree is not None else np.zeros((0, 2))
            for p in pos]
-    scatters = [float(np.hypot(*_robust(r)) / np.sqrt(2)) if len(r) >= 3 else np.nan for r in own]
+    scatters = [float(np.hypot(*_robust_sigma(r)) / np.sqrt(2)) if len(r) >= 3 else np.nan for r in own]
     typical = np.nanmedian(scatters) if np.any(np.isfinite(scatters)) else np.nan
     density = _density(ref_xy)
     out = []

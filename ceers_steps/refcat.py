@@ -174,7 +174,6 @@ def _epoch_years(path, table, names, epoch):
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: column {col!r}: cannot read epochs like {str(values[0])!r} "
                          f"({exc})") from None
-    return None
 
 
 def _julian_year(value, what):

@@ -44,6 +44,7 @@ __all__ = [
     "make_crowded_frame",
     "make_visit",
     "nircam_like_wcs",
+    "oracle_floor",
     "tangent_plane",
     "write_visit",
 ]
@@ -769,3 +770,39 @@ def make_crowded_frame(n_sources=6000, shape=(2048, 2048), noise=0.01, seed=0, p
     err = np.full(shape, noise, dtype=np.float32)
     dq = np.zeros(shape, dtype=np.uint32)
     return sci, err, dq, np.column_stack([x, y, flux])
+
+
+def oracle_floor(visit, fitgeometry="rshift", detector_terms=True):
+    """
+    The best any alignment to the reference catalog can do on this draw (mas).
+
+    The joint model is fitted to detections placed through the *true* WCS, whose
+    ideal correction is the identity: what it finds instead is the noise of the
+    galaxies' intrinsic offsets. The images' catalogs are read from
+    ``meta.tweakreg_catalog``. Returns (median per-image RMS, worst point).
+    """
+    from .catalogs import read_catalog
+    from .grouping import image_key
+    from .jointfit import JointParameters, joint_fit
+    from .wcs_utils import pixel_grid, tangent_plane
+
+    plane = tangent_plane(*visit.center)
+    positions, keys = [], []
+    for image in visit.images:
+        cat = read_catalog(image.model.meta.tweakreg_catalog)
+        ra, dec = image.true_wcs(cat["x"], cat["y"], with_bounding_box=False)
+        positions.append(np.column_stack(plane.world_to_tanp(ra, dec)))
+        keys.append(image_key(image.model))
+    ref = np.column_stack(plane.world_to_tanp(np.asarray(visit.refcat["RA"]),
+                                              np.asarray(visit.refcat["DEC"])))
+    fit = joint_fit(positions, [k.exposure for k in keys], [k.detector for k in keys], ref,
+                    JointParameters(fitgeometry=fitgeometry, separation=0.5, tolerance=0.4,
+                                    detector_terms=detector_terms))
+    per, worst = [], 0.0
+    for i, image in enumerate(visit.images):
+        x, y = pixel_grid(image.model.data.shape)
+        p = np.column_stack(plane.world_to_tanp(*image.true_wcs(x, y)))
+        d = 1e3 * np.hypot(*(p @ fit.matrix.T + fit.image_shift[i] - p).T)
+        per.append(float(np.sqrt(np.mean(d**2))))
+        worst = max(worst, float(d.max()))
+    return float(np.median(per)), worst

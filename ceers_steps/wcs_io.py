@@ -237,15 +237,18 @@ def load_wcs_for_image(model, wcs_dir, image_name=None, force=False):
     if saved.exposure and saved.exposure.lower() != exposure_base(name).lower():
         problems.append(f"the WCS model {path} was made for exposure {saved.exposure} "
                         f"({saved.filename}), not {exposure_base(name)}")
-    bbox = saved.wcs.bounding_box
-    if bbox is not None and model.data is not None and model.data.ndim == 2:
-        (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+    from .wcs_utils import bbox_limits
+
+    limits = bbox_limits(saved.wcs)
+    if limits is not None and model.data is not None and model.data.ndim == 2:
+        (x0, x1), (y0, y1) = limits
         ny, nx = model.data.shape
+        # The image spans -0.5 .. n - 0.5; a box within half a pixel of that covers it.
         eps = 1e-6
         if x0 < -0.5 - eps or y0 < -0.5 - eps or x1 > nx - 0.5 + eps or y1 > ny - 0.5 + eps:
             problems.append(f"the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
                             f"y {y0:g}..{y1:g}, which does not fit the image ({nx} x {ny})")
-        elif x0 > -0.5 + 0.5 or y0 > -0.5 + 0.5 or x1 < nx - 1.0 or y1 < ny - 1.0:
+        elif x0 > 0 or y0 > 0 or x1 < nx - 1 or y1 < ny - 1:
             problems.append(f"the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
                             f"y {y0:g}..{y1:g}, which does not cover the image ({nx} x {ny}): "
                             "pixels outside it would have no sky position")

@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "alignment_accuracy",
     "angular_separation_mas",
+    "bbox_limits",
     "pixel_grid",
     "sky_difference_mas",
     "tangent_plane",
@@ -80,10 +81,19 @@ def world_to_pixel_exact(wcs, ra, dec, *, niter=12, tol=1e-9, start=None):
     return x, y
 
 
-def _center_guess(wcs, n):
+def bbox_limits(wcs):
+    """``((x0, x1), (y0, y1))`` of a gwcs bounding box (0-based pixels), or None."""
     bbox = wcs.bounding_box
-    if bbox is not None:
-        (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+    if bbox is None:
+        return None
+    (x0, x1), (y0, y1) = (tuple(i) for i in bbox.bounding_box(order="F"))
+    return (float(x0), float(x1)), (float(y0), float(y1))
+
+
+def _center_guess(wcs, n):
+    limits = bbox_limits(wcs)
+    if limits is not None:
+        (x0, x1), (y0, y1) = limits
         cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     else:
         cx = cy = 1023.5

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ceers_steps.synthetic import ceers_data_dir
+from ceers_steps.synthetic import ceers_data_dir, oracle_floor  # noqa: F401 - used by tests
 
 
 @pytest.fixture(scope="session")
@@ -143,44 +143,6 @@ CEERS_F200W = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.05, ncl
 CEERS_F444W = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.02, nclip=1, sigma=0.6,
                    abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
                    abs_nclip=1, abs_sigma=0.7, abs_fitgeometry="rscale")
-
-
-def oracle_floor(visit, fitgeometry="rshift", detector_terms=True):
-    """
-    The best any alignment to the reference catalog can do on this draw (mas).
-
-    The joint model is fitted to detections placed through the *true* WCS, whose
-    ideal correction is the identity: what it finds instead is the noise of the
-    galaxies' intrinsic offsets. Returns (median per-image RMS, worst point).
-    """
-    import numpy as np
-
-    from ceers_steps.catalogs import read_catalog
-    from ceers_steps.grouping import image_key
-    from ceers_steps.jointfit import JointParameters, joint_fit
-    from ceers_steps.synthetic import tangent_plane
-    from ceers_steps.wcs_utils import pixel_grid
-
-    plane = tangent_plane(*visit.center)
-    positions, keys = [], []
-    for image in visit.images:
-        cat = read_catalog(image.model.meta.tweakreg_catalog)
-        ra, dec = image.true_wcs(cat["x"], cat["y"], with_bounding_box=False)
-        positions.append(np.column_stack(plane.world_to_tanp(ra, dec)))
-        keys.append(image_key(image.model))
-    ref = np.column_stack(plane.world_to_tanp(np.asarray(visit.refcat["RA"]),
-                                              np.asarray(visit.refcat["DEC"])))
-    fit = joint_fit(positions, [k.exposure for k in keys], [k.detector for k in keys], ref,
-                    JointParameters(fitgeometry=fitgeometry, separation=0.5, tolerance=0.4,
-                                    detector_terms=detector_terms))
-    per, worst = [], 0.0
-    for i, image in enumerate(visit.images):
-        x, y = pixel_grid(image.model.data.shape)
-        p = np.column_stack(plane.world_to_tanp(*image.true_wcs(x, y)))
-        d = 1e3 * np.hypot(*(p @ fit.matrix.T + fit.image_shift[i] - p).T)
-        per.append(float(np.sqrt(np.mean(d**2))))
-        worst = max(worst, float(d.max()))
-    return float(np.median(per)), worst
 
 
 def assert_goal_or_floor(result, floor, goal):

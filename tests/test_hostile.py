@@ -284,6 +284,23 @@ def test_two_inputs_one_output_name_refused(work, tmp_path, capsys):
     work.verify(0, 0, out=work.root / "out2")
 
 
+def test_saved_abs_catalog_never_overwrites_the_refcat_it_came_from(work):
+    """Re-running on the catalog a previous run saved, into the same folder, is refused."""
+    from ceers_steps import CeersTweakRegStep
+
+    out = work.root / "out"
+    kwargs = dict(n_jobs=1, save_abs_catalog=True, output_dir=str(out), save_fit_results=False)
+    CeersTweakRegStep.call([str(work.path(i)) for i in range(4)], abs_refcat=str(work.refcat),
+                           **kwargs)
+    saved = out / f"{VISIT}_{FILTER}_abs_refcat.ecsv"
+    assert saved.exists()
+    work.snapshot()
+    with pytest.raises(ValueError, match=f"{saved.name}.*overwrite the input"):
+        CeersTweakRegStep.call([str(work.path(i)) for i in range(4)], abs_refcat=str(saved),
+                               **kwargs)
+    work.verify(0, 0)
+
+
 # --- 3. saved models carry the status; apply refuses what is not aligned --------------------
 
 
