@@ -50,7 +50,8 @@ DEFAULT_PSF_FWHM = 1.2
 
 #: The rejection cuts, in the order they are applied; ``catalog.meta["rejected"]``
 #: counts the sources each removed.
-REJECTION_CUTS = ("degenerate", "centroid", "border", "masked", "flagged", "sharp", "saturation")
+REJECTION_CUTS = ("degenerate", "centroid", "border", "masked", "flagged", "sharp", "saturation",
+                  "peak", "brightest")
 
 # SEP's work buffers: start at the larger of _PIXSTACK_START and a quarter of the
 # image's pixels, grow on overflow (crowded or deep frames).
@@ -173,6 +174,12 @@ class DetectionParameters:
         elongated along the direction to it (diffraction-spike debris).
     spike_elongation : float
         Minimum a/b of spike debris.
+    peak_max : float or None
+        Drop sources whose peak pixel (data units) is at least this (jwst's
+        TweakRegStep ``peakmax``); None keeps all.
+    brightest : int or None
+        Keep only this many sources, the brightest by AUTO flux (jwst's
+        ``brightest``); None keeps all.
     """
 
     def __init__(
@@ -196,6 +203,8 @@ class DetectionParameters:
         saturation_radius=4.0,
         spike_length=300.0,
         spike_elongation=2.0,
+        peak_max=None,
+        brightest=None,
     ):
         if rms not in ("flat", "map"):
             raise ValueError(f"rms must be 'flat' or 'map', not {rms!r}")
@@ -212,6 +221,8 @@ class DetectionParameters:
                 raise ValueError(f"{name} must be a positive integer, not {value}")
         if not 0 <= deblend_cont <= 1:
             raise ValueError(f"deblend_cont must be between 0 and 1, not {deblend_cont}")
+        if brightest is not None and brightest < 1:
+            raise ValueError(f"brightest must be a positive integer or None, not {brightest}")
         if psf_fwhm is not None and psf_fwhm <= 0:
             raise ValueError(f"psf_fwhm must be positive (pixels), not {psf_fwhm}")
         self.detect_thresh = float(detect_thresh)
@@ -233,6 +244,8 @@ class DetectionParameters:
         self.saturation_radius = float(saturation_radius)
         self.spike_length = float(spike_length)
         self.spike_elongation = float(spike_elongation)
+        self.peak_max = None if peak_max is None else float(peak_max)
+        self.brightest = None if brightest is None else int(brightest)
         self._kernel_array = detection_kernel(self.kernel)
         self._flag_bits = dq_bits(self.flag_dq)
 
@@ -551,6 +564,15 @@ def detect_sources(data, err=None, dq=None, params=None):
             cut("saturation", debris, FLAG_SATURATION)
         catalog.meta["n_saturated_stars"] = len(stars)
 
+    if params.peak_max is not None:
+        peak = np.asarray(objects["peak"], dtype=float)
+        cut("peak", remaining & (peak >= params.peak_max))
+    if params.brightest is not None and remaining.sum() > params.brightest:
+        # jwst's 'brightest': the N largest fluxes survive, the others are not detections to use.
+        order = np.argsort(np.where(remaining, -flux, np.inf), kind="stable")
+        faint = np.zeros_like(remaining)
+        faint[order[params.brightest:]] = True
+        cut("brightest", remaining & faint)
     keep = remaining
     catalog = Table(
         {
