@@ -88,7 +88,7 @@ def _apply_wcs_parser():
     p.add_argument("--skip-missing", action="store_true",
                    help="copy images without a WCS model unchanged instead of failing")
     p.add_argument("--force", action="store_true",
-                   help="experts: apply models of unaligned (SKIPPED) fits, of other exposures, "
+                   help="experts: apply models of unaligned (FAILED) fits, of other exposures, "
                         "or whose bounding box does not match the image")
     return p
 
@@ -333,9 +333,10 @@ def align_main(argv=None):
         print("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
               file=sys.stderr)
     steps["tweakreg"]["save_wcs"] = True
-    from .refcat import refcat_paths
+    from .refcat import named_catalog, refcat_paths
 
-    for refcat in refcat_paths(steps["tweakreg"].get("abs_refcat") or ""):
+    spec = steps["tweakreg"].get("abs_refcat") or ""
+    for refcat in [] if named_catalog(spec) else refcat_paths(spec):
         if not refcat.is_file():
             print(f"ceers-align: reference catalog not found: {refcat}; nothing written",
                   file=sys.stderr)
