@@ -166,11 +166,16 @@ class AlignImage:
 
     def corrector(self, group_id):
         """A tweakwcs JWST corrector on the current WCS, carrying the in-bounds catalog."""
+        # tweakwcs names catalogs (its log, its match calls) as jwst does: the file stem.
+        from pathlib import Path
+
         from .correctors import StackedJWSTWCSCorrector
 
+        catalog = self.inside_catalog()
+        catalog.meta["name"] = Path(str(self.name)).stem.strip("_- ")
         return StackedJWSTWCSCorrector(wcs=self.model.meta.wcs, wcsinfo=self.wcsinfo(),
-                                meta={"catalog": self.inside_catalog(), "name": self.name,
-                                      "group_id": group_id})
+                                       meta={"catalog": catalog, "name": catalog.meta["name"],
+                                             "group_id": group_id})
 
 
 #: More catalog sources than one per this many pixels is no NIRCam catalog (deep fields
@@ -210,18 +215,24 @@ def result_row(stage, group, image, status, fitgeometry, fit_info=None, **values
     One row of the results table.
 
     Columns: ``stage`` (relative/absolute), ``group``, ``image``, ``status``,
-    ``nmatch``, ``rmse`` and ``mae`` (arcsec), ``xshift`` and ``yshift`` (arcsec),
-    ``rotation`` (deg), ``scale``, ``fitgeometry``. Numbers come from tweakwcs'
-    ``fit_info`` when given, else from ``values``; a failed fit has zeros
-    (as CEERS wrote) and NaN-free columns.
+    ``nmatch`` (sources of the final solution, after clipping: CEERS' NMATCH),
+    ``nmatch_all`` (matches before clipping), ``rmse`` and ``mae`` (arcsec),
+    ``xshift`` and ``yshift`` (arcsec, in tweakwcs' frame: the tangent plane of
+    the fit's first image, V2/V3 axes), ``rotation`` (deg), ``scale``,
+    ``fitgeometry``. Numbers come from tweakwcs' ``fit_info`` when given, else
+    from ``values``; a failed fit has zeros (as CEERS wrote) and NaN-free columns.
     """
     row = {"stage": stage, "group": group, "image": image, "status": status,
-           "nmatch": 0, "rmse": 0.0, "mae": 0.0, "xshift": 0.0, "yshift": 0.0,
+           "nmatch": 0, "nmatch_all": 0, "rmse": 0.0, "mae": 0.0, "xshift": 0.0, "yshift": 0.0,
            "rotation": 0.0, "scale": 1.0, "fitgeometry": fitgeometry}
     if fit_info is not None and fit_info.get("status") == "SUCCESS":
         geom = fit_info.get("fitgeom", fitgeometry)
         rot = fit_info["proper_rot"] if geom in ("rshift", "rscale") else fit_info["<rot>"]
-        row.update(nmatch=int(fit_info.get("nmatches", 0)), rmse=float(fit_info["rmse"]),
+        nmatch_all = int(fit_info.get("nmatches", 0))
+        # NMATCH as CEERS recorded it: the sources of the final solution, after clipping.
+        fitmask = fit_info.get("fitmask")
+        nmatch = int(np.sum(fitmask)) if fitmask is not None else nmatch_all
+        row.update(nmatch=nmatch, nmatch_all=nmatch_all, rmse=float(fit_info["rmse"]),
                    mae=float(fit_info["mae"]), xshift=float(fit_info["shift"][0]),
                    yshift=float(fit_info["shift"][1]), rotation=float(rot),
                    scale=float(fit_info["<scale>"]), fitgeometry=geom)
@@ -234,12 +245,12 @@ def _footprint(wcs):
     return np.asarray(ra), np.asarray(dec)
 
 
-def _correction_size(corrector):
-    """Largest on-sky displacement (arcsec) of the image corners by a correction."""
+def _correction_size(wcs0, wcs1):
+    """Largest on-sky displacement (arcsec) of the image corners from ``wcs0`` to ``wcs1``."""
     from .wcs_utils import angular_separation_mas
 
-    ra0, dec0 = _footprint(corrector.original_wcs)
-    ra1, dec1 = _footprint(corrector.wcs)
+    ra0, dec0 = _footprint(wcs0)
+    ra1, dec1 = _footprint(wcs1)
     return float(np.max(angular_separation_mas(ra0, dec0, ra1, dec1))) / 1e3
 
 
@@ -260,55 +271,228 @@ def relative_align(images, params, group, group_ids=None):
     On success each aligned image's ``model.meta.wcs`` is replaced; on failure
     nothing changes. Returns one result row per image.
     """
-    from tweakwcs.imalign import align_wcs
-    from tweakwcs.matchutils import XYXYMatch
-
     geom = params.fitgeometry
     if len(images) < 2:
-        return [result_row("relative", group, im.name, "SKIPPED: single image in group", geom)
+        return [result_row("relative", group, im.name, "FAILED: At least two exposures are "
+                           "required for image alignment (single image in group)", geom)
+                for im in images]
+    group_ids = group_ids or [im.name for im in images]
+    if len(set(group_ids)) < 2:
+        return [result_row("relative", group, im.name,
+                           "FAILED: At least two exposures are required for image alignment",
+                           geom) for im in images]
+    confusion = confusion_problem("", params.separation, params.tolerance)
+    if confusion:
+        log.warning("%s: relative alignment failed: %s", group, confusion)
+        return [result_row("relative", group, im.name, f"FAILED: {confusion}", geom)
                 for im in images]
     if params.separation <= _SQRT2 * params.tolerance:
         log.warning("%s: separation %.3g <= sqrt(2) x tolerance %.3g: matches may be confused",
                     group, params.separation, params.tolerance)
-    group_ids = group_ids or [im.name for im in images]
-    correctors = [im.corrector(group_id=gid) for im, gid in zip(images, group_ids, strict=True)]
-    if len(set(group_ids)) < 2:
-        return [result_row("relative", group, im.name, "SKIPPED: single group in run", geom)
-                for im in images]
-    empty = [c.meta["name"] for c in correctors if len(c.meta["catalog"]) == 0]
+
+    align_wcs, XYXYMatch = _tweakwcs_api()
+    start = [im.model.meta.wcs for im in images]
+
+    def attempt(use2dhist, tolerance, separation):
+        correctors = [im.corrector(group_id=gid) for im, gid in zip(images, group_ids, strict=True)]
+        match = XYXYMatch(searchrad=params.searchrad, separation=separation,
+                          use2dhist=use2dhist, tolerance=tolerance,
+                          xoffset=params.xoffset, yoffset=params.yoffset)
+        try:
+            align_wcs(correctors, refcat=None, enforce_user_order=params.enforce_user_order,
+                      expand_refcat=params.expand_refcat, minobj=params.minobj, match=match,
+                      fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
+        except (ValueError, RuntimeError) as exc:
+            reason = algorithm_failure(exc)
+            if reason is None:
+                raise
+            return correctors, reason
+        return correctors, None
+
+    empty = [im.name for im in images if len(im.inside_catalog()) == 0]
     if empty:
         log.warning("%s: empty catalog(s): %s", group, ", ".join(empty))
-    match = XYXYMatch(searchrad=params.searchrad, separation=params.separation,
-                      use2dhist=params.use2dhist, tolerance=params.tolerance,
-                      xoffset=params.xoffset, yoffset=params.yoffset)
-    try:
-        align_wcs(correctors, refcat=None, enforce_user_order=params.enforce_user_order,
-                  expand_refcat=params.expand_refcat, minobj=params.minobj, match=match,
-                  fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
-    except (ValueError, RuntimeError) as exc:
-        reason = _explain(exc)
+    correctors, reason = attempt(params.use2dhist, params.tolerance, params.separation)
+    used2dhist, refined = params.use2dhist, False
+    if not params.use2dhist and _unaligned(correctors, reason):
+        # Matching within tolerance of the initial offset found too few pairs: the images are
+        # offset by more than the tolerance. A 2-D histogram of the pair offsets within
+        # searchrad finds the offset (jwst's default matching) to about a pixel; a fit with a
+        # tolerance that allows for that brings the images close, and the fit with the
+        # requested tolerance then starts from there. Kept only if it aligns more images.
+        rough_tol = max(params.tolerance, FALLBACK_TOLERANCE)
+        log.info("%s: matching within tolerance %.3g arcsec of the initial offset did not align "
+                 "every image; trying a 2-D histogram of offsets within searchrad %.3g arcsec",
+                 group, params.tolerance, params.searchrad)
+        rough, rough_reason = attempt(True, rough_tol, max(params.separation, 2 * rough_tol))
+        if _n_aligned(rough, rough_reason) > _n_aligned(correctors, reason):
+            for im, corr in zip(images, rough, strict=True):
+                if corr.meta.get("fit_info", {}).get("status") == "SUCCESS":
+                    im.set_wcs(corr.wcs)
+            fine, fine_reason = attempt(False, params.tolerance, params.separation)
+            if _n_aligned(fine, fine_reason) >= _n_aligned(rough, rough_reason):
+                correctors, reason, used2dhist, refined = fine, fine_reason, True, True
+            else:
+                correctors, reason, used2dhist = rough, rough_reason, True
+            for im, wcs in zip(images, start, strict=True):
+                im.set_wcs(wcs)
+    if reason is not None:
         log.warning("%s: relative alignment failed: %s", group, reason)
         return [result_row("relative", group, im.name, f"FAILED: {reason}", geom) for im in images]
 
-    if params.use2dhist:
+    if used2dhist:
         limit = 2 * (params.searchrad + params.tolerance)
     else:
         limit = 2 * (max(abs(params.xoffset), abs(params.yoffset)) + params.tolerance)
     rows = []
-    for im, corr in zip(images, correctors, strict=True):
+    for im, corr, wcs0 in zip(images, correctors, start, strict=True):
         info = corr.meta.get("fit_info", {"status": "FAILED: unknown"})
         im.fit_info["relative"] = info
         status = info["status"]
+        values = {}
         if status == "SUCCESS":
-            size = _correction_size(corr)
+            size = _correction_size(wcs0, corr.wcs)
             if size > limit:
                 status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
                 log.warning("%s: %s: %s; WCS left unchanged", group, im.name, status)
             else:
+                if refined:
+                    # Two fits made this WCS: report their sum, as one tweakwcs fit would.
+                    values = correction_in_frame(im, wcs0, corr.wcs, geom)
                 im.set_wcs(corr.wcs)
         rows.append(result_row("relative", group, im.name, status, geom,
-                               fit_info=info if status == "SUCCESS" else None))
+                               fit_info=info if status == "SUCCESS" else None, **values))
     return rows
+
+
+#: Tolerance (arcsec) of the fit after a 2-D histogram offset: the histogram has ~1 pixel
+#: bins, so its offset is good to a fraction of a pixel (3 NIRCam SW pixels here).
+FALLBACK_TOLERANCE = 0.1
+
+
+def _tweakwcs_api():
+    """
+    tweakwcs' ``align_wcs`` and ``XYXYMatch``, looked up where jwst's step looks them up
+    (``stcal.tweakreg.tweakreg``), so that what patches jwst's step patches ours too.
+    """
+    try:
+        from stcal.tweakreg import tweakreg as twk
+
+        return twk.align_wcs, twk.XYXYMatch
+    except (ImportError, AttributeError):  # stacks whose stcal has no tweakreg module
+        from tweakwcs.imalign import align_wcs
+        from tweakwcs.matchutils import XYXYMatch
+
+        return align_wcs, XYXYMatch
+
+
+def correction_in_frame(im, wcs0, wcs1, fitgeom):
+    """
+    The correction ``wcs0`` -> ``wcs1`` as a tweakwcs fit of this image reports it: in
+    the image's own tangent plane (its ``JWSTWCSCorrector``), fitted with tweakwcs'
+    ``iter_linear_fit`` on a grid over the image.
+
+    Returns
+    -------
+    dict
+        ``xshift``, ``yshift`` (arcsec), ``rotation`` (deg), ``scale``.
+    """
+    from tweakwcs.linearfit import iter_linear_fit
+
+    from .correctors import StackedJWSTWCSCorrector
+
+    frame = StackedJWSTWCSCorrector(wcs=wcs0, wcsinfo=im.wcsinfo())
+    gx, gy = _grid(wcs0)
+    u = np.column_stack(frame.world_to_tanp(*wcs0(gx, gy, with_bounding_box=False)))
+    x = np.column_stack(frame.world_to_tanp(*wcs1(gx, gy, with_bounding_box=False)))
+    return _frame_values(_quiet_fit(iter_linear_fit, x, u, fitgeom), fitgeom)
+
+
+def _quiet_fit(iter_linear_fit, x, u, fitgeom):
+    """tweakwcs' own fit of an exact correction: a conversion, not a fit to log."""
+    import logging
+
+    logger = logging.getLogger("tweakwcs.linearfit")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        return iter_linear_fit(x, u, fitgeom=fitgeom, nclip=0, center=None)
+    finally:
+        logger.setLevel(level)
+
+
+def _grid(wcs, n=5):
+    (x0, x1), (y0, y1) = bbox_limits(wcs) or ((-0.5, 2047.5), (-0.5, 2047.5))
+    gx, gy = np.meshgrid(np.linspace(x0 + 0.5, x1 - 0.5, n), np.linspace(y0 + 0.5, y1 - 0.5, n))
+    return gx.ravel(), gy.ravel()
+
+
+def _frame_values(fit, fitgeom):
+    rot = fit["proper_rot"] if fitgeom in ("rshift", "rscale") else fit["<rot>"]
+    return {"xshift": float(fit["shift"][0]), "yshift": float(fit["shift"][1]),
+            "rotation": float(rot) if fitgeom != "shift" else 0.0,
+            "scale": float(fit["<scale>"]) if fitgeom in ("rscale", "general") else 1.0}
+
+
+#: Messages of tweakwcs' data-dependent failures (a status, not a crash).
+_ALGORITHM_FAILURES = (
+    "Too few input images",
+    "Number of output coordinates exceeded allocation",
+    "Reference catalog must contain at least one",
+    "Image catalog must contain at least one source",
+    "Not enough valid data",
+    "Singular matrix",
+    "At least one point is required",
+    "At least two points are required",
+    "At least three points are required",
+)
+
+
+def algorithm_failure(exc):
+    """
+    Why a tweakwcs fit failed, when ``exc`` is one of tweakwcs' data-dependent
+    failures (too few catalogs or matches, confusion, degenerate points); None
+    for anything else, which callers re-raise (as jwst does): a bug is not a status.
+    """
+    from tweakwcs.imalign import NotEnoughCatalogs
+    from tweakwcs.linearfit import NotEnoughPointsError, SingularMatrixError
+
+    if isinstance(exc, (NotEnoughCatalogs, NotEnoughPointsError, SingularMatrixError)):
+        return _explain(exc)
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    if isinstance(exc, (ValueError, RuntimeError)) and msg.startswith(_ALGORITHM_FAILURES):
+        return _explain(exc)
+    return None
+
+
+def confusion_problem(prefix, separation, tolerance):
+    """
+    jwst's confusion rule, as a failure reason (or None).
+
+    A separation smaller than the tolerance lets one source match several: the fit
+    fails, as jwst's does. Up to sqrt(2) x tolerance jwst 3.x fails too; we warn
+    instead, because CEERS' own parameters (``abs_separation`` 0.5, ``abs_tolerance``
+    0.4) sit there and aligned DR0.5, and a jwst user who sets only ``tolerance``
+    0.1 (jwst's multichip test) meets our default ``separation`` 0.1.
+    """
+    if separation < tolerance:
+        return (f"Parameter '{prefix}separation' ({separation:g}) must not be smaller than "
+                f"'{prefix}tolerance' ({tolerance:g}), to avoid source confusion")
+    return None
+
+
+def _n_aligned(correctors, reason):
+    if reason is not None:
+        return 0
+    return sum(c.meta.get("fit_info", {}).get("status") == "SUCCESS" for c in correctors)
+
+
+def _unaligned(correctors, reason):
+    """Whether a relative fit left an image neither aligned nor the reference."""
+    if reason is not None:
+        return True
+    return any(c.meta.get("fit_info", {}).get("status") not in ("SUCCESS", "REFERENCE")
+               for c in correctors)
 
 
 def _explain(exc):
@@ -379,6 +563,11 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None)
     """
     if params.group not in ABS_GROUPS:
         raise ValueError(f"abs_group must be one of {ABS_GROUPS}, not {params.group!r}")
+    confusion = confusion_problem("abs_", params.separation, params.tolerance)
+    if confusion:
+        log.warning("%s: absolute alignment failed: %s", visit_name, confusion)
+        return [result_row("absolute", visit_name, im.name, f"FAILED: {confusion}",
+                           params.fitgeometry) for im in images]
     if params.separation <= _SQRT2 * params.tolerance:
         log.warning("%s: abs_separation %.3g <= sqrt(2) x abs_tolerance %.3g: matches may be "
                     "confused", visit_name, params.separation, params.tolerance)
@@ -484,15 +673,14 @@ def _run_groups(task, images, groups, runner, label, extra=lambda idx: ()):
 
 
 def _absolute_tweakwcs(images, refcat, params, group):
-    from tweakwcs.imalign import align_wcs
-    from tweakwcs.matchutils import XYXYMatch
+    align_wcs, XYXYMatch = _tweakwcs_api()
 
     geom = params.fitgeometry
     plane = visit_plane(images)
     keep, _ = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
     ref = refcat[keep]
     if len(ref) < params.minobj:
-        status = (f"SKIPPED: {len(ref)} reference sources within the footprint "
+        status = (f"FAILED: {len(ref)} reference sources within the footprint "
                   f"(abs_minobj {params.minobj})")
         log.warning("%s: %s; WCS left unchanged", group, status)
         return [result_row("absolute", group, im.name, status, geom) for im in images]
@@ -509,14 +697,16 @@ def _absolute_tweakwcs(images, refcat, params, group):
                   enforce_user_order=True, expand_refcat=False, minobj=params.minobj,
                   match=match, fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
     except (ValueError, RuntimeError) as exc:
-        reason = _explain(exc)
+        reason = algorithm_failure(exc)
+        if reason is None:
+            raise
         log.warning("%s: absolute alignment failed: %s; WCS left unchanged", group, reason)
         return [result_row("absolute", group, im.name, f"FAILED: {reason}", geom) for im in images]
     limit = 2 * (params.searchrad + params.tolerance) if params.use2dhist else 2 * params.tolerance
     infos = [c.meta.get("fit_info", {"status": "FAILED: unknown"}) for c in correctors]
     status = infos[0]["status"]
     if status == "SUCCESS":
-        size = max(_correction_size(c) for c in correctors)
+        size = max(_correction_size(c.original_wcs, c.wcs) for c in correctors)
         if size > limit:
             status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
             log.warning("%s: %s; WCS left unchanged", group, status)
@@ -597,7 +787,7 @@ def _absolute_joint(images, refcat, params, visit_name):
         im = images[i]
         corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
         corr.set_correction(matrix=fit.matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
-        new_wcs[i] = (corr, _correction_size(corr))
+        new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
     size = max(s for _, s in new_wcs.values())
     status = "SUCCESS"
     if size > limit:
@@ -613,25 +803,62 @@ def _absolute_joint(images, refcat, params, visit_name):
             im.set_wcs(new_wcs[i][0].wcs)
         st = fit.image_stats[index[i]]
         t = fit.dither_shift[im.key.exposure]
+        # The dither term as tweakwcs reports a relative shift: in the image's own frame.
+        frame = tweakwcs_frame(im, plane, np.eye(2), t, "shift")
         rows.append(result_row("relative", visit_name, im.name, status, "shift",
-                               nmatch=st["nmatch"], rmse=st["rmse"], mae=st["mae"],
-                               xshift=float(t[0]), yshift=float(t[1])))
+                               nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
+                               mae=st["mae"], xshift=frame["xshift"], yshift=frame["yshift"]))
     for det, name in det_group.items():
         st = fit.detector_stats.get(det)
-        for i, im in enumerate(images):
-            if im.key.detector != det:
-                continue
-            if i in rejected or st is None:
+        members = [i for i, im in enumerate(images) if im.key.detector == det]
+        first = next((i for i in members if i not in rejected), None)
+        frame = None
+        if st is not None and first is not None:
+            # Common + detector terms as tweakwcs would report a fit of this detector's
+            # group: in the tangent plane of its first image.
+            frame = tweakwcs_frame(images[first], plane, fit.matrix,
+                                   fit.shift + fit.detector_shift[det], geom)
+        for i in members:
+            im = images[i]
+            if i in rejected or frame is None:
                 reason = rejected.get(i, "every image of this detector failed its judgement")
                 rows.append(result_row("absolute", name, im.name, f"FAILED: {reason}", geom))
                 continue
-            total = fit.shift + fit.detector_shift[det]
             rows.append(result_row("absolute", name, im.name, status, geom,
-                                   nmatch=st["nmatch"], rmse=st["rmse"], mae=st["mae"],
-                                   xshift=float(total[0]), yshift=float(total[1]),
-                                   rotation=fit.rotation, scale=fit.scale,
-                                   detector_term=bool(fit.detector_significant[det])))
+                                   nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
+                                   mae=st["mae"], detector_term=bool(fit.detector_significant[det]),
+                                   **frame))
     return rows
+
+
+def tweakwcs_frame(im, plane, matrix, shift, fitgeom):
+    """
+    A correction of the visit plane expressed as tweakwcs expresses its fits.
+
+    tweakwcs fits (and CEERS' results files report) a correction in the tangent
+    plane of the fit's first image (``JWSTWCSCorrector``: V2/V3 axes, arcsec,
+    rotation about its reference point). The joint fit works in a north-up plane
+    of the visit; the same correction, mapped through the sky into the image's
+    frame on a grid over the image, is fitted there with tweakwcs' own
+    ``iter_linear_fit`` (``fitgeom``).
+
+    Returns
+    -------
+    dict
+        ``xshift``, ``yshift`` (arcsec), ``rotation`` (deg), ``scale``.
+    """
+    from tweakwcs.linearfit import iter_linear_fit
+
+    from .correctors import StackedJWSTWCSCorrector
+
+    wcs = im.original_wcs if im.original_wcs is not None else im.model.meta.wcs
+    frame = StackedJWSTWCSCorrector(wcs=wcs, wcsinfo=im.wcsinfo())
+    ra, dec = wcs(*_grid(wcs), with_bounding_box=False)
+    u = np.column_stack(frame.world_to_tanp(ra, dec))
+    p = np.column_stack(plane.world_to_tanp(ra, dec)) @ np.asarray(matrix).T + np.asarray(shift)
+    ra2, dec2 = plane.tanp_to_world(p[:, 0], p[:, 1])
+    x = np.column_stack(frame.world_to_tanp(ra2, dec2))
+    return _frame_values(_quiet_fit(iter_linear_fit, x, u, fitgeom), fitgeom)
 
 
 def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", runner=None):

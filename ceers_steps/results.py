@@ -11,13 +11,15 @@ __all__ = [
     "ceers_results_lines",
     "format_summary",
     "summary_line",
+    "merge_results",
+    "read_results_table",
     "results_table",
     "write_ceers_results",
     "write_results_table",
 ]
 
-COLUMNS = ("stage", "group", "image", "status", "nmatch", "rmse", "mae", "xshift", "yshift",
-           "rotation", "scale", "fitgeometry")
+COLUMNS = ("stage", "group", "image", "status", "nmatch", "nmatch_all", "rmse", "mae", "xshift",
+           "yshift", "rotation", "scale", "fitgeometry")
 _UNITS = {"rmse": "arcsec", "mae": "arcsec", "xshift": "arcsec", "yshift": "arcsec",
           "rotation": "deg"}
 
@@ -34,16 +36,54 @@ def results_table(rows, meta=None):
     """
     The result rows as an `~astropy.table.Table` with units.
 
-    Columns: ``stage``, ``group``, ``image``, ``status``, ``nmatch``, ``rmse``,
-    ``mae``, ``xshift``, ``yshift`` (arcsec), ``rotation`` (deg), ``scale``,
-    ``fitgeometry``.
+    Columns: ``stage``, ``group``, ``image``, ``status``, ``nmatch`` (sources of
+    the final solution, after clipping: CEERS' NMATCH), ``nmatch_all`` (matches
+    before clipping), ``rmse``, ``mae``, ``xshift``, ``yshift`` (arcsec, in
+    tweakwcs' frame), ``rotation`` (deg), ``scale``, ``fitgeometry``.
     """
-    table = Table(rows=[[row[c] for c in COLUMNS] for row in rows], names=COLUMNS,
-                  dtype=("U8", "U64", "U64", "U200", "i4", "f8", "f8", "f8", "f8", "f8", "f8", "U8"))
+    table = Table(rows=[[row.get(c, row.get("nmatch", 0)) if c == "nmatch_all" else row[c]
+                         for c in COLUMNS] for row in rows], names=COLUMNS,
+                  dtype=("U8", "U64", "U64", "U200", "i4", "i4", "f8", "f8", "f8", "f8", "f8", "f8",
+                         "U8"))
     for name, unit in _UNITS.items():
         table[name].unit = unit
     table.meta.update(meta or {})
     return table
+
+
+def merge_results(earlier, table):
+    """
+    Rows of an earlier results table for images not in ``table``, followed by ``table``.
+
+    One visit's detectors aligned by separate calls (CEERS ran one per detector)
+    share the visit's results files: each call replaces its own images' rows and
+    keeps the others'.
+    """
+    from astropy.table import vstack
+
+    if earlier is None or not len(earlier):
+        return table
+    ours = set(str(name) for name in table["image"])
+    others = earlier[[str(name) not in ours for name in earlier["image"]]]
+    if not len(others):
+        return table
+    others = results_table([{c: row[c] if c in row.colnames else 0 for c in COLUMNS}
+                            for row in others])
+    merged = vstack([others, table], metadata_conflicts="silent")
+    merged.meta = dict(table.meta)
+    return merged
+
+
+def read_results_table(path):
+    """An earlier ``<visit>_<filter>_tweakreg_results.ecsv``, or None when absent or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        table = Table.read(path, format="ascii.ecsv")
+    except Exception:  # noqa: BLE001 - an unreadable earlier file is replaced, not merged
+        return None
+    return table if "image" in table.colnames and "stage" in table.colnames else None
 
 
 def write_results_table(table, path):
