@@ -30,7 +30,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     spec = """
         wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf, relative to the output directory (as ceers_tweak writes them)
         skip_missing = boolean(default=False)  # Pass images without a usable WCS model through unchanged (warning) instead of failing
-        force = boolean(default=False)  # Experts: apply models that record an unaligned (SKIPPED) fit, another exposure, or a bounding box that does not match the image
+        force = boolean(default=False)  # Experts: apply models that record an unaligned (FAILED) fit, another exposure, or a bounding box that does not match the image
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
     """  # noqa: E501

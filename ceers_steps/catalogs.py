@@ -28,14 +28,14 @@ __all__ = [
 _XY_NAMES = (("x", "y"), ("xcentroid", "ycentroid"), ("x_centroid", "y_centroid"))
 
 
-def catalog_path_for(filename, output_dir, suffix="cat"):
-    """``<output_dir>/<stem>_<suffix>.ecsv`` for an image file name (jwst's naming)."""
+def catalog_path_for(filename, output_dir, suffix="cat", fmt="ecsv"):
+    """``<output_dir>/<stem>_<suffix>.<fmt>`` for an image file name (jwst's naming)."""
     stem = Path(filename).name
     for ext in (".fits", ".fits.gz", ".asdf"):
         if stem.endswith(ext):
             stem = stem[: -len(ext)]
             break
-    return Path(output_dir) / f"{stem}_{suffix}.ecsv"
+    return Path(output_dir) / f"{stem}_{suffix}.{fmt}"
 
 
 def image_psf_fwhm(model):
@@ -110,7 +110,17 @@ def build_catalog(model, params=None):
 
 
 def write_catalog(catalog, path):
-    """Write a catalog as ECSV, completely or not at all."""
+    """Write a catalog as ECSV (or FITS, for a ``.fits`` name), completely or not at all."""
+    if str(path).lower().endswith(".fits"):
+        from .fileio import atomic_output
+
+        with atomic_output(path) as tmp:
+            table = catalog.copy()
+            # FITS headers hold no nested metadata: keep the scalar entries.
+            table.meta = {k: v for k, v in catalog.meta.items()
+                          if isinstance(v, (str, int, float, bool))}
+            table.write(tmp, format="fits", overwrite=True)
+        return Path(path)
     return write_ecsv(catalog, path)
 
 

@@ -105,8 +105,8 @@ def detect_task(source, params, catalog_path, name=None):
     source : Path or SimpleNamespace
         A cal file (opened here and closed after) or `image_arrays` of a model.
     params : DetectionParameters
-    catalog_path : Path
-        Where the ECSV catalog goes.
+    catalog_path : Path or None
+        Where the catalog goes (ECSV, or FITS for a ``.fits`` name); None: not written.
     name : str, optional
         The image's name for messages.
 
@@ -141,7 +141,8 @@ def detect_task(source, params, catalog_path, name=None):
             key = None
         try:
             catalog = build_catalog(model, params)
-            write_catalog(catalog, catalog_path)
+            if catalog_path is not None:
+                write_catalog(catalog, catalog_path)
         except Exception as exc:  # noqa: BLE001 - a failed detection fails only this image
             return CatalogResult.failed(name, f"detection failed: {describe_error(exc)}",
                                         header=header, key=key)
@@ -149,7 +150,7 @@ def detect_task(source, params, catalog_path, name=None):
         close()
     xy = Table({"x": catalog["xcentroid"], "y": catalog["ycentroid"]})
     return CatalogResult(
-        name=name, catalog_path=Path(catalog_path).resolve(),
+        name=name, catalog_path=None if catalog_path is None else Path(catalog_path).resolve(),
         n_sources=len(catalog), rms=float(catalog.meta.get("rms", float("nan"))),
         n_rejected=int(catalog.meta.get("n_rejected", 0)), warning=catalog.meta.get("warning"),
         header=header, key=key, xy=xy, rejected=dict(catalog.meta.get("rejected", {})),
@@ -196,11 +197,12 @@ def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_pat
     out_path : Path or None
         The aligned image, written completely or not at all (None: not written).
     wcs : gwcs.WCS
-        The aligned WCS (unused when ``status`` is SKIPPED).
-    wcs_name : str
-        ``FIT-LVL3-<refcat>`` or ``FIT-REL``.
-    status : {"COMPLETE", "SKIPPED"}
-        ``meta.cal_step.tweakreg``; SKIPPED images keep their WCS.
+        The aligned WCS (unused when ``status`` is FAILED).
+    wcs_name : str or None
+        ``FIT-LVL3-<refcat>`` or ``FIT-REL``; None for an image the fit left
+        unchanged (the reference of a relative fit): nothing but the status is set.
+    status : {"COMPLETE", "FAILED"}
+        ``meta.cal_step.tweakreg``; FAILED images keep their WCS.
     sip : dict or None
         ``update_fits_wcsinfo`` keyword arguments, None to leave ``meta.wcsinfo``.
     wcs_model_path : Path, optional
@@ -208,7 +210,7 @@ def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_pat
     catalog_path : str, optional
         Recorded as ``meta.tweakreg_catalog``.
     reason : str, optional
-        Why the image was not aligned (recorded in the WCS model of a SKIPPED image).
+        Why the image was not aligned (recorded in the WCS model of a FAILED image).
 
     Returns
     -------
@@ -245,13 +247,15 @@ def finish_aligned_model(model, wcs, wcs_name, status, sip, log=None):
     """
     Set an aligned WCS on a model: name it, refresh S_REGION and the SIP approximation.
 
-    ``status`` SKIPPED leaves the WCS unchanged and only records the status.
+    A status other than COMPLETE, or no ``wcs_name`` (the reference image of a
+    relative fit, whose WCS the fit did not change), only records the status.
     """
     from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
 
     from .inputs import trusted_assignment
 
-    if status != "COMPLETE":
+    if status != "COMPLETE" or wcs_name is None:
+        # Not aligned (FAILED), or the unchanged reference of a relative fit: status only.
         model.meta.cal_step.tweakreg = status
         return model
     with trusted_assignment(model):

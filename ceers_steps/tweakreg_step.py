@@ -13,10 +13,10 @@ from .alignment import (
     result_row,
 )
 from .catalogs import catalog_path_for, read_catalog
-from .detection import DetectionParameters
 from .grouping import image_key
 from .inputs import load_inputs, open_image, written_library
-from .refcat import read_reference_catalogs, refcat_paths
+from .jwstpars import choose_catalogs, detection_parameters, ignored_settings, parse_catfile
+from .refcat import named_catalog, read_reference_catalogs, refcat_label, refcat_paths
 from .results import (
     format_summary,
     results_table,
@@ -24,34 +24,12 @@ from .results import (
     write_ceers_results,
     write_results_table,
 )
-from .tasks import detect_task, finish_aligned_model, header_task, image_arrays, write_aligned_task
+from .tasks import detect_task, finish_aligned_model, header_task, write_aligned_task
 from .wcs_io import exposure_base, save_wcs_model, wcs_dir_path
 
 __all__ = ["CeersTweakRegStep", "parse_catfile"]
 
 log = get_logger(__name__)
-
-
-def parse_catfile(catfile):
-    """
-    Read a jwst-style ``catfile``: lines ``<image file> <catalog file>``.
-
-    Catalog paths are relative to the catfile's folder. Returns a dict
-    image file name -> catalog path (None when the line names no catalog).
-    """
-    path = Path(catfile)
-    if not path.exists():
-        raise FileNotFoundError(f"catfile not found: {path}")
-    catalogs = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        image, *rest = line.split()
-        if len(rest) > 1:
-            raise ValueError(f"{path}, line {n}: expected '<image> <catalog>', got {line!r}")
-        catalogs[Path(image).name] = str(path.parent / rest[0]) if rest else None
-    return catalogs
 
 
 def _not_aligned_reason(rows, name):
@@ -86,8 +64,32 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     class_alias = "ceers_tweak"
 
     spec = """
-        catfile = string(default='')  # File listing '<image> <catalog>' per line (jwst format); overrides association and meta catalogs
-        group_by = option('detector', 'exposure', 'all', default='detector')  # Relative runs: per detector, all its dithers (CEERS); per visit with each exposure rigid (jwst); per visit, every image alone (needs expand_refcat)
+        use_custom_catalogs = boolean(default=True)  # Use user catalogs (catfile, association tweakreg_catalog, meta.tweakreg_catalog; jwst's precedence); False = detect on every image (jwst's default)
+        catfile = string(default='')  # File listing '<image> [<catalog>]' per line (jwst format); with use_custom_catalogs it overrides the association
+        save_catalogs = boolean(default=False)  # Write the catalogs of sources this step detects itself as <image stem>_cat.<catalog_format>
+        catalog_format = option('ecsv', 'fits', default='ecsv')  # Format of saved catalogs
+        starfinder = string(default='iraf')  # jwst's photutils star finder: accepted, ignored (our detection is SEP with the CEERS recipe)
+        snr_threshold = float(default=None)  # Own detection: threshold in units of the RMS (SEP detect_thresh); None = CEERS recipe (4)
+        kernel_fwhm = float(default=None)  # Own detection: Gaussian filter FWHM, pixels; None = CEERS recipe (default.conv)
+        bkg_boxsize = integer(default=None)  # Own detection: background mesh, pixels; None = CEERS recipe (128)
+        minsep_fwhm = float(default=0.0)  # jwst star finder: accepted, ignored
+        sigma_radius = float(default=1.5)  # jwst star finder: accepted, ignored
+        sharplo = float(default=0.5)  # jwst star finder: accepted, ignored
+        sharphi = float(default=2.0)  # jwst star finder: accepted, ignored
+        roundlo = float(default=0.0)  # jwst star finder: accepted, ignored
+        roundhi = float(default=0.2)  # jwst star finder: accepted, ignored
+        brightest = integer(default=None)  # Own detection: keep the N brightest sources; None = all
+        peakmax = float(default=None)  # Own detection: drop sources whose peak pixel is >= peakmax; None = keep
+        npixels = integer(default=None)  # Own detection: minimum connected pixels (SEP minarea); None = CEERS recipe (16)
+        connectivity = option(4, 8, default=8)  # jwst segmentation: accepted, ignored
+        nlevels = integer(default=None)  # Own detection: deblending thresholds; None = CEERS recipe (4)
+        contrast = float(default=None)  # Own detection: deblending contrast; None = CEERS recipe (0.005)
+        multithresh_mode = option('exponential', 'linear', 'sinh', default='exponential')  # jwst segmentation: accepted, ignored
+        localbkg_width = integer(default=0)  # jwst segmentation: accepted, ignored
+        apermask_method = option('correct', 'mask', 'none', default='correct')  # jwst segmentation: accepted, ignored
+        kron_params = float_list(min=2, max=3, default=None)  # jwst segmentation: accepted, ignored
+        deblend = boolean(default=True)  # Own detection: False turns deblending off
+        group_by = option('auto', 'detector', 'exposure', 'input', 'all', default='auto')  # Relative runs: detector = per visit, filter and detector, its dithers (CEERS); exposure = per visit and filter, each exposure rigid; input = the whole input, each exposure rigid (jwst); all = per visit and filter, every image alone; auto = detector when every image names its visit and detector, else input
         fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='shift')  # Relative fit geometry (CEERS: shift)
         use2dhist = boolean(default=False)  # Relative matching: use a 2-D histogram to find the initial offset (CEERS: off)
         enforce_user_order = boolean(default=True)  # Relative: align in input order, first image is the reference
@@ -100,7 +102,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         yoffset = float(default=0.0)  # Relative: initial y offset guess, arcsec
         nclip = integer(min=0, default=1)  # Relative: number of clipping iterations
         sigma = float(min=0.0, default=0.6)  # Relative: clipping limit in units of the fit RMSE
-        abs_refcat = pass(default='')  # Absolute reference catalog(s): a file Table.read reads with RA/DEC (any case) or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; empty = relative only
+        abs_refcat = pass(default='')  # Absolute reference catalog(s): a file Table.read reads with RA/DEC (any case) or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; or one of jwst's named catalogs (GAIADR3, GAIADR2, GAIADR1, GAIAREFCAT), fetched from STScI's service (network); empty = relative only
         abs_refcat_epoch = string(default='')  # Epoch of abs_refcat positions when it has no ref_epoch column: Julian year (2016.0) or a date
         abs_pm_missing = option('keep', 'drop', default='keep')  # Sources of a proper-motion catalog without their own: keep (errors grown by abs_pm_dispersion x epoch difference) or drop
         abs_pm_dispersion = float(min=0.0, default=5.0)  # Proper-motion dispersion assumed for those sources, mas/yr per axis
@@ -128,6 +130,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         sip_max_inv_pix_error = float(default=0.01)  # SIP fit: max inverse error, pixels
         sip_inv_degree = integer(max=6, default=None)  # SIP fit: inverse degree, None = best
         sip_npoints = integer(default=12)  # SIP fit: grid points per axis
+        in_memory = boolean(default=True)  # jwst's memory model: accepted, ignored (files are streamed through workers)
         n_jobs = integer(default=None)  # Worker processes for per-image and per-group work: None or 0 = all cores, 1 = serial, -N = all but N-1
         scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) to run that work on; empty = local
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
@@ -149,21 +152,6 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
             group=self.abs_group, significance=self.abs_significance,
             image_minobj=self.abs_image_minobj)
-
-    def _catalog_source(self, image, meta_catalog, catfile_map, asn_dir):
-        """Where the image's catalog comes from (None: detect)."""
-        name = image.name
-        if catfile_map is not None and name in catfile_map:
-            return catfile_map[name]
-        if image.member.get("tweakreg_catalog"):
-            return str(Path(asn_dir or ".") / image.member["tweakreg_catalog"])
-        if meta_catalog and image.path is not None and not Path(meta_catalog).is_absolute() \
-                and not Path(meta_catalog).exists():
-            # Written relative to the image (a folder name FITS cannot hold).
-            beside = image.path.parent / meta_catalog
-            if beside.exists():
-                return str(beside)
-        return meta_catalog or None
 
     def _run_tasks(self, func, tasks, label, names=None):
         from .engine import run_tasks
@@ -217,10 +205,15 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         if self.abs_refcat and self.abs_refcat.strip():
             refcat = getattr(self, "preloaded_refcat", None)
             refcat = self.read_refcat() if refcat is None else refcat
-            for cat in refcat.meta["catalogs"]:
+            for cat in getattr(refcat, "meta", {}).get("catalogs", []):
                 log.info("Absolute reference catalog %s: %d sources read, %d after cuts",
                          cat["file"], cat["n_read"], cat["n_after_cuts"])
-        catfile_map = parse_catfile(self.catfile) if self.catfile and self.catfile.strip() else None
+        catfile_map = (parse_catfile(self.catfile) if self.use_custom_catalogs and self.catfile
+                       and self.catfile.strip() else None)
+        ignored = ignored_settings(self)
+        if ignored:
+            log.info("jwst star-finder settings accepted and not used (detection is SEP with the "
+                     "CEERS recipe): %s", ", ".join(ignored))
 
         if copy_inputs is None:
             copy_inputs = self.parent is None
@@ -236,9 +229,18 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                                      status={"unusable": True}))
             catalog_paths.append(None)
 
-        for i, (image, (model, key, meta_catalog, error)) in enumerate(zip(inputs.images, headers,
+        names = [(model.meta.filename if model is not None else None) or image.name
+                 for image, (model, _, _, _) in zip(inputs.images, headers, strict=True)]
+        if catalogs is None:
+            sources = choose_catalogs(
+                [(name, image.member, meta_catalog, image.path)
+                 for name, image, (_, _, meta_catalog, _) in zip(names, inputs.images, headers,
+                                                                 strict=True)],
+                self.use_custom_catalogs, catfile_map, inputs.asn_dir, log=log)
+        headers = self._group_keys(headers, inputs)
+        for i, (_image, (model, key, _, error)) in enumerate(zip(inputs.images, headers,
                                                                            strict=True)):
-            name = (model.meta.filename if model is not None else None) or image.name
+            name = names[i]
             if error is None and catalogs is not None and catalogs[i].error:
                 error = catalogs[i].error
             if error is not None:
@@ -248,7 +250,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 if catalogs is not None:
                     catalog, source = catalogs[i].xy, catalogs[i].catalog_path
                 else:
-                    source = self._catalog_source(image, meta_catalog, catfile_map, inputs.asn_dir)
+                    source = sources[i]
+                    if source:
+                        log.info("%s: using user-provided input catalog %s", name, source)
                     catalog = read_catalog(source) if source else None
             except (FileNotFoundError, ValueError) as exc:
                 unusable(model, name, key, str(exc))
@@ -259,6 +263,12 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 log.info("%s: %d sources from %s", name, len(catalog), source)
             images.append(AlignImage(name=name, model=model, catalog=catalog, key=key))
             catalog_paths.append(str(source) if source else None)
+        not_run = self._nothing_to_do(images, refcat)
+        if not_run:
+            for im in images:
+                if not im.status.get("unusable"):
+                    im.status["not_run"] = not_run
+            detect = []
         if detect:
             unusable_rows += self._detect_missing(inputs, images, detect, catalog_paths)
 
@@ -273,12 +283,15 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         for visit_filter, group in by_visit.items():
             visit_rows = []
             ref_used = None
-            if group:
+            if group and not_run:
+                visit_rows = [result_row("relative", visit_filter, im.name, f"FAILED: {not_run}",
+                                         self.fitgeometry) for im in group]
+            elif group:
                 log.info("Aligning %s: %d images", visit_filter, len(group))
                 if refcat is not None:
                     ref_used = self._refcat_at_epoch(refcat, group, visit_filter)
                     used_refcats[visit_filter] = ref_used
-                visit_rows = align_visit(group, ref_used, rel, abs_, group_by=self.group_by,
+                visit_rows = align_visit(group, ref_used, rel, abs_, group_by=self._relative_runs,
                                          runner=self._run_tasks)
             rows += visit_rows
             failed_here = [failed_row[im.name] for im in images
@@ -327,7 +340,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         from .fileio import check_outputs
 
         # Every output of the run (images saved by stpipe afterwards, WCS models) checked first.
-        saved = [im for im in readable if statuses[im.name][0] != "FAILED"] if save_wcs else []
+        saved = [im for im in readable if not im.status.get("unusable")] if save_wcs else []
         wcs_paths = [(wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf", im.name)
                      for im in saved]
         image_paths = [(self.image_output_path(im.model.meta.filename, suffix), im.name)
@@ -363,8 +376,15 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 raise TypeError(f"{name} must be a string, not {value!r}")
 
     def read_refcat(self):
-        """The reference catalogs of ``abs_refcat``, read, cut and merged (not yet propagated)."""
+        """
+        The reference catalogs of ``abs_refcat``, read, cut and merged (not yet
+        propagated); for a jwst named catalog (``GAIADR3``...) its name: it is
+        fetched per visit, around the visit's footprint, when the images are known.
+        """
         self._normalise_lists()
+        named = named_catalog(self.abs_refcat)
+        if named:
+            return named
         return read_reference_catalogs(
             self.abs_refcat, epoch=self.abs_refcat_epoch or None, cuts=self.abs_cuts,
             mag_min=self.abs_mag_min, mag_max=self.abs_mag_max, merge_radius=self.abs_tolerance)
@@ -377,6 +397,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
         epochs = [image_epoch(im.model) for im in group]
         known = [e for e in epochs if e is not None]
+        if isinstance(refcat, str):
+            return self._fetch_named(refcat, group, visit_filter, known)
         has_pm = bool(np.any(np.isfinite(refcat["PMRA"])))
         if has_pm and not known:
             log.warning("%s: the images carry no observation time: reference positions are "
@@ -396,6 +418,31 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                      visit_filter, epoch.jyear, used.meta["max_motion_mas"], pm_max * spread)
         return used
 
+    def _fetch_named(self, name, group, visit_filter, epochs):
+        """A jwst named catalog around a visit's footprint, at the visit's mean epoch."""
+        from astropy.coordinates import SkyCoord
+
+        from .alignment import _footprint
+        from .refcat import fetch_named_catalog
+
+        ras, decs = zip(*(_footprint(im.model.meta.wcs) for im in group), strict=True)
+        corners = SkyCoord(np.concatenate(ras), np.concatenate(decs), unit="deg")
+        xyz = corners.cartesian.xyz.value.mean(axis=1)
+        centre = SkyCoord(x=xyz[0], y=xyz[1], z=xyz[2], representation_type="cartesian",
+                          frame="icrs").spherical
+        centre = SkyCoord(centre.lon, centre.lat, frame="icrs")
+        radius = float(centre.separation(corners).max().deg) + self.abs_searchrad / 3600.0
+        epoch = float(np.mean([e.decimalyear for e in epochs])) if epochs else None
+        log.info("%s: fetching %s within %.1f arcmin of RA %.6f, Dec %.6f (epoch %s)",
+                 visit_filter, name, radius * 60, centre.ra.deg, centre.dec.deg,
+                 f"{epoch:.3f}" if epoch else "of the catalog")
+        table = fetch_named_catalog(name, centre.ra.deg, centre.dec.deg, radius, epoch=epoch,
+                                    cuts=self.abs_cuts, mag_min=self.abs_mag_min,
+                                    mag_max=self.abs_mag_max)
+        from .refcat import at_epoch
+
+        return at_epoch(table, None)
+
     def _save_abs_catalogs(self, used_refcats, inputs):
         if not self.save_abs_catalog or not used_refcats:
             return
@@ -404,7 +451,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         paths = {vf: self.output_dir_path() / f"{vf}_abs_refcat.ecsv" for vf in used_refcats}
         check_outputs([(p, vf) for vf, p in paths.items()],
                       [image.path for image in inputs.images]
-                      + [p for p in refcat_paths(self.abs_refcat)])
+                      + ([] if named_catalog(self.abs_refcat) else refcat_paths(self.abs_refcat)))
         for vf, path in paths.items():
             table = used_refcats[vf].copy()
             table.meta = {k: v for k, v in table.meta.items()
@@ -418,25 +465,57 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 out_dir / f"tweakreg_results_all.{visit_filter}.txt")
 
     def _retire_earlier_results(self, tables):
-        """Say so when the output folder holds an earlier run of the same visit, and retire it."""
-        if not self.save_fit_results:
-            return
-        for visit_filter in tables:
-            earlier = [p for p in self._results_paths(visit_filter) if p.exists()]
-            if earlier:
-                log.warning("%s: %s holds the results of an earlier run (%s); its outputs are "
-                            "being replaced", visit_filter, earlier[0].parent,
-                            ", ".join(p.name for p in earlier))
-                for path in earlier:
-                    path.unlink()
+        """
+        The results files of a visit and filter may hold rows of earlier runs: another
+        detector's (CEERS aligned one detector per call) or this run's images'. Rows of
+        this run's images are removed now, so an interrupted run leaves none of theirs;
+        the other images' rows stay and are kept when this run's rows are added.
+        """
+        from .fileio import write_ecsv
+        from .results import read_results_table
 
-    def _write_results(self, tables):
+        self._earlier_results = {}
         if not self.save_fit_results:
             return
         for visit_filter, table in tables.items():
             ecsv_path, txt_path = self._results_paths(visit_filter)
-            ecsv = write_results_table(table, ecsv_path)
-            txt = write_ceers_results(table, txt_path)
+            earlier = read_results_table(ecsv_path)
+            if earlier is None:
+                if txt_path.exists() or ecsv_path.exists():
+                    log.warning("%s: earlier results files in %s cannot be read; they are "
+                                "replaced", visit_filter, ecsv_path.parent)
+                    for path in (ecsv_path, txt_path):
+                        path.unlink(missing_ok=True)
+                continue
+            ours = {str(n) for n in table["image"]}
+            others = earlier[[str(n) not in ours for n in earlier["image"]]]
+            replaced = len(earlier) - len(others)
+            if replaced:
+                log.warning("%s: %s holds results of an earlier run of %d of these images; "
+                            "they are being replaced", visit_filter, ecsv_path.name,
+                            len(set(str(n) for n in earlier["image"]) & ours))
+            if len(others):
+                log.info("%s: keeping the rows of %d other images in %s", visit_filter,
+                         len(set(str(n) for n in others["image"])), ecsv_path.name)
+                self._earlier_results[visit_filter] = others
+                if replaced:
+                    write_ecsv(others, ecsv_path)
+                    write_ceers_results(others, txt_path)
+            else:
+                for path in (ecsv_path, txt_path):
+                    path.unlink(missing_ok=True)
+
+    def _write_results(self, tables):
+        from .results import merge_results
+
+        if not self.save_fit_results:
+            return
+        earlier = getattr(self, "_earlier_results", {})
+        for visit_filter, table in tables.items():
+            ecsv_path, txt_path = self._results_paths(visit_filter)
+            merged = merge_results(earlier.get(visit_filter), table)
+            ecsv = write_results_table(merged, ecsv_path)
+            txt = write_ceers_results(merged, txt_path)
             log.info("Wrote %s and %s", ecsv, txt)
 
     def _open_inputs(self, inputs, stream, catalogs, copy_inputs):
@@ -467,32 +546,114 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                         getattr(model.meta, "tweakreg_catalog", None), None))
         return out
 
+    def _group_keys(self, headers, inputs):
+        """
+        Decide the relative runs (``group_by``; ``auto`` resolved) and, for jwst's
+        whole-input runs over several visits or filters, give every image one run key.
+        """
+        from dataclasses import replace
+
+        keys = [key for _, key, _, _ in headers]
+        mode = self.group_by
+        if mode == "auto":
+            known = all(k.visit != "unknown" and k.detector != "unknown" for k in keys)
+            mode = "detector" if known else "input"
+            if not known:
+                log.info("Not every image names its visit and detector: aligning the whole input "
+                         "together, each exposure as one group (jwst's TweakRegStep)")
+        self._relative_runs = "exposure" if mode == "input" else mode
+        if mode != "input" or len({k.visit_filter for k in keys}) <= 1:
+            return headers
+        product = ((inputs.asn or {}).get("products") or [{}])[0].get("name") or "input"
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(product))
+        return [(m, replace(k, visit=name, filter="all"), c, e) for m, k, c, e in headers]
+
+    def _nothing_to_do(self, images, refcat):
+        """jwst's rule: without a reference catalog, one exposure cannot be aligned."""
+        if refcat is not None or self.save_catalogs:
+            return None
+        usable = [im for im in images if not im.status.get("unusable")]
+        if len({im.key.exposure for im in usable}) >= 2:
+            return None
+        log.warning("At least two exposures are required for image alignment.")
+        log.warning("Nothing to do. Skipping 'TweakRegStep'...")
+        return "At least two exposures are required for image alignment"
+
+    def _find_sources(self, image_model):
+        """
+        Detect sources on an image model: SEP, the CEERS recipe with the step's
+        jwst star-finder settings mapped onto it (`ceers_steps.jwstpars`).
+
+        Returns
+        -------
+        Table
+            The catalog (``xcentroid``, ``ycentroid`` 0-based, ``flux``, ...).
+        """
+        from .catalogs import build_catalog
+
+        return build_catalog(image_model, detection_parameters(self))
+
+    def _write_catalog(self, catalog, filename):
+        """Write a detected catalog as jwst does: ``<stem>_cat.<catalog_format>`` in the output
+        directory (or the working directory); returns its path."""
+        from .catalogs import write_catalog
+
+        if self.catalog_format not in ("ecsv", "fits"):
+            raise ValueError("'catalog_format' must be \"ecsv\" or \"fits\".")
+        out_dir = Path(self.output_dir) if self.output_dir else Path(".")
+        name = Path(str(filename)).name.replace(".fits", f"_cat.{self.catalog_format}")
+        path = write_catalog(catalog, out_dir / name)
+        log.info("Wrote source catalog: %s", path)
+        return str(path)
+
     def _detect_missing(self, inputs, images, indices, catalog_paths):
         """
-        Images without a catalog get one from the CatalogStep detection (defaults).
+        Images without a catalog get one from our own detection (`_find_sources`
+        for models in memory, workers for files), saved only with ``save_catalogs``.
         Returns the FAILED rows of images whose detection failed.
         """
+        params = detection_parameters(self)
+        results = {}
+        files = [i for i in indices if inputs.images[i].model is None]
         tasks = []
+        for i in files:
+            path = (catalog_path_for(images[i].name, self.output_dir_path(),
+                                     fmt=self.catalog_format) if self.save_catalogs else None)
+            tasks.append((inputs.images[i].path, params, path, images[i].name))
+        for i, res in zip(files, self._run_tasks(detect_task, tasks, "Detection",
+                                                 names=[images[i].name for i in files]),
+                          strict=True):
+            results[i] = (res.error, res.xy, res.catalog_path)
         for i in indices:
-            image = inputs.images[i]
-            source = image.path if image.model is None else image_arrays(images[i].model)
-            path = catalog_path_for(images[i].name, self.output_dir_path())
-            tasks.append((source, DetectionParameters(), path, images[i].name))
-        results = self._run_tasks(detect_task, tasks, "Detection",
-                                  names=[images[i].name for i in indices])
-        failed_rows = []
-        for i, res in zip(indices, results, strict=True):
+            if i in results:
+                continue
             im = images[i]
-            if res.error:
-                log.error("%s: FAILED: %s; its WCS is left unchanged", im.name, res.error)
+            try:
+                catalog = _xy_columns(self._find_sources(im.model))
+            except Exception as exc:  # noqa: BLE001 - a failed detection fails only this image
+                from .tasks import describe_error
+
+                results[i] = (f"detection failed: {describe_error(exc)}", None, None)
+                continue
+            path = None
+            if self.save_catalogs:
+                path = self._write_catalog(catalog, im.name)
+                im.model.meta.tweakreg_catalog = path
+            results[i] = (None, catalog, path)
+        failed_rows = []
+        for i in indices:
+            error, xy, path = results[i]
+            im = images[i]
+            if error:
+                log.error("%s: FAILED: %s; its WCS is left unchanged", im.name, error)
                 im.status["unusable"] = True
                 failed_rows.append(result_row("relative", f"{im.key.visit_filter}_{im.key.detector}",
-                                              im.name, f"FAILED: {res.error}", self.fitgeometry))
+                                              im.name, f"FAILED: {error}", self.fitgeometry))
                 continue
-            im.catalog = res.xy
-            catalog_paths[i] = str(res.catalog_path)
-            log.info("%s: no catalog given: detected %d sources with the CatalogStep defaults "
-                     "-> %s", im.name, res.n_sources, res.catalog_path)
+            im.catalog = xy
+            catalog_paths[i] = str(path) if path else None
+            log.info("%s: detected %d sources%s", im.name, len(xy),
+                     f" -> {path}" if path else "")
         return failed_rows
 
     def _check_sip_parameters(self):
@@ -526,7 +687,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             status, wcs_name = statuses[im.name]
             out_path = self.image_output_path(im.name, suffix) if save else None
             wcs_path = (wcs_dir / f"{exposure_base(im.name)}_tweakreg.asdf"
-                        if wcs_dir is not None and status != "FAILED" else None)
+                        if wcs_dir is not None and not im.status.get("unusable") else None)
             plan.append((image, im, cat, status, wcs_name, out_path, wcs_path))
         check_outputs([(path, im.name) for _, im, _, _, _, out_path, wcs_path in plan
                        for path in (out_path, wcs_path) if path is not None],
@@ -550,13 +711,15 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
     def _statuses(self, images, rows, absolute):
         """
-        Image name -> (``meta.cal_step.tweakreg``, WCS name).
+        Image name -> (``meta.cal_step.tweakreg``, WCS name or None).
 
-        An image is COMPLETE when one of its own fits succeeded (``FIT-LVL3-<refcat>``
-        after an absolute fit, ``FIT-REL`` after a relative one); the reference image
-        of a relative group counts only in a relative-only run where others were
-        aligned to it. An image that could not be read or has no usable catalog is
-        FAILED; everything else is SKIPPED. Both keep their WCS unchanged.
+        jwst 3.x's meaning: COMPLETE when the step did its work on the image, FAILED
+        when it could not. An image is COMPLETE when one of its own fits succeeded
+        (``FIT-LVL3-<refcat>`` after an absolute fit, ``FIT-REL`` after a relative
+        one); the reference image of a successful relative run is COMPLETE with its
+        WCS untouched (WCS name None), as in jwst. Everything else (unreadable, no
+        usable catalog, a fit that failed, an image that failed its judgement, a run
+        with nothing to align) is FAILED and keeps its input WCS.
         """
         stages = {}
         group_success = set()
@@ -566,23 +729,38 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                 group_success.add(row["group"])
         reference_groups = {row["image"]: row["group"] for row in rows
                             if row["status"].startswith("REFERENCE")}
+        names = "+".join(refcat_label(self.abs_refcat))
         out = {}
         for im in images:
-            if im.status.get("unusable"):
+            if im.status.get("unusable") or im.status.get("rejected") or im.status.get("not_run"):
                 out[im.name] = ("FAILED", None)
                 continue
-            if im.status.get("rejected"):
-                out[im.name] = ("SKIPPED", None)  # failed its own judgement: WCS unchanged
-                continue
             st = stages.get(im.name, {})
-            abs_ok = st.get("absolute") == "SUCCESS"
-            rel_ok = st.get("relative") == "SUCCESS" or (
-                not absolute and reference_groups.get(im.name) in group_success)
-            if abs_ok:
-                names = "+".join(p.name for p in refcat_paths(self.abs_refcat))
+            if st.get("absolute") == "SUCCESS":
                 out[im.name] = ("COMPLETE", f"FIT-LVL3-{names}")
-            elif rel_ok:
+            elif st.get("relative") == "SUCCESS":
                 out[im.name] = ("COMPLETE", "FIT-REL")
+            elif not absolute and reference_groups.get(im.name) in group_success:
+                out[im.name] = ("COMPLETE", None)
             else:
-                out[im.name] = ("SKIPPED", None)
+                out[im.name] = ("FAILED", None)
         return out
+
+
+def _xy_columns(catalog):
+    """A detected or user catalog as 0-based ``x``, ``y`` (jwst's column names accepted)."""
+    from astropy.table import Table
+
+    cols = {}
+    for axis in ("x", "y"):
+        for name in (axis, f"{axis}centroid", f"{axis}_centroid"):
+            if name in catalog.colnames:
+                cols[axis] = np.asarray(catalog[name], dtype=float)
+                break
+        else:
+            raise ValueError(f"source catalogs must contain either columns {axis!r}, "
+                             f"'{axis}centroid' or '{axis}_centroid'")
+    out = Table(cols)
+    if "flux" in catalog.colnames:
+        out["flux"] = np.asarray(catalog["flux"], dtype=float)
+    return out

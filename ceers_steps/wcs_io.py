@@ -5,7 +5,7 @@ A model file holds the tree ``filename`` (the image it belongs to),
 and ``wcs`` (the `gwcs.WCS`), exactly as CEERS' ``save_wcs`` wrote them, so
 CEERS' own ``updatewcs.py`` and plain ``asdf.open(f)['wcs']`` read them.
 Files written here add ``status`` (the image's ``meta.cal_step.tweakreg``:
-COMPLETE, or SKIPPED for an image the fit did not align), ``reason`` (why not)
+COMPLETE, or FAILED for an image the fit did not align), ``reason`` (why not)
 and ``exposure`` (the exposure base name), so that applying a model can refuse
 one that aligned nothing or belongs to another exposure. CEERS' own files have
 none of these and count as COMPLETE.
@@ -41,14 +41,18 @@ def exposure_base(filename):
     The exposure name up to and including the detector.
 
     ``jw01345001001_02201_00001_nrca1_cal.fits`` -> ``jw01345001001_02201_00001_nrca1``.
-    Names that do not follow the JWST pattern lose their last ``_suffix`` and extension.
+    Other names lose their extension and a known pipeline suffix, as stpipe names
+    outputs (``img_cal.fits`` -> ``img``), and nothing else: ``img_0.fits`` and
+    ``img_1.fits`` stay two names.
     """
+    from jwst.lib.suffix import remove_suffix
+
     name = Path(filename).name
     match = _BASE_RE.match(name)
     if match:
         return match.group(1)
     stem = name.split(".")[0]
-    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+    return remove_suffix(stem)[0] or stem
 
 
 def wcs_dir_path(wcs_dir, output_dir):
@@ -88,8 +92,8 @@ def save_wcs_model(path, filename, wcsinfo, wcs, status="COMPLETE", reason=None)
     wcsinfo : dict or stdatamodels node
         ``meta.wcsinfo`` of the image.
     wcs : `gwcs.WCS`
-    status : {"COMPLETE", "SKIPPED"}
-        The image's alignment status; a SKIPPED model is the unchanged input WCS.
+    status : {"COMPLETE", "FAILED"}
+        The image's alignment status; a FAILED model is the unchanged input WCS.
     reason : str, optional
         Why the image was not aligned.
     """
