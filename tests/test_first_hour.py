@@ -94,7 +94,7 @@ def test_results_come_last_and_a_rerun_says_so(small_visit_dir, catalogued, tmp_
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ceers_steps"):
         CeersTweakRegStep.call(str(catalogued), **kwargs)
-    assert "holds the results of an earlier run" in caplog.text
+    assert "holds results of an earlier run of 4 of these images" in caplog.text
     assert results.exists()
 
 

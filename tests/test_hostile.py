@@ -153,7 +153,7 @@ def test_image_10_arcmin_off_is_not_called_aligned(work, capsys):
     code = work.align()
     st = work.verify(code, 0)
     bad = exposure_base(work.names[1])
-    assert st.pop(bad) == "SKIPPED"
+    assert st.pop(bad) == "FAILED"
     assert set(st.values()) == {"COMPLETE"}
     rows = _results(work)
     assert all("matches of its own" in r["status"] for r in rows if r["image"] == work.names[1])
@@ -201,7 +201,7 @@ def test_empty_catalog_image_is_not_complete(work):
                              save_results=True, output_dir=str(work.root / "out"))
     step.run([str(work.path(i)) for i in range(4)])
     st = work.verify(0, 0)
-    assert st[exposure_base(cats[0].name)] == "SKIPPED"
+    assert st[exposure_base(cats[0].name)] == "FAILED"
     assert sum(v == "COMPLETE" for v in st.values()) == 3
 
 
@@ -271,14 +271,36 @@ def test_align_output_dir_equal_to_input_dir_keeps_inputs(work, capsys):
     work.verify(code, 0, out=work.cal)
 
 
-def test_two_inputs_one_output_name_refused(work, tmp_path, capsys):
+def test_inputs_img_0_and_img_1_keep_two_outputs(work):
+    """Non-JWST names lose only a known pipeline suffix: two inputs, two outputs, two models."""
     from ceers_steps import CeersTweakRegStep
+    from ceers_steps.wcs_io import read_wcs_model_file
 
     a, b = work.root / "img_0.fits", work.root / "img_1.fits"
     shutil.copy(work.path(0), a)
     shutil.copy(work.path(2), b)
     work.snapshot()
-    with pytest.raises(ValueError, match="img_0.fits.*img_1.fits|img_1.fits.*img_0.fits"):
+    out = work.root / "out2"
+    CeersTweakRegStep.call([str(a), str(b)], abs_refcat=str(work.refcat), n_jobs=1,
+                           save_results=True, output_dir=str(out))
+    assert sorted(p.name for p in out.glob("*.fits")) == ["img_0_tweakreg.fits",
+                                                         "img_1_tweakreg.fits"]
+    models = sorted((out / "tweakreg_wcs").glob("*.asdf"))
+    assert [p.name for p in models] == ["img_0_tweakreg.asdf", "img_1_tweakreg.asdf"]
+    assert [read_wcs_model_file(p).exposure for p in models] == ["img_0", "img_1"]
+    work.verify(0, 0)
+
+
+def test_two_inputs_one_output_name_refused(work):
+    """Two names that do map to one output (img_cal, img_rate) are refused before writing."""
+    from ceers_steps import CeersTweakRegStep
+
+    a, b = work.root / "x" / "img_cal.fits", work.root / "img_rate.fits"
+    a.parent.mkdir()
+    shutil.copy(work.path(0), a)
+    shutil.copy(work.path(2), b)
+    work.snapshot()
+    with pytest.raises(ValueError, match="img_cal.fits.*img_rate.fits|img_rate.fits.*img_cal.fits"):
         CeersTweakRegStep.call([str(a), str(b)], abs_refcat=str(work.refcat), n_jobs=1,
                                save_results=True, output_dir=str(work.root / "out2"))
     work.verify(0, 0, out=work.root / "out2")
@@ -312,7 +334,7 @@ def test_skipped_image_model_is_not_applied_as_complete(work, capsys):
     wcs_dir = work.root / "out" / "tweakreg_wcs"
     code = apply_wcs_main(["--all", "--input-dir", str(work.cal), "--output-dir",
                            str(work.root / "applied"), "--wcs-dir", str(wcs_dir)])
-    work.verify(code, 1, capsys.readouterr().err, names=[exposure_base(work.names[1]), "SKIPPED"],
+    work.verify(code, 1, capsys.readouterr().err, names=[exposure_base(work.names[1]), "FAILED"],
                 out=work.root / "applied")
     code = apply_wcs_main(["--all", "--input-dir", str(work.cal), "--output-dir",
                            str(work.root / "applied"), "--wcs-dir", str(wcs_dir),

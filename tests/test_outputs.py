@@ -43,14 +43,16 @@ def test_ceers_apply_wcs_image_in_place_is_refused(small_visit_dir, models_dir, 
 
 
 def test_two_inputs_never_map_to_one_output(small_visit_dir, tmp_path):
-    """img_0.fits and img_1.fits would both become img_tweakreg.fits: refused, naming both."""
+    """img_cal.fits and img_rate.fits would both become img_tweakreg.fits: refused, naming both."""
     names = []
-    for i, src in enumerate(small_visit_dir["paths"][:2]):
-        dst = tmp_path / f"img_{i}.fits"
+    for sub, suffix, src in (("a", "cal", small_visit_dir["paths"][0]),
+                             ("b", "rate", small_visit_dir["paths"][1])):
+        (tmp_path / sub).mkdir()
+        dst = tmp_path / sub / f"img_{suffix}.fits"
         shutil.copy(src, dst)
         names.append(str(dst))
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="img_0.fits and img_1.fits would both be written to"):
+    with pytest.raises(ValueError, match="img_cal.fits and img_rate.fits would both be written to"):
         CeersTweakRegStep.call(names, abs_refcat=str(small_visit_dir["refcat"]), minobj=8,
                                abs_minobj=8, save_results=True, output_dir=str(out))
     assert not list(out.glob("*.fits")) and not list(out.rglob("*.asdf"))
