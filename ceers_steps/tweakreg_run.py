@@ -1,0 +1,584 @@
+"""
+The work of `CeersTweakRegStep`, as plain orchestration the Step calls.
+
+`TweakRegRun` takes the step's parameters (any object with the step's attribute
+names and its detection hooks), an `InputSet` and optional catalogs, and does
+the run: choose or detect catalogs, group images, call `align_visit`, decide the
+statuses and write models, WCS models and results. The algorithms are in
+`ceers_steps.alignment`, `ceers_steps.jointfit` and `ceers_steps.judge`; this
+module only wires them, and imports no Step.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ._stpipe import AllImagesFailedError, get_logger
+from .alignment import AlignImage, align_visit, result_row
+from .catalogs import catalog_path_for, read_catalog
+from .grouping import image_key
+from .inputs import open_image, written_library
+from .jwstpars import choose_catalogs, detection_parameters, ignored_settings, parse_catfile
+from .refcat import named_catalog, refcat_label, refcat_paths
+from .results import (
+    format_summary,
+    results_table,
+    summary_line,
+    write_ceers_results,
+    write_results_table,
+)
+from .tasks import detect_task, finish_aligned_model, header_task, write_aligned_task
+from .wcs_io import exposure_base, save_wcs_model, wcs_dir_path
+
+__all__ = ["TweakRegRun"]
+
+log = get_logger(__name__)
+
+
+class TweakRegRun:
+    """
+    One run of the CEERS alignment.
+
+    Parameters
+    ----------
+    pars : CeersTweakRegStep
+        The step (or any object with its parameters and hooks: ``_find_sources``,
+        ``_write_catalog``, ``_run_tasks``, ``_sip``, ``output_dir_path``,
+        ``image_output_path``, ``read_refcat``, ``relative_parameters``,
+        ``absolute_parameters``). The results table is left in ``pars.results``.
+    """
+
+    def __init__(self, pars):
+        self.pars = pars
+
+    def run(self, inputs, catalogs=None, save=False, suffix="tweakreg", stream=None,
+              copy_inputs=None):
+        """
+        Align an `InputSet`; write results, WCS models and (with ``save``) aligned images.
+
+        Parameters
+        ----------
+        inputs : InputSet
+        catalogs : list of CatalogResult, optional
+            From `CatalogStep.make_catalogs`, one per image; otherwise catalogs come
+            from ``catfile``, the association or ``meta.tweakreg_catalog``.
+        save : bool
+            Write ``<base>_<suffix>.fits``. When every input is a file, the images
+            are then streamed: each is opened, given its WCS, written and released
+            by a worker, and the returned library opens the written files on demand.
+        suffix : str
+        stream : bool, optional
+            Stream images on disk through workers (default: when saving and every
+            input is a file). Streaming without ``save`` writes only the WCS models
+            and returns None.
+        copy_inputs : bool, optional
+            Work on copies of in-memory models (default: when not inside a pipeline;
+            pipelines that run on their own models align them in place).
+
+        Returns
+        -------
+        ModelLibrary or None
+        """
+        # Every parameter checked before anything is read or written.
+        self.pars._normalise_lists()
+        rel, abs_ = self.pars.relative_parameters(), self.pars.absolute_parameters()
+        self.pars._check_sip_parameters()
+        on_disk = all(image.path is not None for image in inputs.images)
+        stream = on_disk and (save if stream is None else stream)
+        refcat = None
+        if self.pars.abs_refcat and self.pars.abs_refcat.strip():
+            refcat = getattr(self, "preloaded_refcat", None)
+            refcat = self.pars.read_refcat() if refcat is None else refcat
+            for cat in getattr(refcat, "meta", {}).get("catalogs", []):
+                log.info("Absolute reference catalog %s: %d sources read, %d after cuts",
+                         cat["file"], cat["n_read"], cat["n_after_cuts"])
+        catfile_map = (parse_catfile(self.pars.catfile) if self.pars.use_custom_catalogs and self.pars.catfile
+                       and self.pars.catfile.strip() else None)
+        ignored = ignored_settings(self)
+        if ignored:
+            log.info("jwst star-finder settings accepted and not used (detection is SEP with the "
+                     "CEERS recipe): %s", ", ".join(ignored))
+
+        if copy_inputs is None:
+            copy_inputs = self.pars.parent is None
+        headers = self._open_inputs(inputs, stream, catalogs, copy_inputs)
+        images, unusable_rows, catalog_paths = [], [], []
+        detect = []
+
+        def unusable(model, name, key, reason):
+            log.error("%s: FAILED: %s; its WCS is left unchanged", name, reason)
+            unusable_rows.append(result_row("relative", f"{key.visit_filter}_{key.detector}",
+                                            name, f"FAILED: {reason}", self.pars.fitgeometry))
+            images.append(AlignImage(name=name, model=model, catalog=None, key=key,
+                                     status={"unusable": True}))
+            catalog_paths.append(None)
+
+        names = [(model.meta.filename if model is not None else None) or image.name
+                 for image, (model, _, _, _) in zip(inputs.images, headers, strict=True)]
+        if catalogs is None:
+            sources = choose_catalogs(
+                [(name, image.member, meta_catalog, image.path)
+                 for name, image, (_, _, meta_catalog, _) in zip(names, inputs.images, headers,
+                                                                 strict=True)],
+                self.pars.use_custom_catalogs, catfile_map, inputs.asn_dir, log=log)
+        headers = self._group_keys(headers, inputs)
+        for i, (_image, (model, key, _, error)) in enumerate(zip(inputs.images, headers,
+                                                                           strict=True)):
+            name = names[i]
+            if error is None and catalogs is not None and catalogs[i].error:
+                error = catalogs[i].error
+            if error is not None:
+                unusable(model, name, key, error)
+                continue
+            try:
+                if catalogs is not None:
+                    catalog, source = catalogs[i].xy, catalogs[i].catalog_path
+                else:
+                    source = sources[i]
+                    if source:
+                        log.info("%s: using user-provided input catalog %s", name, source)
+                    catalog = read_catalog(source) if source else None
+            except (FileNotFoundError, ValueError) as exc:
+                unusable(model, name, key, str(exc))
+                continue
+            if catalog is None:
+                detect.append(i)
+            else:
+                log.info("%s: %d sources from %s", name, len(catalog), source)
+            images.append(AlignImage(name=name, model=model, catalog=catalog, key=key))
+            catalog_paths.append(str(source) if source else None)
+        not_run = self._nothing_to_do(images, refcat)
+        if not_run:
+            for im in images:
+                if not im.status.get("unusable"):
+                    im.status["not_run"] = not_run
+            detect = []
+        if detect:
+            unusable_rows += self._detect_missing(inputs, images, detect, catalog_paths)
+
+        rows = list(unusable_rows)
+        failed_row = {row["image"]: row for row in unusable_rows}
+        by_visit = {}
+        for im in images:
+            group = by_visit.setdefault(im.key.visit_filter, [])
+            if not im.status.get("unusable"):
+                group.append(im)
+        tables, used_refcats = {}, {}
+        for visit_filter, group in by_visit.items():
+            visit_rows = []
+            ref_used = None
+            if group and not_run:
+                visit_rows = [result_row("relative", visit_filter, im.name, f"FAILED: {not_run}",
+                                         self.pars.fitgeometry) for im in group]
+            elif group:
+                log.info("Aligning %s: %d images", visit_filter, len(group))
+                if refcat is not None:
+                    ref_used = self._refcat_at_epoch(refcat, group, visit_filter)
+                    used_refcats[visit_filter] = ref_used
+                visit_rows = align_visit(group, ref_used, rel, abs_, group_by=self._relative_runs,
+                                         runner=self.pars._run_tasks)
+            rows += visit_rows
+            failed_here = [failed_row[im.name] for im in images
+                           if im.status.get("unusable") and im.key.visit_filter == visit_filter]
+            meta = {"visit_filter": visit_filter, "abs_refcat": self.pars.abs_refcat,
+                    "abs_group": self.pars.abs_group}
+            if ref_used is not None:
+                meta.update(abs_refcat_catalogs=ref_used.meta.get("catalogs"),
+                            abs_refcat_epoch=ref_used.meta.get("epoch"),
+                            abs_refcat_sources=len(ref_used))
+            tables[visit_filter] = results_table(failed_here + visit_rows, meta=meta)
+            log.info("Results for %s: %s", visit_filter, summary_line(tables[visit_filter]))
+            log.debug("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
+
+        statuses = self._statuses(images, rows, refcat is not None)
+        self.pars.results = results_table(rows) if rows else None
+        # The results tables are written last, so a folder with them holds a complete run;
+        # an earlier run's tables are removed first, so an interrupted rerun has none.
+        self._retire_earlier_results(tables)
+        failed = [im.name for im in images if im.status.get("unusable")]
+        if failed and len(failed) == len(images):
+            self._write_results(tables)
+            raise AllImagesFailedError(
+                f"all {len(images)} images failed: "
+                + "; ".join(r["image"] + ": " + r["status"] for r in unusable_rows))
+        if failed:
+            log.warning("%d of %d images FAILED: %s; the others were aligned", len(failed),
+                        len(images), ", ".join(failed))
+        save_wcs = self.pars.save_wcs if self.pars.save_wcs is not None else bool(save)
+        if stream and not save and not save_wcs:
+            log.warning("Streaming without saving images: saving the WCS models, or the fit "
+                        "would be lost")
+            save_wcs = True
+        wcs_dir = wcs_dir_path(self.pars.wcs_dir, self.pars.output_dir_path())
+        self._save_abs_catalogs(used_refcats, inputs)
+        if stream:
+            result = self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
+                                          wcs_dir if save_wcs else None, save, rows)
+            self._write_results(tables)
+            return result
+
+        readable = [im for im in images if im.model is not None]
+        for im in readable:
+            status, wcs_name = statuses[im.name]
+            finish_aligned_model(im.model, None, wcs_name, status, self.pars._sip(), log=log)
+        from .fileio import check_outputs
+
+        # Every output of the run (images saved by stpipe afterwards, WCS models) checked first.
+        saved = [im for im in readable if not im.status.get("unusable")] if save_wcs else []
+        wcs_paths = [(wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf", im.name)
+                     for im in saved]
+        image_paths = [(self.pars.image_output_path(im.model.meta.filename, suffix), im.name)
+                       for im in readable] if save else []
+        check_outputs(image_paths + wcs_paths, [image.path for image in inputs.images])
+        if save_wcs:
+            for im, (path, _) in zip(saved, wcs_paths, strict=True):
+                status = statuses[im.name][0]
+                save_wcs_model(path, im.model.meta.filename, im.model.meta.wcsinfo,
+                               im.model.meta.wcs, status=status,
+                               reason=_not_aligned_reason(rows, im.name) if status != "COMPLETE"
+                               else None)
+            log.info("Saved %d WCS models in %s", len(saved), wcs_dir)
+        # In-memory images are saved by stpipe after this returns; the tables come first then.
+        self._write_results(tables)
+
+        from jwst.datamodels import ModelLibrary
+
+        return ModelLibrary([im.model for im in readable])
+
+    def _group_keys(self, headers, inputs):
+        """
+        Decide the relative runs (``group_by``; ``auto`` resolved) and, for jwst's
+        whole-input runs over several visits or filters, give every image one run key.
+        """
+        from dataclasses import replace
+
+        keys = [key for _, key, _, _ in headers]
+        mode = self.pars.group_by
+        if mode == "auto":
+            known = all(k.visit != "unknown" and k.detector != "unknown" for k in keys)
+            mode = "detector" if known else "input"
+            if not known:
+                log.info("Not every image names its visit and detector: aligning the whole input "
+                         "together, each exposure as one group (jwst's TweakRegStep)")
+        self._relative_runs = "exposure" if mode == "input" else mode
+        if mode != "input" or len({k.visit_filter for k in keys}) <= 1:
+            return headers
+        product = ((inputs.asn or {}).get("products") or [{}])[0].get("name") or "input"
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(product))
+        return [(m, replace(k, visit=name, filter="all"), c, e) for m, k, c, e in headers]
+
+    def _nothing_to_do(self, images, refcat):
+        """jwst's rule: without a reference catalog, one exposure cannot be aligned."""
+        if refcat is not None or self.pars.save_catalogs:
+            return None
+        usable = [im for im in images if not im.status.get("unusable")]
+        if len({im.key.exposure for im in usable}) >= 2:
+            return None
+        log.warning("At least two exposures are required for image alignment.")
+        log.warning("Nothing to do. Skipping 'TweakRegStep'...")
+        return "At least two exposures are required for image alignment"
+
+    def _refcat_at_epoch(self, refcat, group, visit_filter):
+        """The reference catalog propagated to the mean epoch of a visit's images."""
+        from astropy.time import Time
+
+        from .refcat import at_epoch, image_epoch
+
+        epochs = [image_epoch(im.model) for im in group]
+        known = [e for e in epochs if e is not None]
+        if isinstance(refcat, str):
+            return self._fetch_named(refcat, group, visit_filter, known)
+        has_pm = bool(np.any(np.isfinite(refcat["PMRA"])))
+        if has_pm and not known:
+            log.warning("%s: the images carry no observation time: reference positions are "
+                        "used at their catalog epoch, without proper motions", visit_filter)
+        epoch = Time(np.mean([e.mjd for e in known]), format="mjd", scale="utc") if known else None
+        used = at_epoch(refcat, epoch if has_pm else None, pm_missing=self.pars.abs_pm_missing,
+                        pm_dispersion=self.pars.abs_pm_dispersion)
+        if len(used.meta.get("catalogs", [])) > 1:
+            log.info("%s: reference sources used per catalog (after merging): %s", visit_filter,
+                     ", ".join(f"{Path(c['file']).name} {c['n_used']}"
+                               for c in used.meta["catalogs"]))
+        if has_pm and epoch is not None:
+            spread = max(abs(e.mjd - epoch.mjd) for e in known) / 365.25
+            pm_max = float(np.nanmax(np.hypot(refcat["PMRA"], refcat["PMDEC"])))
+            log.info("%s: reference positions moved to epoch %.4f (largest motion %.1f mas); "
+                     "within the visit they differ from each exposure's by at most %.3f mas",
+                     visit_filter, epoch.jyear, used.meta["max_motion_mas"], pm_max * spread)
+        return used
+
+    def _fetch_named(self, name, group, visit_filter, epochs):
+        """A jwst named catalog around a visit's footprint, at the visit's mean epoch."""
+        from astropy.coordinates import SkyCoord
+
+        from .alignment import _footprint
+        from .refcat import fetch_named_catalog
+
+        ras, decs = zip(*(_footprint(im.model.meta.wcs) for im in group), strict=True)
+        corners = SkyCoord(np.concatenate(ras), np.concatenate(decs), unit="deg")
+        xyz = corners.cartesian.xyz.value.mean(axis=1)
+        centre = SkyCoord(x=xyz[0], y=xyz[1], z=xyz[2], representation_type="cartesian",
+                          frame="icrs").spherical
+        centre = SkyCoord(centre.lon, centre.lat, frame="icrs")
+        radius = float(centre.separation(corners).max().deg) + self.pars.abs_searchrad / 3600.0
+        epoch = float(np.mean([e.decimalyear for e in epochs])) if epochs else None
+        log.info("%s: fetching %s within %.1f arcmin of RA %.6f, Dec %.6f (epoch %s)",
+                 visit_filter, name, radius * 60, centre.ra.deg, centre.dec.deg,
+                 f"{epoch:.3f}" if epoch else "of the catalog")
+        table = fetch_named_catalog(name, centre.ra.deg, centre.dec.deg, radius, epoch=epoch,
+                                    cuts=self.pars.abs_cuts, mag_min=self.pars.abs_mag_min,
+                                    mag_max=self.pars.abs_mag_max)
+        from .refcat import at_epoch
+
+        return at_epoch(table, None)
+
+    def _save_abs_catalogs(self, used_refcats, inputs):
+        if not self.pars.save_abs_catalog or not used_refcats:
+            return
+        from .fileio import check_outputs, write_ecsv
+
+        paths = {vf: self.pars.output_dir_path() / f"{vf}_abs_refcat.ecsv" for vf in used_refcats}
+        check_outputs([(p, vf) for vf, p in paths.items()],
+                      [image.path for image in inputs.images]
+                      + ([] if named_catalog(self.pars.abs_refcat) else refcat_paths(self.pars.abs_refcat)))
+        for vf, path in paths.items():
+            table = used_refcats[vf].copy()
+            table.meta = {k: v for k, v in table.meta.items()
+                          if k in ("catalogs", "epoch", "max_motion_mas", "source")}
+            write_ecsv(table, path)
+            log.info("%s: reference catalog used (%d sources) written to %s", vf, len(table), path)
+
+    def _results_paths(self, visit_filter):
+        out_dir = self.pars.output_dir_path()
+        return (out_dir / f"{visit_filter}_tweakreg_results.ecsv",
+                out_dir / f"tweakreg_results_all.{visit_filter}.txt")
+
+    def _retire_earlier_results(self, tables):
+        """
+        The results files of a visit and filter may hold rows of earlier runs: another
+        detector's (CEERS aligned one detector per call) or this run's images'. Rows of
+        this run's images are removed now, so an interrupted run leaves none of theirs;
+        the other images' rows stay and are kept when this run's rows are added.
+        """
+        from .fileio import write_ecsv
+        from .results import read_results_table
+
+        self._earlier_results = {}
+        if not self.pars.save_fit_results:
+            return
+        for visit_filter, table in tables.items():
+            ecsv_path, txt_path = self._results_paths(visit_filter)
+            earlier = read_results_table(ecsv_path)
+            if earlier is None:
+                if txt_path.exists() or ecsv_path.exists():
+                    log.warning("%s: earlier results files in %s cannot be read; they are "
+                                "replaced", visit_filter, ecsv_path.parent)
+                    for path in (ecsv_path, txt_path):
+                        path.unlink(missing_ok=True)
+                continue
+            ours = {str(n) for n in table["image"]}
+            others = earlier[[str(n) not in ours for n in earlier["image"]]]
+            replaced = len(earlier) - len(others)
+            if replaced:
+                log.warning("%s: %s holds results of an earlier run of %d of these images; "
+                            "they are being replaced", visit_filter, ecsv_path.name,
+                            len(set(str(n) for n in earlier["image"]) & ours))
+            if len(others):
+                log.info("%s: keeping the rows of %d other images in %s", visit_filter,
+                         len(set(str(n) for n in others["image"])), ecsv_path.name)
+                self._earlier_results[visit_filter] = others
+                if replaced:
+                    write_ecsv(others, ecsv_path)
+                    write_ceers_results(others, txt_path)
+            else:
+                for path in (ecsv_path, txt_path):
+                    path.unlink(missing_ok=True)
+
+    def _write_results(self, tables):
+        from .results import merge_results
+
+        if not self.pars.save_fit_results:
+            return
+        earlier = getattr(self, "_earlier_results", {})
+        for visit_filter, table in tables.items():
+            ecsv_path, txt_path = self._results_paths(visit_filter)
+            merged = merge_results(earlier.get(visit_filter), table)
+            ecsv = write_results_table(merged, ecsv_path)
+            txt = write_ceers_results(merged, txt_path)
+            log.info("Wrote %s and %s", ecsv, txt)
+
+    def _open_inputs(self, inputs, stream, catalogs, copy_inputs):
+        """
+        Per image: the model (or, when streaming, its `ImageHeader`), its `ImageKey`,
+        its ``meta.tweakreg_catalog`` and an error. A file that cannot be opened gives
+        ``(None, key from its FITS header or name, None, reason)``; the run goes on.
+        """
+        from .tasks import describe_error, key_from_file
+
+        if stream:
+            if catalogs is not None:
+                return [(res.header, res.key, None, res.error if res.header is None else None)
+                        for res in catalogs]
+            return self.pars._run_tasks(header_task, [(image.path,) for image in inputs.images],
+                                   "Reading headers", names=[im.name for im in inputs.images])
+        out = []
+        for image in inputs.images:
+            try:
+                model = open_image(image, copy=copy_inputs)
+            except Exception as exc:  # noqa: BLE001 - one unreadable input fails only itself
+                if image.path is None:
+                    raise
+                out.append((None, key_from_file(image.path), None,
+                            f"cannot be read: {describe_error(exc)}"))
+                continue
+            out.append((model, image_key(model, image.name),
+                        getattr(model.meta, "tweakreg_catalog", None), None))
+        return out
+
+    def _detect_missing(self, inputs, images, indices, catalog_paths):
+        """
+        Images without a catalog get one from our own detection (`_find_sources`
+        for models in memory, workers for files), saved only with ``save_catalogs``.
+        Returns the FAILED rows of images whose detection failed.
+        """
+        params = detection_parameters(self)
+        results = {}
+        files = [i for i in indices if inputs.images[i].model is None]
+        tasks = []
+        for i in files:
+            path = (catalog_path_for(images[i].name, self.pars.output_dir_path(),
+                                     fmt=self.pars.catalog_format) if self.pars.save_catalogs else None)
+            tasks.append((inputs.images[i].path, params, path, images[i].name))
+        for i, res in zip(files, self.pars._run_tasks(detect_task, tasks, "Detection",
+                                                 names=[images[i].name for i in files]),
+                          strict=True):
+            results[i] = (res.error, res.xy, res.catalog_path)
+        for i in indices:
+            if i in results:
+                continue
+            im = images[i]
+            try:
+                catalog = _xy_columns(self.pars._find_sources(im.model))
+            except Exception as exc:  # noqa: BLE001 - a failed detection fails only this image
+                from .tasks import describe_error
+
+                results[i] = (f"detection failed: {describe_error(exc)}", None, None)
+                continue
+            path = None
+            if self.pars.save_catalogs:
+                path = self.pars._write_catalog(catalog, im.name)
+                im.model.meta.tweakreg_catalog = path
+            results[i] = (None, catalog, path)
+        failed_rows = []
+        for i in indices:
+            error, xy, path = results[i]
+            im = images[i]
+            if error:
+                log.error("%s: FAILED: %s; its WCS is left unchanged", im.name, error)
+                im.status["unusable"] = True
+                failed_rows.append(result_row("relative", f"{im.key.visit_filter}_{im.key.detector}",
+                                              im.name, f"FAILED: {error}", self.pars.fitgeometry))
+                continue
+            im.catalog = xy
+            catalog_paths[i] = str(path) if path else None
+            log.info("%s: detected %d sources%s", im.name, len(xy),
+                     f" -> {path}" if path else "")
+        return failed_rows
+
+    def _write_streamed(self, inputs, images, statuses, catalog_paths, suffix, wcs_dir, save, rows):
+        """Workers write every aligned image (and WCS model); return a library over them."""
+        from .fileio import check_outputs
+
+        # Each output path once: checked against the inputs and each other, then written.
+        plan = []
+        for image, im, cat in zip(inputs.images, images, catalog_paths, strict=True):
+            if im.model is None:
+                continue  # an unreadable file has nothing to write
+            status, wcs_name = statuses[im.name]
+            out_path = self.pars.image_output_path(im.name, suffix) if save else None
+            wcs_path = (wcs_dir / f"{exposure_base(im.name)}_tweakreg.asdf"
+                        if wcs_dir is not None and not im.status.get("unusable") else None)
+            plan.append((image, im, cat, status, wcs_name, out_path, wcs_path))
+        check_outputs([(path, im.name) for _, im, _, _, _, out_path, wcs_path in plan
+                       for path in (out_path, wcs_path) if path is not None],
+                      [image.path for image in inputs.images])
+        tasks, members = [], []
+        for image, im, cat, status, wcs_name, out_path, wcs_path in plan:
+            tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
+                          wcs_name, status, self.pars._sip(), wcs_path, cat,
+                          _not_aligned_reason(rows, im.name) if status != "COMPLETE" else None))
+            members.append({"expname": str(out_path), "exptype": "science",
+                            "group_id": im.key.exposure})
+        self.pars._run_tasks(write_aligned_task, tasks,
+                        "Writing aligned images" if save else "Writing WCS models",
+                        names=[im.name for im in images if im.model is not None])
+        if wcs_dir is not None:
+            log.info("Saved %d WCS models in %s", sum(t[6] is not None for t in tasks), wcs_dir)
+        if not save:
+            return None
+        name = (inputs.asn or {}).get("products", [{}])[0].get("name", "aligned")
+        return written_library({"products": [{"name": name, "members": members}]}, outputs=True)
+
+    def _statuses(self, images, rows, absolute):
+        """
+        Image name -> (``meta.cal_step.tweakreg``, WCS name or None).
+
+        jwst 3.x's meaning: COMPLETE when the step did its work on the image, FAILED
+        when it could not. An image is COMPLETE when one of its own fits succeeded
+        (``FIT-LVL3-<refcat>`` after an absolute fit, ``FIT-REL`` after a relative
+        one); the reference image of a successful relative run is COMPLETE with its
+        WCS untouched (WCS name None), as in jwst. Everything else (unreadable, no
+        usable catalog, a fit that failed, an image that failed its judgement, a run
+        with nothing to align) is FAILED and keeps its input WCS.
+        """
+        stages = {}
+        group_success = set()
+        for row in rows:
+            stages.setdefault(row["image"], {})[row["stage"]] = row["status"]
+            if row["stage"] == "relative" and row["status"] == "SUCCESS":
+                group_success.add(row["group"])
+        reference_groups = {row["image"]: row["group"] for row in rows
+                            if row["status"].startswith("REFERENCE")}
+        names = "+".join(refcat_label(self.pars.abs_refcat))
+        out = {}
+        for im in images:
+            if im.status.get("unusable") or im.status.get("rejected") or im.status.get("not_run"):
+                out[im.name] = ("FAILED", None)
+                continue
+            st = stages.get(im.name, {})
+            if st.get("absolute") == "SUCCESS":
+                out[im.name] = ("COMPLETE", f"FIT-LVL3-{names}")
+            elif st.get("relative") == "SUCCESS":
+                out[im.name] = ("COMPLETE", "FIT-REL")
+            elif not absolute and reference_groups.get(im.name) in group_success:
+                out[im.name] = ("COMPLETE", None)
+            else:
+                out[im.name] = ("FAILED", None)
+        return out
+
+
+def _not_aligned_reason(rows, name):
+    """Why an image was not aligned: its last result row that is not a success."""
+    reasons = [row["status"] for row in rows
+               if row["image"] == name and row["status"] not in ("SUCCESS",)
+               and not row["status"].startswith("REFERENCE")]
+    return reasons[-1] if reasons else "not aligned"
+
+
+def _xy_columns(catalog):
+    """A detected or user catalog as 0-based ``x``, ``y`` (jwst's column names accepted)."""
+    from astropy.table import Table
+
+    cols = {}
+    for axis in ("x", "y"):
+        for name in (axis, f"{axis}centroid", f"{axis}_centroid"):
+            if name in catalog.colnames:
+                cols[axis] = np.asarray(catalog[name], dtype=float)
+                break
+        else:
+            raise ValueError(f"source catalogs must contain either columns {axis!r}, "
+                             f"'{axis}centroid' or '{axis}_centroid'")
+    out = Table(cols)
+    if "flux" in catalog.colnames:
+        out["flux"] = np.asarray(catalog["flux"], dtype=float)
+    return out
