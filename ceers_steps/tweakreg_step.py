@@ -20,11 +20,16 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     """
     Align NIRCam images the CEERS way: relative per detector, then absolute to a catalog.
 
-    Built on tweakwcs directly, so it behaves the same with every supported
-    jwst version, and accepts every parameter set tweakwcs accepts (all 30
-    CEERS visit sections). Relative alignment groups all dithers of one
-    detector (``group_by = detector``) and fits shifts. Absolute alignment to
-    ``abs_refcat`` is, with ``abs_group``:
+    A drop-in for jwst's TweakRegStep: every jwst 3.x parameter is accepted with
+    jwst's meaning (`ceers_steps.jwstpars`), catalogs follow jwst's
+    ``use_custom_catalogs`` precedence, statuses are jwst's (COMPLETE / FAILED),
+    and jwst's own tweakreg tests pass with the class swapped. Defaults are
+    CEERS'. Built on tweakwcs directly, so it behaves the same with every
+    supported jwst version, and accepts every parameter set tweakwcs accepts
+    (all 30 CEERS visit sections). Relative alignment groups all dithers of one
+    detector (``group_by = auto``: ``detector`` for NIRCam files, jwst's whole
+    input otherwise) and fits shifts. Absolute alignment to ``abs_refcat`` is,
+    with ``abs_group``:
 
     - ``joint`` (default): one least-squares fit per visit and filter with a
       common rotation (and scale for ``rscale``), a common shift, one shift per
@@ -33,8 +38,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     - ``detector``: one tweakwcs fit per relative group, as CEERS did;
     - ``visit``: one rigid tweakwcs fit of all images, as jwst does.
 
-    Failures are per group: that group's WCS is left unchanged and its status
-    says why; the other groups are aligned.
+    Failures are per group or image: its WCS is left unchanged, its status is
+    FAILED and the results say why; the others are aligned. The run itself is
+    `ceers_steps.tweakreg_run.TweakRegRun`.
     """
 
     class_alias = "ceers_tweak"
