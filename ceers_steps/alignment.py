@@ -18,7 +18,7 @@ from ._stpipe import get_logger
 from .grouping import group_images
 from .jointfit import JointParameters, joint_fit
 from .judge import judge_images
-from .wcs_utils import bbox_limits
+from .wcs_utils import bbox_limits, pixel_grid
 
 __all__ = [
     "ABS_GROUPS",
@@ -389,42 +389,48 @@ def _tweakwcs_api():
 def correction_in_frame(im, wcs0, wcs1, fitgeom):
     """
     The correction ``wcs0`` -> ``wcs1`` as a tweakwcs fit of this image reports it: in
-    the image's own tangent plane (its ``JWSTWCSCorrector``), fitted with tweakwcs'
-    ``iter_linear_fit`` on a grid over the image.
+    the image's own tangent plane (see `_frame_fit`).
 
     Returns
     -------
     dict
         ``xshift``, ``yshift`` (arcsec), ``rotation`` (deg), ``scale``.
     """
+    return _frame_fit(im, wcs0, lambda gx, gy, ra, dec: wcs1(gx, gy, with_bounding_box=False),
+                      fitgeom)
+
+
+def _frame_fit(im, wcs0, moved, fitgeom, frame=None):
+    """
+    A correction in tweakwcs' frame for ``im``: the tangent plane of its
+    ``JWSTWCSCorrector`` on ``wcs0`` (V2/V3 axes, arcsec). Sky positions of a grid
+    over the image before (through ``wcs0``) and after (``moved(x, y, ra, dec)``)
+    are projected there and fitted with tweakwcs' own ``iter_linear_fit``
+    (``fitgeom``, no clipping; its log lines muted: a conversion, not a fit).
+    ``frame``: that corrector when the caller has it (building one costs ~0.05 s).
+    """
+    import logging
+
     from tweakwcs.linearfit import iter_linear_fit
 
     from .correctors import StackedJWSTWCSCorrector
 
-    frame = StackedJWSTWCSCorrector(wcs=wcs0, wcsinfo=im.wcsinfo())
-    gx, gy = _grid(wcs0)
-    u = np.column_stack(frame.world_to_tanp(*wcs0(gx, gy, with_bounding_box=False)))
-    x = np.column_stack(frame.world_to_tanp(*wcs1(gx, gy, with_bounding_box=False)))
-    return _frame_values(_quiet_fit(iter_linear_fit, x, u, fitgeom), fitgeom)
-
-
-def _quiet_fit(iter_linear_fit, x, u, fitgeom):
-    """tweakwcs' own fit of an exact correction: a conversion, not a fit to log."""
-    import logging
-
+    if frame is None:
+        frame = StackedJWSTWCSCorrector(wcs=wcs0, wcsinfo=im.wcsinfo())
+    (x0, x1), (y0, y1) = bbox_limits(wcs0) or ((-0.5, 2047.5), (-0.5, 2047.5))
+    gx, gy = pixel_grid((round(y1 - y0), round(x1 - x0)), n=5)
+    gx, gy = gx + x0 + 0.5, gy + y0 + 0.5
+    ra, dec = wcs0(gx, gy, with_bounding_box=False)
+    u = np.column_stack(frame.world_to_tanp(ra, dec))
+    x = np.column_stack(frame.world_to_tanp(*moved(gx, gy, ra, dec)))
     logger = logging.getLogger("tweakwcs.linearfit")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        return iter_linear_fit(x, u, fitgeom=fitgeom, nclip=0, center=None)
+        fit = iter_linear_fit(x, u, fitgeom=fitgeom, nclip=0, center=None)
     finally:
         logger.setLevel(level)
-
-
-def _grid(wcs, n=5):
-    (x0, x1), (y0, y1) = bbox_limits(wcs) or ((-0.5, 2047.5), (-0.5, 2047.5))
-    gx, gy = np.meshgrid(np.linspace(x0 + 0.5, x1 - 0.5, n), np.linspace(y0 + 0.5, y1 - 0.5, n))
-    return gx.ravel(), gy.ravel()
+    return _frame_values(fit, fitgeom)
 
 
 def _frame_values(fit, fitgeom):
@@ -503,21 +509,29 @@ def _explain(exc):
     return msg
 
 
-def visit_plane(images):
-    """The tangent plane (tweakwcs corrector, arcsec) at the centre of the images' footprints."""
-    from .wcs_utils import tangent_plane
+def footprint_centre(images):
+    """
+    Centre of the images' footprints (mean unit vector of their corners) and the
+    angular radius reaching the farthest corner, deg: ``(ra, dec, radius)``.
+    """
+    from .wcs_utils import angular_separation_mas
 
-    ras, decs = [], []
-    for im in images:
-        ra, dec = _footprint(im.model.meta.wcs)
-        ras.append(ra)
-        decs.append(dec)
-    ra, dec = np.concatenate(ras), np.concatenate(decs)
+    ra, dec = (np.concatenate(c) for c in zip(*(_footprint(im.model.meta.wcs) for im in images),
+                                              strict=True))
     vec = np.array([np.cos(np.deg2rad(dec)) * np.cos(np.deg2rad(ra)),
                     np.cos(np.deg2rad(dec)) * np.sin(np.deg2rad(ra)), np.sin(np.deg2rad(dec))])
     x, y, z = vec.mean(axis=1)
     ra0 = float(np.rad2deg(np.arctan2(y, x)) % 360.0)
     dec0 = float(np.rad2deg(np.arctan2(z, np.hypot(x, y))))
+    radius = float(np.max(angular_separation_mas(ra0, dec0, ra, dec))) / 3.6e6
+    return ra0, dec0, radius
+
+
+def visit_plane(images):
+    """The tangent plane (tweakwcs corrector, arcsec) at the centre of the images' footprints."""
+    from .wcs_utils import tangent_plane
+
+    ra0, dec0, _ = footprint_centre(images)
     return tangent_plane(ra0, dec0)
 
 
@@ -782,10 +796,22 @@ def _absolute_joint(images, refcat, params, visit_name):
     index = {i: k for k, i in enumerate(kept)}
 
     limit = 2 * (params.searchrad + params.tolerance)
-    new_wcs = {}
+    new_wcs, rel_frame, abs_frame = {}, {}, {}
+    first_kept = {}
+    for i in kept:
+        first_kept.setdefault(images[i].key.detector, i)
     for i in kept:
         im = images[i]
+        det = im.key.detector
         corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
+        # The rows in tweakwcs' frame, measured on this corrector before it is corrected: an
+        # image's dither term in its own frame (a relative shift), a detector's common +
+        # detector terms in the frame of its first image (a tweakwcs group fit).
+        rel_frame[i] = tweakwcs_frame(im, plane, np.eye(2), fit.dither_shift[im.key.exposure],
+                                      "shift", frame=corr)
+        if first_kept[det] == i and det in fit.detector_stats:
+            abs_frame[det] = tweakwcs_frame(im, plane, fit.matrix,
+                                            fit.shift + fit.detector_shift[det], geom, frame=corr)
         corr.set_correction(matrix=fit.matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
         new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
     size = max(s for _, s in new_wcs.values())
@@ -802,23 +828,14 @@ def _absolute_joint(images, refcat, params, visit_name):
         if status == "SUCCESS":
             im.set_wcs(new_wcs[i][0].wcs)
         st = fit.image_stats[index[i]]
-        t = fit.dither_shift[im.key.exposure]
-        # The dither term as tweakwcs reports a relative shift: in the image's own frame.
-        frame = tweakwcs_frame(im, plane, np.eye(2), t, "shift")
         rows.append(result_row("relative", visit_name, im.name, status, "shift",
                                nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
-                               mae=st["mae"], xshift=frame["xshift"], yshift=frame["yshift"]))
+                               mae=st["mae"], xshift=rel_frame[i]["xshift"],
+                               yshift=rel_frame[i]["yshift"]))
     for det, name in det_group.items():
         st = fit.detector_stats.get(det)
-        members = [i for i, im in enumerate(images) if im.key.detector == det]
-        first = next((i for i in members if i not in rejected), None)
-        frame = None
-        if st is not None and first is not None:
-            # Common + detector terms as tweakwcs would report a fit of this detector's
-            # group: in the tangent plane of its first image.
-            frame = tweakwcs_frame(images[first], plane, fit.matrix,
-                                   fit.shift + fit.detector_shift[det], geom)
-        for i in members:
+        frame = abs_frame.get(det)
+        for i in (i for i, im in enumerate(images) if im.key.detector == det):
             im = images[i]
             if i in rejected or frame is None:
                 reason = rejected.get(i, "every image of this detector failed its judgement")
@@ -831,7 +848,7 @@ def _absolute_joint(images, refcat, params, visit_name):
     return rows
 
 
-def tweakwcs_frame(im, plane, matrix, shift, fitgeom):
+def tweakwcs_frame(im, plane, matrix, shift, fitgeom, frame=None):
     """
     A correction of the visit plane expressed as tweakwcs expresses its fits.
 
@@ -847,18 +864,12 @@ def tweakwcs_frame(im, plane, matrix, shift, fitgeom):
     dict
         ``xshift``, ``yshift`` (arcsec), ``rotation`` (deg), ``scale``.
     """
-    from tweakwcs.linearfit import iter_linear_fit
-
-    from .correctors import StackedJWSTWCSCorrector
+    def moved(gx, gy, ra, dec):
+        p = np.column_stack(plane.world_to_tanp(ra, dec)) @ np.asarray(matrix).T + shift
+        return plane.tanp_to_world(p[:, 0], p[:, 1])
 
     wcs = im.original_wcs if im.original_wcs is not None else im.model.meta.wcs
-    frame = StackedJWSTWCSCorrector(wcs=wcs, wcsinfo=im.wcsinfo())
-    ra, dec = wcs(*_grid(wcs), with_bounding_box=False)
-    u = np.column_stack(frame.world_to_tanp(ra, dec))
-    p = np.column_stack(plane.world_to_tanp(ra, dec)) @ np.asarray(matrix).T + np.asarray(shift)
-    ra2, dec2 = plane.tanp_to_world(p[:, 0], p[:, 1])
-    x = np.column_stack(frame.world_to_tanp(ra2, dec2))
-    return _frame_values(_quiet_fit(iter_linear_fit, x, u, fitgeom), fitgeom)
+    return _frame_fit(im, wcs, moved, fitgeom, frame=frame)
 
 
 def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", runner=None):

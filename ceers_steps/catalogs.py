@@ -19,6 +19,7 @@ from .fileio import write_ecsv
 __all__ = [
     "build_catalog",
     "catalog_path_for",
+    "catalog_xy",
     "image_psf_fwhm",
     "read_catalog",
     "read_refcat",
@@ -142,6 +143,17 @@ def read_catalog(path):
         table = Table.read(path, format="ascii.ecsv") if path.suffix == ".ecsv" else Table.read(path)
     except Exception as exc:
         raise ValueError(f"{path}: cannot be read as a catalog table: {exc}") from exc
+    return catalog_xy(table, where=str(path))
+
+
+def catalog_xy(table, where="catalog"):
+    """
+    A catalog table as 0-based ``x``, ``y`` (+ ``weight``, ``flux`` when present).
+
+    Position columns ``x``/``y``, ``xcentroid``/``ycentroid`` or
+    ``x_centroid``/``y_centroid`` (any case), as jwst accepts; ``where`` names
+    the catalog in the error when it has none.
+    """
     names = {n.lower(): n for n in table.colnames}
     for xname, yname in _XY_NAMES:
         if xname in names and yname in names:
@@ -154,7 +166,7 @@ def read_catalog(path):
             out.meta.update(table.meta)
             return out
     raise ValueError(
-        f"{path}: no pixel position columns (expected x/y, xcentroid/ycentroid or "
+        f"{where}: no pixel position columns (expected x/y, xcentroid/ycentroid or "
         f"x_centroid/y_centroid; found {', '.join(table.colnames) or 'none'})"
     )
 

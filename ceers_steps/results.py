@@ -14,6 +14,7 @@ __all__ = [
     "merge_results",
     "read_results_table",
     "results_table",
+    "rows_of_other_images",
     "write_ceers_results",
     "write_results_table",
 ]
@@ -41,8 +42,7 @@ def results_table(rows, meta=None):
     before clipping), ``rmse``, ``mae``, ``xshift``, ``yshift`` (arcsec, in
     tweakwcs' frame), ``rotation`` (deg), ``scale``, ``fitgeometry``.
     """
-    table = Table(rows=[[row.get(c, row.get("nmatch", 0)) if c == "nmatch_all" else row[c]
-                         for c in COLUMNS] for row in rows], names=COLUMNS,
+    table = Table(rows=[[row[c] for c in COLUMNS] for row in rows], names=COLUMNS,
                   dtype=("U8", "U64", "U64", "U200", "i4", "i4", "f8", "f8", "f8", "f8", "f8", "f8",
                          "U8"))
     for name, unit in _UNITS.items():
@@ -51,24 +51,29 @@ def results_table(rows, meta=None):
     return table
 
 
-def merge_results(earlier, table):
+def rows_of_other_images(earlier, table):
     """
-    Rows of an earlier results table for images not in ``table``, followed by ``table``.
+    The rows of an earlier results table for images not in ``table``, in this
+    release's columns (a column an older file lacks is 0), or None when there are none.
 
     One visit's detectors aligned by separate calls (CEERS ran one per detector)
     share the visit's results files: each call replaces its own images' rows and
     keeps the others'.
     """
+    ours = {str(name) for name in table["image"]}
+    others = [row for row in earlier if str(row["image"]) not in ours]
+    if not others:
+        return None
+    return results_table([{c: row[c] if c in row.colnames else 0 for c in COLUMNS}
+                          for row in others])
+
+
+def merge_results(others, table):
+    """``others`` (from `rows_of_other_images`, or None) followed by ``table``, with its meta."""
     from astropy.table import vstack
 
-    if earlier is None or not len(earlier):
+    if others is None:
         return table
-    ours = set(str(name) for name in table["image"])
-    others = earlier[[str(name) not in ours for name in earlier["image"]]]
-    if not len(others):
-        return table
-    others = results_table([{c: row[c] if c in row.colnames else 0 for c in COLUMNS}
-                            for row in others])
     merged = vstack([others, table], metadata_conflicts="silent")
     merged.meta = dict(table.meta)
     return merged

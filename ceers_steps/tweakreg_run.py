@@ -15,7 +15,7 @@ import numpy as np
 
 from ._stpipe import AllImagesFailedError, get_logger
 from .alignment import AlignImage, align_visit, result_row
-from .catalogs import catalog_path_for, read_catalog
+from .catalogs import catalog_xy, read_catalog
 from .grouping import image_key
 from .inputs import open_image, written_library
 from .jwstpars import choose_catalogs, detection_parameters, ignored_settings, parse_catfile
@@ -87,14 +87,14 @@ class TweakRegRun:
         stream = on_disk and (save if stream is None else stream)
         refcat = None
         if self.pars.abs_refcat and self.pars.abs_refcat.strip():
-            refcat = getattr(self, "preloaded_refcat", None)
+            refcat = getattr(self.pars, "preloaded_refcat", None)
             refcat = self.pars.read_refcat() if refcat is None else refcat
             for cat in getattr(refcat, "meta", {}).get("catalogs", []):
                 log.info("Absolute reference catalog %s: %d sources read, %d after cuts",
                          cat["file"], cat["n_read"], cat["n_after_cuts"])
         catfile_map = (parse_catfile(self.pars.catfile) if self.pars.use_custom_catalogs and self.pars.catfile
                        and self.pars.catfile.strip() else None)
-        ignored = ignored_settings(self)
+        ignored = ignored_settings(self.pars)
         if ignored:
             log.info("jwst star-finder settings accepted and not used (detection is SEP with the "
                      "CEERS recipe): %s", ", ".join(ignored))
@@ -154,7 +154,12 @@ class TweakRegRun:
                     im.status["not_run"] = not_run
             detect = []
         if detect:
-            unusable_rows += self._detect_missing(inputs, images, detect, catalog_paths)
+            # Catalog files the run reads or that its inputs name: saved catalogs never replace them.
+            named = [p for p in catalog_paths if p] + [
+                c for _, _, c, _ in headers if c and str(c).strip()] + [
+                str(Path(inputs.asn_dir or ".") / image.member["tweakreg_catalog"])
+                for image in inputs.images if image.member.get("tweakreg_catalog")]
+            unusable_rows += self._detect_missing(inputs, images, detect, catalog_paths, named)
 
         rows = list(unusable_rows)
         failed_row = {row["image"]: row for row in unusable_rows}
@@ -309,27 +314,17 @@ class TweakRegRun:
 
     def _fetch_named(self, name, group, visit_filter, epochs):
         """A jwst named catalog around a visit's footprint, at the visit's mean epoch."""
-        from astropy.coordinates import SkyCoord
+        from .alignment import footprint_centre
+        from .refcat import at_epoch, fetch_named_catalog
 
-        from .alignment import _footprint
-        from .refcat import fetch_named_catalog
-
-        ras, decs = zip(*(_footprint(im.model.meta.wcs) for im in group), strict=True)
-        corners = SkyCoord(np.concatenate(ras), np.concatenate(decs), unit="deg")
-        xyz = corners.cartesian.xyz.value.mean(axis=1)
-        centre = SkyCoord(x=xyz[0], y=xyz[1], z=xyz[2], representation_type="cartesian",
-                          frame="icrs").spherical
-        centre = SkyCoord(centre.lon, centre.lat, frame="icrs")
-        radius = float(centre.separation(corners).max().deg) + self.pars.abs_searchrad / 3600.0
+        ra, dec, radius = footprint_centre(group)
+        radius += self.pars.abs_searchrad / 3600.0
         epoch = float(np.mean([e.decimalyear for e in epochs])) if epochs else None
         log.info("%s: fetching %s within %.1f arcmin of RA %.6f, Dec %.6f (epoch %s)",
-                 visit_filter, name, radius * 60, centre.ra.deg, centre.dec.deg,
+                 visit_filter, name, radius * 60, ra, dec,
                  f"{epoch:.3f}" if epoch else "of the catalog")
-        table = fetch_named_catalog(name, centre.ra.deg, centre.dec.deg, radius, epoch=epoch,
-                                    cuts=self.pars.abs_cuts, mag_min=self.pars.abs_mag_min,
-                                    mag_max=self.pars.abs_mag_max)
-        from .refcat import at_epoch
-
+        table = fetch_named_catalog(name, ra, dec, radius, epoch=epoch, cuts=self.pars.abs_cuts,
+                                    mag_min=self.pars.abs_mag_min, mag_max=self.pars.abs_mag_max)
         return at_epoch(table, None)
 
     def _save_abs_catalogs(self, used_refcats, inputs):
@@ -360,8 +355,7 @@ class TweakRegRun:
         this run's images are removed now, so an interrupted run leaves none of theirs;
         the other images' rows stay and are kept when this run's rows are added.
         """
-        from .fileio import write_ecsv
-        from .results import read_results_table
+        from .results import read_results_table, rows_of_other_images
 
         self._earlier_results = {}
         if not self.pars.save_fit_results:
@@ -369,30 +363,26 @@ class TweakRegRun:
         for visit_filter, table in tables.items():
             ecsv_path, txt_path = self._results_paths(visit_filter)
             earlier = read_results_table(ecsv_path)
-            if earlier is None:
-                if txt_path.exists() or ecsv_path.exists():
-                    log.warning("%s: earlier results files in %s cannot be read; they are "
-                                "replaced", visit_filter, ecsv_path.parent)
-                    for path in (ecsv_path, txt_path):
-                        path.unlink(missing_ok=True)
-                continue
-            ours = {str(n) for n in table["image"]}
-            others = earlier[[str(n) not in ours for n in earlier["image"]]]
-            replaced = len(earlier) - len(others)
-            if replaced:
+            if earlier is None and (txt_path.exists() or ecsv_path.exists()):
+                log.warning("%s: earlier results files in %s cannot be read; they are replaced",
+                            visit_filter, ecsv_path.parent)
+            others = None if earlier is None else rows_of_other_images(earlier, table)
+            n_others = 0 if others is None else len(others)
+            if earlier is not None and len(earlier) > n_others:
                 log.warning("%s: %s holds results of an earlier run of %d of these images; "
                             "they are being replaced", visit_filter, ecsv_path.name,
-                            len(set(str(n) for n in earlier["image"]) & ours))
-            if len(others):
-                log.info("%s: keeping the rows of %d other images in %s", visit_filter,
-                         len(set(str(n) for n in others["image"])), ecsv_path.name)
-                self._earlier_results[visit_filter] = others
-                if replaced:
-                    write_ecsv(others, ecsv_path)
-                    write_ceers_results(others, txt_path)
-            else:
+                            len({str(n) for n in earlier["image"]}
+                                & {str(n) for n in table["image"]}))
+            if others is None:
                 for path in (ecsv_path, txt_path):
                     path.unlink(missing_ok=True)
+                continue
+            log.info("%s: keeping the rows of %d other images in %s", visit_filter,
+                     len(set(others["image"])), ecsv_path.name)
+            self._earlier_results[visit_filter] = others
+            if len(earlier) > n_others:
+                write_results_table(others, ecsv_path)
+                write_ceers_results(others, txt_path)
 
     def _write_results(self, tables):
         from .results import merge_results
@@ -435,20 +425,24 @@ class TweakRegRun:
                         getattr(model.meta, "tweakreg_catalog", None), None))
         return out
 
-    def _detect_missing(self, inputs, images, indices, catalog_paths):
+    def _detect_missing(self, inputs, images, indices, catalog_paths, catalog_inputs=()):
         """
         Images without a catalog get one from our own detection (`_find_sources`
         for models in memory, workers for files), saved only with ``save_catalogs``.
         Returns the FAILED rows of images whose detection failed.
         """
-        params = detection_parameters(self)
+        params = detection_parameters(self.pars)
+        planned = {}
+        if self.pars.save_catalogs:
+            from .fileio import check_outputs
+
+            # Saved catalogs never overwrite an input (image or catalog) or each other.
+            planned = {i: self.pars._catalog_output_path(images[i].name) for i in indices}
+            check_outputs([(path, images[i].name) for i, path in planned.items()],
+                          [image.path for image in inputs.images] + list(catalog_inputs))
         results = {}
         files = [i for i in indices if inputs.images[i].model is None]
-        tasks = []
-        for i in files:
-            path = (catalog_path_for(images[i].name, self.pars.output_dir_path(),
-                                     fmt=self.pars.catalog_format) if self.pars.save_catalogs else None)
-            tasks.append((inputs.images[i].path, params, path, images[i].name))
+        tasks = [(inputs.images[i].path, params, planned.get(i), images[i].name) for i in files]
         for i, res in zip(files, self.pars._run_tasks(detect_task, tasks, "Detection",
                                                  names=[images[i].name for i in files]),
                           strict=True):
@@ -458,14 +452,14 @@ class TweakRegRun:
                 continue
             im = images[i]
             try:
-                catalog = _xy_columns(self.pars._find_sources(im.model))
+                catalog = catalog_xy(self.pars._find_sources(im.model), where=im.name)
             except Exception as exc:  # noqa: BLE001 - a failed detection fails only this image
                 from .tasks import describe_error
 
                 results[i] = (f"detection failed: {describe_error(exc)}", None, None)
                 continue
             path = None
-            if self.pars.save_catalogs:
+            if i in planned:
                 path = self.pars._write_catalog(catalog, im.name)
                 im.model.meta.tweakreg_catalog = path
             results[i] = (None, catalog, path)
@@ -563,22 +557,3 @@ def _not_aligned_reason(rows, name):
                if row["image"] == name and row["status"] not in ("SUCCESS",)
                and not row["status"].startswith("REFERENCE")]
     return reasons[-1] if reasons else "not aligned"
-
-
-def _xy_columns(catalog):
-    """A detected or user catalog as 0-based ``x``, ``y`` (jwst's column names accepted)."""
-    from astropy.table import Table
-
-    cols = {}
-    for axis in ("x", "y"):
-        for name in (axis, f"{axis}centroid", f"{axis}_centroid"):
-            if name in catalog.colnames:
-                cols[axis] = np.asarray(catalog[name], dtype=float)
-                break
-        else:
-            raise ValueError(f"source catalogs must contain either columns {axis!r}, "
-                             f"'{axis}centroid' or '{axis}_centroid'")
-    out = Table(cols)
-    if "flux" in catalog.colnames:
-        out["flux"] = np.asarray(catalog["flux"], dtype=float)
-    return out

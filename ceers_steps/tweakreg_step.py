@@ -204,16 +204,19 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
         return build_catalog(image_model, detection_parameters(self))
 
-    def _write_catalog(self, catalog, filename):
-        """Write a detected catalog as jwst does: ``<stem>_cat.<catalog_format>`` in the output
-        directory (or the working directory); returns its path."""
-        from .catalogs import write_catalog
-
+    def _catalog_output_path(self, filename):
+        """Where a detected catalog is saved, as jwst names it: ``<stem>_cat.<catalog_format>``
+        (``.fits`` replaced) in the output directory, else the working directory."""
         if self.catalog_format not in ("ecsv", "fits"):
             raise ValueError("'catalog_format' must be \"ecsv\" or \"fits\".")
         out_dir = Path(self.output_dir) if self.output_dir else Path(".")
-        name = Path(str(filename)).name.replace(".fits", f"_cat.{self.catalog_format}")
-        path = write_catalog(catalog, out_dir / name)
+        return out_dir / Path(str(filename)).name.replace(".fits", f"_cat.{self.catalog_format}")
+
+    def _write_catalog(self, catalog, filename):
+        """Write a detected catalog as jwst does (`_catalog_output_path`); returns its path."""
+        from .catalogs import write_catalog
+
+        path = write_catalog(catalog, self._catalog_output_path(filename))
         log.info("Wrote source catalog: %s", path)
         return str(path)
 
