@@ -10,6 +10,7 @@ from astropy.table import Table
 from conftest import accuracy, library_of, models_of
 
 from ceers_steps import CatalogStep, CeersTweakRegStep
+from ceers_steps._stpipe import AllImagesFailedError
 from ceers_steps.jwstpars import IGNORED, MAPPED, choose_catalogs, detection_parameters
 
 VISIT_FILTER = "jw01345001001_f200w"
@@ -97,7 +98,7 @@ def test_use_custom_catalogs_false_detects(small_visit_dir, tmp_path):
     for member in data["products"][0]["members"]:
         member["tweakreg_catalog"] = "does_not_exist.ecsv"
     asn.write_text(json.dumps(data))
-    with pytest.raises(Exception, match="does_not_exist"):  # noqa: PT011 - all images fail
+    with pytest.raises(AllImagesFailedError, match="does_not_exist"):
         CeersTweakRegStep.call(str(asn), minobj=8, save_fit_results=False, n_jobs=1)
     out = models_of(CeersTweakRegStep.call(str(asn), use_custom_catalogs=False, minobj=8,
                                            save_fit_results=False, n_jobs=1))
@@ -279,3 +280,38 @@ def test_named_catalog_is_fetched_around_the_visit(builtin_visit, monkeypatch):
     assert all(m.meta.wcs.name == "FIT-LVL3-GAIADR3" for m in out)
     median, _ = accuracy(out, v)
     assert median < 10
+
+
+# --- our own detection on realistic frames, in memory: one image's failure is its own --------
+
+def test_in_memory_detection_failures_stay_per_image(tmp_path):
+    """Models without catalogs are detected through `_find_sources` (realistic frames: hot
+    pixels, cosmic rays, snowballs, 1/f, saturated stars, NaN borders); an all-NaN frame and a
+    detection that raises fail only their own image."""
+    from ceers_steps.synthetic import make_visit
+
+    v = make_visit(detectors=("nrca1", "nrca3"), n_dithers=3, shape=(1024, 1024), noise=0.03,
+                   use_real=False, seed=4, artifacts=True)
+    refcat = tmp_path / "refcat.ecsv"
+    v.refcat.write(refcat)
+    models = [im.model.copy() for im in v.images]
+    models[1].data[:] = np.nan
+    broken = models[4].meta.filename
+
+    class Step(CeersTweakRegStep):
+        def _find_sources(self, image_model):
+            if image_model.meta.filename == broken:
+                raise RuntimeError("SEP extraction failed: internal pixel buffer full")
+            return super()._find_sources(image_model)
+
+    from jwst.datamodels import ModelLibrary
+
+    out = models_of(Step.call(ModelLibrary(models), abs_refcat=str(refcat), minobj=8,
+                              abs_minobj=8, save_fit_results=False, use_custom_catalogs=False))
+    status = {m.meta.filename: m.meta.cal_step.tweakreg for m in out}
+    assert status.pop(models[1].meta.filename) == "FAILED"
+    assert status.pop(broken) == "FAILED"
+    assert set(status.values()) == {"COMPLETE"}
+    good = [i for i, m in enumerate(out) if m.meta.cal_step.tweakreg == "COMPLETE"]
+    median, worst = accuracy([out[i] for i in good], v, subset=good)
+    assert median < 5 and worst < 15, (median, worst)
