@@ -28,6 +28,7 @@ __all__ = [
     "absolute_align",
     "align_visit",
     "relative_align",
+    "relative_joint",
     "result_row",
     "visit_plane",
 ]
@@ -219,12 +220,15 @@ def result_row(stage, group, image, status, fitgeometry, fit_info=None, **values
     ``nmatch_all`` (matches before clipping), ``rmse`` and ``mae`` (arcsec),
     ``xshift`` and ``yshift`` (arcsec, in tweakwcs' frame: the tangent plane of
     the fit's first image, V2/V3 axes), ``rotation`` (deg), ``scale``,
-    ``fitgeometry``. Numbers come from tweakwcs' ``fit_info`` when given, else
-    from ``values``; a failed fit has zeros (as CEERS wrote) and NaN-free columns.
+    ``fitgeometry``, ``err_center`` and ``err_corner`` (mas, the joint fit's
+    uncertainty of the aligned image; NaN where not computed). Numbers come from
+    tweakwcs' ``fit_info`` when given, else from ``values``; a failed fit has
+    zeros in CEERS' columns (as CEERS wrote).
     """
     row = {"stage": stage, "group": group, "image": image, "status": status,
            "nmatch": 0, "nmatch_all": 0, "rmse": 0.0, "mae": 0.0, "xshift": 0.0, "yshift": 0.0,
-           "rotation": 0.0, "scale": 1.0, "fitgeometry": fitgeometry}
+           "rotation": 0.0, "scale": 1.0, "fitgeometry": fitgeometry, "err_center": np.nan,
+           "err_corner": np.nan}
     if fit_info is not None and fit_info.get("status") == "SUCCESS":
         geom = fit_info.get("fitgeom", fitgeometry)
         rot = fit_info["proper_rot"] if geom in ("rshift", "rscale") else fit_info["<rot>"]
@@ -814,6 +818,10 @@ def _absolute_joint(images, refcat, params, visit_name):
                                             fit.shift + fit.detector_shift[det], geom, frame=corr)
         corr.set_correction(matrix=fit.matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
         new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
+    errors = {i: _uncertainty(fit, index[i], images[i], plane) for i in kept}
+    log.info("%s: uncertainty of the aligned images (1-sigma, mas, centre / worst corner): %s",
+             visit_name, ", ".join(f"{images[i].name} {e['err_center']:.2f}/{e['err_corner']:.2f}"
+                                   for i, e in errors.items()))
     size = max(s for _, s in new_wcs.values())
     status = "SUCCESS"
     if size > limit:
@@ -831,7 +839,7 @@ def _absolute_joint(images, refcat, params, visit_name):
         rows.append(result_row("relative", visit_name, im.name, status, "shift",
                                nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
                                mae=st["mae"], xshift=rel_frame[i]["xshift"],
-                               yshift=rel_frame[i]["yshift"]))
+                               yshift=rel_frame[i]["yshift"], **errors[i]))
     for det, name in det_group.items():
         st = fit.detector_stats.get(det)
         frame = abs_frame.get(det)
@@ -844,7 +852,109 @@ def _absolute_joint(images, refcat, params, visit_name):
             rows.append(result_row("absolute", name, im.name, status, geom,
                                    nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
                                    mae=st["mae"], detector_term=bool(fit.detector_significant[det]),
-                                   **frame))
+                                   **frame, **errors[i]))
+    return rows
+
+
+def _uncertainty(fit, index, im, plane):
+    """The fit's 1-sigma uncertainty (mas) of an image's aligned position, centre and worst corner."""
+    ra, dec = _footprint(im.model.meta.wcs)
+    corners = np.column_stack(plane.world_to_tanp(ra, dec))
+    sigma = 1e3 * fit.position_sigma(index, np.vstack([corners.mean(axis=0), corners]))
+    return {"err_center": float(sigma[0]), "err_corner": float(np.max(sigma[1:]))}
+
+
+def relative_joint(images, params, visit_name, runs):
+    """
+    Relative alignment with the joint model: one shift per dither, shared by the
+    detectors of that exposure, from every source seen in two images.
+
+    The first dither is the reference (its images are untouched, status
+    ``REFERENCE``); each other dither's shift comes from all its detections
+    linked to another image's detection of the same source (dithers of one
+    detector, and neighbouring detectors where dithers overlap). Each dither's
+    start value is a 2-D histogram of its offsets within ``searchrad`` against
+    the first dither, so dither errors larger than ``tolerance`` are found.
+
+    Parameters
+    ----------
+    images : list of AlignImage
+        All images of one visit and filter.
+    params : RelativeParameters
+    visit_name : str
+    runs : dict
+        Run name (``<visit>_<filter>_<detector>``) -> image indices: names the rows.
+
+    Returns
+    -------
+    rows : list of dict
+    """
+    from .correctors import StackedJWSTWCSCorrector
+
+    run_of = {i: name for name, idx in runs.items() for i in idx}
+    dithers = list(dict.fromkeys(im.key.exposure for im in images))
+
+    def failed(reason):
+        return [result_row("relative", run_of[i], im.name, f"FAILED: {reason}", "shift")
+                for i, im in enumerate(images)]
+
+    if len(dithers) < 2:
+        return failed("At least two exposures are required for image alignment")
+    confusion = confusion_problem("", params.separation, params.tolerance)
+    if confusion:
+        log.warning("%s: relative alignment failed: %s", visit_name, confusion)
+        return failed(confusion)
+    plane = visit_plane(images)
+    positions = [_plane_positions(im, plane) for im in images]
+    jp = JointParameters(fitgeometry="shift", searchrad=params.searchrad,
+                         separation=params.separation, tolerance=params.tolerance,
+                         minobj=params.minobj, detector_terms=False)
+    fit = joint_fit(positions, [im.key.exposure for im in images],
+                    [im.key.detector for im in images], None, jp)
+    if not fit.success:
+        reason = fit.status.removeprefix("FAILED: ")
+        log.warning("%s: relative alignment failed: %s", visit_name, reason)
+        return failed(reason)
+    # A dither tied to the others by fewer than minobj detections is not aligned, nor an
+    # image none of whose sources was seen in another image.
+    linked = {d: fit.dither_stats[d]["nmatch"] for d in dithers}
+    bad = {}
+    for i, im in enumerate(images):
+        d = im.key.exposure
+        if d != dithers[0] and linked[d] < params.minobj:
+            bad[i] = (f"only {linked[d]} detections of exposure {d} matched to other images "
+                      f"(minobj {params.minobj})")
+        elif fit.image_stats[i]["nmatch"] == 0:
+            bad[i] = "none of its sources matched a source of another image"
+    limit = 2 * (params.searchrad + params.tolerance)
+    rows = []
+    for i, im in enumerate(images):
+        st = fit.image_stats[i]
+        if i in bad:
+            log.warning("%s: %s: not aligned: %s; its WCS is left unchanged", visit_name, im.name,
+                        bad[i])
+            rows.append(result_row("relative", run_of[i], im.name, f"FAILED: {bad[i]}", "shift"))
+            continue
+        values = dict(nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
+                      mae=st["mae"])
+        if im.key.exposure == dithers[0]:
+            rows.append(result_row("relative", run_of[i], im.name, "REFERENCE", "shift",
+                                   **values))
+            continue
+        errors = _uncertainty(fit, i, im, plane)
+        corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
+        frame = tweakwcs_frame(im, plane, np.eye(2), fit.image_shift[i], "shift", frame=corr)
+        corr.set_correction(matrix=np.eye(2), shift=fit.image_shift[i], ref_tpwcs=plane)
+        size = _correction_size(corr.original_wcs, corr.wcs)
+        status = "SUCCESS"
+        if size > limit:
+            status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
+            log.warning("%s: %s: %s; WCS left unchanged", visit_name, im.name, status)
+        else:
+            im.set_wcs(corr.wcs)
+        rows.append(result_row("relative", run_of[i], im.name, status, "shift",
+                               xshift=frame["xshift"], yshift=frame["yshift"], **values,
+                               **(errors if status == "SUCCESS" else {})))
     return rows
 
 
@@ -876,6 +986,11 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     """
     Align all images of one visit and filter: relative per group, then absolute.
 
+    With ``abs_.group == "joint"`` the absolute stage is one joint fit that also does
+    the relative alignment; without a reference catalog, ``group_by="detector"`` and
+    a ``shift`` relative geometry, the relative alignment is the joint model's
+    (`relative_joint`); otherwise tweakwcs' relative fit per group.
+
     Parameters
     ----------
     images : list of AlignImage
@@ -905,8 +1020,10 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     runs, group_ids = group_images(keys, group_by)
     visit_name = images[0].key.visit_filter
     rows = []
-    joint = refcat is not None and abs_.group == "joint"
-    if not joint:
+    joint = abs_.group == "joint"
+    if joint and refcat is None and group_by == "detector" and rel.fitgeometry == "shift":
+        rows += relative_joint(images, rel, visit_name, runs)
+    elif refcat is None or not joint:
         run_rows = _run_groups(_relative_group_task, images,
                                [(name, idx, rel) for name, idx in runs.items()], runner,
                                "Relative fits", extra=lambda idx: ([group_ids[i] for i in idx],))

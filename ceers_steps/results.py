@@ -20,9 +20,11 @@ __all__ = [
 ]
 
 COLUMNS = ("stage", "group", "image", "status", "nmatch", "nmatch_all", "rmse", "mae", "xshift",
-           "yshift", "rotation", "scale", "fitgeometry")
+           "yshift", "rotation", "scale", "fitgeometry", "err_center", "err_corner")
 _UNITS = {"rmse": "arcsec", "mae": "arcsec", "xshift": "arcsec", "yshift": "arcsec",
-          "rotation": "deg"}
+          "rotation": "deg", "err_center": "mas", "err_corner": "mas"}
+#: Columns an older results file may lack, and their value then (not computed).
+_MISSING = {"err_center": float("nan"), "err_corner": float("nan")}
 
 #: Header of CEERS' ``tweakreg_results_all.<visit>.txt`` (run_tweakreg.py), verbatim.
 CEERS_HEADER = (
@@ -40,11 +42,16 @@ def results_table(rows, meta=None):
     Columns: ``stage``, ``group``, ``image``, ``status``, ``nmatch`` (sources of
     the final solution, after clipping: CEERS' NMATCH), ``nmatch_all`` (matches
     before clipping), ``rmse``, ``mae``, ``xshift``, ``yshift`` (arcsec, in
-    tweakwcs' frame), ``rotation`` (deg), ``scale``, ``fitgeometry``.
+    tweakwcs' frame), ``rotation`` (deg), ``scale``, ``fitgeometry``,
+    ``err_center`` and ``err_corner`` (mas): 1-sigma semi-major axis of the
+    error ellipse of the image's aligned position at its centre and at its
+    worst corner, from the joint fit's covariance (NaN where not computed:
+    the tweakwcs modes and failed fits).
     """
-    table = Table(rows=[[row[c] for c in COLUMNS] for row in rows], names=COLUMNS,
+    table = Table(rows=[[row.get(c, _MISSING.get(c)) for c in COLUMNS] for row in rows],
+                  names=COLUMNS,
                   dtype=("U8", "U64", "U64", "U200", "i4", "i4", "f8", "f8", "f8", "f8", "f8", "f8",
-                         "U8"))
+                         "U8", "f8", "f8"))
     for name, unit in _UNITS.items():
         table[name].unit = unit
     table.meta.update(meta or {})
@@ -64,8 +71,8 @@ def rows_of_other_images(earlier, table):
     others = [row for row in earlier if str(row["image"]) not in ours]
     if not others:
         return None
-    return results_table([{c: row[c] if c in row.colnames else 0 for c in COLUMNS}
-                          for row in others])
+    return results_table([{c: row[c] if c in row.colnames else _MISSING.get(c, 0)
+                           for c in COLUMNS} for row in others])
 
 
 def merge_results(others, table):

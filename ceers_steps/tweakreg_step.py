@@ -99,7 +99,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift')  # Absolute fit geometry (CEERS: rshift SW, rscale LW)
         abs_nclip = integer(min=0, default=1)  # Absolute (detector/visit): clipping iterations
         abs_sigma = float(min=0.0, default=0.7)  # Absolute (detector/visit): clipping limit in units of the fit RMSE
-        abs_significance = float(min=0.0, default=3.0)  # Joint fit: keep a per-detector offset above this many sigma
+        abs_significance = float(min=0.0, default=3.0)  # Joint fit: fit detector offsets when jointly above this many sigma
         abs_image_minobj = integer(min=1, default=3)  # Absolute: matches each image needs of its own after the fit (and more than chance gives) to be called aligned
         abs_mag_min = float(default=None)  # Use only reference sources at least this faint (needs a MAG column)
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright (needs a MAG column)

@@ -56,6 +56,87 @@ def test_joint_fit_long_wavelength_rscale(real_lw_visit):
                          goal=(1.5, 3.0))
 
 
+def test_uncertainty_is_in_the_results_and_honest(real_sw_visit, tmp_path):
+    """Each aligned image's 1-sigma uncertainty (mas) is in the ECSV; the true error agrees."""
+    v = real_sw_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]),
+                                           output_dir=str(tmp_path), **CEERS_F200W))
+    table = Table.read(tmp_path / "jw01345001001_f200w_tweakreg_results.ecsv")
+    assert table["err_center"].unit == "mas" and table["err_corner"].unit == "mas"
+    assert len(table) == 48 and set(table["status"]) == {"SUCCESS"}
+    # ~10 mas intrinsic offsets over ~400 galaxies: ~0.5-1 mas; corners farther from the centre.
+    assert np.all((table["err_center"] > 0.3) & (table["err_center"] < 1.5))
+    assert np.all(table["err_corner"] >= table["err_center"])
+    errors = []
+    for m, im in zip(out, v["visit"].images, strict=True):
+        row = table[(table["image"] == m.meta.filename) & (table["stage"] == "absolute")][0]
+        true = float(angular_separation_mas(*m.meta.wcs(1023.5, 1023.5),
+                                            *im.true_wcs(1023.5, 1023.5)))
+        errors.append(true / row["err_center"])
+    # One draw: every image shares the common error, so only a loose check (the 95% test over
+    # many draws is in test_jointfit.py).
+    assert np.median(errors) < 3.0
+
+
+def test_tweakwcs_modes_leave_the_uncertainty_unset(builtin_visit, tmp_path):
+    v = builtin_visit
+    CeersTweakRegStep.call(library_of(v["visit"]), abs_refcat=str(v["refcat"]), abs_group="detector",
+                           output_dir=str(tmp_path))
+    table = Table.read(tmp_path / "jw01345001001_f200w_tweakreg_results.ecsv")
+    assert np.all(np.isnan(table["err_center"])) and np.all(np.isnan(table["err_corner"]))
+
+
+def test_relative_only_joint_fit_registers_the_dithers(real_sw_visit, tmp_path):
+    """
+    Without a reference catalog the joint model ties each exposure to the first through every
+    source seen twice: the dithers of each detector agree to <= 0.5 mas (median over pairs).
+    """
+    from ceers_steps.wcs_utils import world_to_pixel_exact
+
+    v = real_sw_visit
+    out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), output_dir=str(tmp_path),
+                                           **CEERS_F200W))
+    images = v["visit"].images
+    # The joint model did it: the first exposure is the reference of every detector, and each
+    # other image's dither term comes with its uncertainty (tweakwcs' relative fit has none).
+    table = Table.read(tmp_path / "jw01345001001_f200w_tweakreg_results.ecsv")
+    reference = table["status"] == "REFERENCE"
+    assert sorted(table["image"][reference]) == sorted(im.model.meta.filename for im in images
+                                                       if im.dither == 0)
+    assert set(table["status"][~reference]) == {"SUCCESS"}
+    assert np.all((table["err_center"][~reference] > 0) & (table["err_center"][~reference] < 0.3))
+    x, y = pixel_grid((2048, 2048), 8)
+    pairs = []
+    for det in {im.detector for im in images}:
+        idx = [i for i, im in enumerate(images) if im.detector == det]
+        for a in idx:
+            for b in idx:
+                if b <= a:
+                    continue
+                # The same sky points seen in both images: where does each aligned WCS put them?
+                ra, dec = images[a].true_wcs(x, y)
+                xb, yb = world_to_pixel_exact(images[b].true_wcs, ra, dec)
+                inside = (xb > 0) & (xb < 2047) & (yb > 0) & (yb < 2047)
+                sep = angular_separation_mas(*out[a].meta.wcs(x[inside], y[inside]),
+                                             *out[b].meta.wcs(xb[inside], yb[inside]))
+                pairs.append(float(np.sqrt(np.mean(np.asarray(sep) ** 2))))
+    before = []
+    for det in {im.detector for im in images}:
+        idx = [i for i, im in enumerate(images) if im.detector == det]
+        ra, dec = images[idx[0]].true_wcs(x, y)
+        xb, yb = world_to_pixel_exact(images[idx[1]].true_wcs, ra, dec)
+        inside = (xb > 0) & (xb < 2047) & (yb > 0) & (yb < 2047)
+        before.append(float(np.median(angular_separation_mas(
+            *images[idx[0]].model.meta.wcs(x[inside], y[inside]),
+            *images[idx[1]].model.meta.wcs(xb[inside], yb[inside])))))
+    assert np.median(before) > 10  # the injected dither errors (~20 mas)
+    assert len(pairs) == 24 and np.median(pairs) <= 0.5, pairs  # measured: 0.09 mas
+    # The first exposure is the reference: untouched.
+    first = [i for i, im in enumerate(images) if im.dither == 0]
+    for i in first:
+        assert out[i].meta.wcs(10.0, 20.0) == images[i].model.meta.wcs(10.0, 20.0)
+
+
 def test_visit_mode_cannot_remove_detector_errors(real_sw_det_visit):
     """The jwst-like rigid fit leaves the detector offsets in: the reason for the joint default."""
     v = real_sw_det_visit
