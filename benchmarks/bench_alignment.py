@@ -49,7 +49,45 @@ def score(models, visit):
     return alignment_accuracy(models, [image.true_wcs for image in visit.images])
 
 
-def run_ceers(visit, refcat_path, params, mode):
+#: Seconds spent in `joint_fit` and the reported uncertainty (mas) per image, of the last run.
+FIT_SECONDS, REPORTED = [], {}
+
+
+def _instrument():
+    """Time the joint fit itself and keep each image's reported uncertainty."""
+    from ceers_steps import alignment
+
+    fit, uncertainty = alignment.joint_fit, alignment._uncertainty
+
+    def timed_fit(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fit(*args, **kwargs)
+        FIT_SECONDS.append(time.perf_counter() - t0)
+        return out
+
+    def kept_uncertainty(fit_result, index, im, plane):
+        out = uncertainty(fit_result, index, im, plane)
+        REPORTED[im.name] = out["err_center"]
+        return out
+
+    alignment.joint_fit, alignment._uncertainty = timed_fit, kept_uncertainty
+
+
+def centre_errors(models, visit):
+    """On-sky error (mas) of each aligned image's centre against its true WCS."""
+    from ceers_steps.wcs_utils import angular_separation_mas
+
+    out = {}
+    for model, image in zip(models, visit.images, strict=True):
+        ny, nx = model.data.shape
+        cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+        ra, dec = model.meta.wcs(cx, cy)
+        ra0, dec0 = image.true_wcs(cx, cy)
+        out[model.meta.filename] = float(angular_separation_mas(ra, dec, ra0, dec0))
+    return out
+
+
+def run_ceers(visit, refcat_path, params, mode, trace=True):
     from jwst.datamodels import ModelLibrary
 
     from ceers_steps import CeersTweakRegStep
@@ -59,12 +97,16 @@ def run_ceers(visit, refcat_path, params, mode):
                                       save_fit_results=False, **params)
 
     # Memory in a traced run; time in an untraced one (tracing slows Python down).
+    peak = float("nan")
+    if trace:
+        library = ModelLibrary([im.model.copy() for im in visit.images])
+        tracemalloc.start()
+        call(library)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
     library = ModelLibrary([im.model.copy() for im in visit.images])
-    tracemalloc.start()
-    call(library)
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    library = ModelLibrary([im.model.copy() for im in visit.images])
+    FIT_SECONDS.clear()
+    REPORTED.clear()
     t0 = time.perf_counter()
     result = call(library)
     dt = time.perf_counter() - t0
@@ -108,6 +150,8 @@ def main():
     parser.add_argument("--oracle", action="store_true",
                         help="also print the oracle floor: the joint model fitted to the same "
                              "catalogs placed through the true WCS")
+    parser.add_argument("--no-trace", action="store_true",
+                        help="skip the traced run that measures peak memory (half the time)")
     parser.add_argument("--frames", choices=("clean", "realistic", "both"), default="clean",
                         help="render clean frames, frames with real cal-file nuisances, or both")
     src = parser.add_mutually_exclusive_group()
@@ -116,6 +160,7 @@ def main():
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
+    _instrument()
 
     lw = args.case == "lw"
     detectors = LW_DETECTORS if lw else SW_DETECTORS
@@ -134,12 +179,29 @@ def main():
             run_seed(args, visit, params, seed, kind, summary)
     print()
     for (kind, method), values in summary.items():
+        if method == "uncertainty":
+            z = np.array(values)
+            print(f"{kind:>9} reported uncertainty: true centre error within 2x the reported "
+                  f"1-sigma (semi-major) for {np.mean(z < 2):.1%} of {len(z)} images, within 2.45x "
+                  f"(2-D 95%) for {np.mean(z < 2.45):.1%}; joint fit "
+                  f"{np.median(summary[(kind, 'fit seconds')]):.2f} s median, "
+                  f"{np.max(summary[(kind, 'fit seconds')]):.2f} s max per visit")
+            continue
+        if method == "fit seconds":
+            continue
         med = np.median([v[0] for v in values])
         worst = np.median([v[1] for v in values])
+        crashed = sum(1 for v in values if not np.isfinite(v[0]))
         print(f"{kind:>9} {method:>18}: median over {len(values)} draws {med:.2f} mas median, "
-              f"{worst:.2f} mas worst")
+              f"{worst:.2f} mas worst" + (f" (crashed on {crashed}, counted as infinite)"
+                                          if crashed else ""))
+        if method != "ceers_tweak joint" and (kind, "ceers_tweak joint") in summary:
+            ours = np.array([v[0] for v in summary[(kind, "ceers_tweak joint")]])
+            other = np.array([v[0] for v in values])
+            print(f"{'':>9} {'':>18}  joint minus this, per draw (mas): "
+                  + " ".join(f"{d:+.2f}" for d in ours - other))
     if len(frames) == 2:
-        for method in {m for _, m in summary}:
+        for method in {m for _, m in summary} - {"uncertainty", "fit seconds"}:
             c = np.median([v[0] for v in summary[("clean", method)]])
             r = np.median([v[0] for v in summary[("realistic", method)]])
             print(f"{method}: realistic / clean median = {r / c:.3f}")
@@ -158,8 +220,13 @@ def run_seed(args, visit, params, seed, kind, summary):
             image.model.meta.tweakreg_catalog = str(path)
         n_src = f"{np.mean(n_sources):.1f}"
         for mode in args.modes:
-            models, dt, peak = run_ceers(visit, refcat_path, params, mode)
+            models, dt, peak = run_ceers(visit, refcat_path, params, mode, not args.no_trace)
             med, worst = score(models, visit)
+            if mode == "joint":
+                errors = centre_errors(models, visit)
+                summary.setdefault((kind, "uncertainty"), []).extend(
+                    errors[name] / REPORTED[name] for name in errors if name in REPORTED)
+                summary.setdefault((kind, "fit seconds"), []).extend(FIT_SECONDS)
             label = "ceers_tweak " + mode
             summary.setdefault((kind, label), []).append((med, worst))
             print(f"{seed:>4} {kind:>9} {label:>18} {med:>11.2f} {worst:>10.2f} {dt:>8.1f} "
@@ -171,7 +238,13 @@ def run_seed(args, visit, params, seed, kind, summary):
             print(f"{seed:>4} {kind:>9} {'oracle floor':>18} {med:>11.2f} {worst:>10.2f} "
                   f"{'':>8} {'':>9} {n_src:>11}", flush=True)
         if args.jwst:
-            models, dt = run_jwst(visit, refcat_path, params)
+            try:
+                models, dt = run_jwst(visit, refcat_path, params)
+            except Exception as exc:  # noqa: BLE001 - jwst's own crash is a result to report
+                summary.setdefault((kind, "jwst TweakRegStep"), []).append((np.inf, np.inf))
+                print(f"{seed:>4} {kind:>9} {'jwst TweakRegStep':>18} crashed: "
+                      f"{type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                return
             med, worst = score(models, visit)
             summary.setdefault((kind, "jwst TweakRegStep"), []).append((med, worst))
             print(f"{seed:>4} {kind:>9} {'jwst TweakRegStep':>18} {med:>11.2f} {worst:>10.2f} "
