@@ -457,6 +457,35 @@ def _center_offsets(models, visit):
     return np.array(out)
 
 
+def test_relative_only_joint_fit_isolates_a_wrong_catalog(builtin_visit, tmp_path):
+    """One image whose catalog belongs elsewhere (3" off) is FAILED alone; the others align."""
+    v = builtin_visit
+    models = models_of(library_of(v["visit"]))
+    bad = models[4]
+    from jwst.datamodels import ModelLibrary
+
+    assert v["visit"].images[4].dither == 1  # not the reference exposure
+    cat = Table.read(bad.meta.tweakreg_catalog)
+    xname = next(n for n in ("x", "xcentroid", "x_centroid") if n in cat.colnames)
+    yname = xname.replace("x", "y", 1)
+    cat[xname] += 48.0  # ~1.8" away: far beyond the tolerance, its sources match nothing
+    cat[yname] -= 30.0
+    path = tmp_path / "wrong_cat.ecsv"
+    cat.write(path)
+    bad.meta.tweakreg_catalog = str(path)
+    step = CeersTweakRegStep(minobj=8, tolerance=0.1, separation=0.2, save_fit_results=False)
+    out = models_of(step.run(ModelLibrary(models)))
+    status = {m.meta.filename: m.meta.cal_step.tweakreg for m in out}
+    assert status.pop(bad.meta.filename) == "FAILED"
+    assert set(status.values()) == {"COMPLETE"}
+    # Its WCS is its input's; the others are registered (a dither's term is shared by its
+    # detectors, so the bad image's neighbours in that exposure are aligned too).
+    after = _center_offsets(out, v["visit"])
+    for det in ("nrca1", "nrca3", "nrcb2", "nrcb4"):
+        idx = [i for i, im in enumerate(v["visit"].images) if im.detector == det and i != 4]
+        assert np.ptp(after[idx], axis=0).max() < 5, det
+
+
 @pytest.mark.parametrize("group_by", ["detector", "exposure"])
 def test_relative_only_brings_dithers_together(builtin_visit, group_by):
     """Without abs_refcat: the dithers of each detector end up registered to each other."""
