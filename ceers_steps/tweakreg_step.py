@@ -31,10 +31,13 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     input otherwise) and fits shifts. Absolute alignment to ``abs_refcat`` is,
     with ``abs_group``:
 
-    - ``joint`` (default): one least-squares fit per visit and filter with a
-      common rotation (and scale for ``rscale``), a common shift, one shift per
-      dither and one shift per detector kept only where significant; per-dither
-      shifts replace the relative fit;
+    - ``joint`` (default): one least-squares fit per visit and filter of every
+      match, image to image and image to reference, with a common rotation (and
+      scale for ``rscale``), a common shift, one shift per dither and one shift per
+      detector when the detector offsets are significant; per-dither shifts
+      replace the relative fit, and each image's uncertainty is in the results
+      (``err_center``, ``err_corner``, mas). Without ``abs_refcat`` the relative
+      alignment (``group_by`` detector, ``fitgeometry`` shift) is the same model's;
     - ``detector``: one tweakwcs fit per relative group, as CEERS did;
     - ``visit``: one rigid tweakwcs fit of all images, as jwst does.
 
