@@ -477,7 +477,7 @@ def _residuals(model, obs, p, dith, det, ref_xy, w_det, w_ref):
 
 
 def _robust_sigma(r):
-    """Per-axis scatter from the median absolute deviation (Gaussian-equivalent)."""
+    """Per-axis scatter from the median absolute deviation (Gaussian-equivalent; `judge`'s)."""
     s = 1.4826 * np.median(np.abs(r - np.median(r, axis=0)), axis=0)
     return np.maximum(s, 1e-6)
 
@@ -670,7 +670,7 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     fitted = tuple(range(n_det)) if (absolute and params.detector_terms == "all"
                                      and n_det > 1) else ()
     test_terms = absolute and params.detector_terms is True and n_det > 1
-    prev, obs, cov, layout = None, None, None, None
+    prev, obs = None, None
 
     def weights(o):
         w_det = np.full(len(o.det), 1.0 / sig_cen2)
@@ -694,7 +694,7 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
         for _ in range(max(params.nclip, 0) + 1):
             o = obs.subset(keep_det, keep_ref)
             w_det, w_ref = weights(o)
-            cov, lev_det, lev_ref = _solve(model, layout, o, p, dith, det, ref_xy, w_det, w_ref)
+            _, lev_det, lev_ref = _solve(model, layout, o, p, dith, det, ref_xy, w_det, w_ref)
             r_det, h_det, r_ref, h_ref = _residuals(model, o, p, dith, det, ref_xy, w_det, w_ref)
             h_det, h_ref = h_det + lev_det, h_ref + lev_ref
             # Variances from the residuals (mean squares: what the covariance needs). The
