@@ -416,6 +416,23 @@ class _Observations:
                              self.ref_comp[keep_ref], self.n_comp)
 
 
+def _source_means(obs, w_det, w_ref, det_values, ref_values):
+    """
+    Weighted mean over each source's observations of per-observation values
+    (``det_values`` (n, m) for its detections, ``ref_values`` (r, m) for its
+    reference source), and each source's weight sum.
+    """
+    def total(comp, w, values):
+        spread = coo_matrix((w, (comp, np.arange(len(comp)))), shape=(obs.n_comp, len(comp)))
+        return spread.tocsr() @ values
+
+    wsum = np.bincount(obs.det_comp, w_det, obs.n_comp) + np.bincount(obs.ref_comp, w_ref,
+                                                                       obs.n_comp)
+    wsum = np.where(wsum > 0, wsum, 1.0)
+    sums = total(obs.det_comp, w_det, det_values) + total(obs.ref_comp, w_ref, ref_values)
+    return sums / wsum[:, None], wsum
+
+
 def _solve(model, layout, obs, p, dith, det, ref_xy, w_det, w_ref):
     """
     One Gauss-Newton step of the weighted least-squares fit; ``model`` is updated.
@@ -425,19 +442,18 @@ def _solve(model, layout, obs, p, dith, det, ref_xy, w_det, w_ref):
     """
     di, ci, ri, rci = obs.det, obs.det_comp, obs.ref, obs.ref_comp
     pts = p[di]
-    xlin = pts @ model.matrix.T
     v = model.apply(pts, dith[di], det[di])
     q = ref_xy[ri] if len(ri) else np.zeros((0, 2))
-    jac = layout.design(xlin, dith[di], det[di])
-    wsum = (np.bincount(ci, w_det, obs.n_comp) + np.bincount(rci, w_ref, obs.n_comp))
-    wsum = np.where(wsum > 0, wsum, 1.0)
+    jac = layout.design(pts @ model.matrix.T, dith[di], det[di])
+    k = layout.k
+    # Centring on each source's weighted mean eliminates its position (reference sources
+    # have no visit terms: zero Jacobian).
+    means, _ = _source_means(obs, w_det, w_ref, np.column_stack([v, jac[0], jac[1]]),
+                             np.column_stack([q, np.zeros((len(ri), 2 * k))]))
     sd, sr = np.sqrt(w_det), np.sqrt(w_ref)
     rows, rhs = [], []
     for axis in (0, 1):
-        vbar = (np.bincount(ci, w_det * v[:, axis], obs.n_comp)
-                + np.bincount(rci, w_ref * q[:, axis], obs.n_comp)) / wsum
-        jbar = np.column_stack([np.bincount(ci, w_det * jac[axis, :, c], obs.n_comp)
-                                for c in range(layout.k)]).reshape(obs.n_comp, layout.k) / wsum[:, None]
+        vbar, jbar = means[:, axis], means[:, 2 + axis * k:2 + (axis + 1) * k]
         rows += [sd[:, None] * (jac[axis] - jbar[ci]), -sr[:, None] * jbar[rci]]
         rhs += [-sd * (v[:, axis] - vbar[ci]), -sr * (q[:, axis] - vbar[rci])]
     a, b = np.vstack(rows), np.concatenate(rhs)
@@ -468,11 +484,7 @@ def _residuals(model, obs, p, dith, det, ref_xy, w_det, w_ref):
     di, ci, ri, rci = obs.det, obs.det_comp, obs.ref, obs.ref_comp
     v = model.apply(p[di], dith[di], det[di])
     q = ref_xy[ri] if len(ri) else np.zeros((0, 2))
-    wsum = np.bincount(ci, w_det, obs.n_comp) + np.bincount(rci, w_ref, obs.n_comp)
-    wsum = np.where(wsum > 0, wsum, 1.0)
-    mean = np.column_stack([(np.bincount(ci, w_det * v[:, a], obs.n_comp)
-                             + np.bincount(rci, w_ref * q[:, a], obs.n_comp)) / wsum
-                            for a in (0, 1)])
+    mean, wsum = _source_means(obs, w_det, w_ref, v, q)
     return v - mean[ci], w_det / wsum[ci], q - mean[rci], w_ref / wsum[rci]
 
 

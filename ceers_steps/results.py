@@ -61,7 +61,8 @@ def results_table(rows, meta=None):
 def rows_of_other_images(earlier, table):
     """
     The rows of an earlier results table for images not in ``table``, in this
-    release's columns (a column an older file lacks is 0), or None when there are none.
+    release's columns (a column an older file lacks is 0, or NaN for the
+    uncertainty columns), or None when there are none.
 
     One visit's detectors aligned by separate calls (CEERS ran one per detector)
     share the visit's results files: each call replaces its own images' rows and
