@@ -554,7 +554,7 @@ def _refcat_near(refcat, images, plane, margin):
     return keep, np.column_stack([rx[keep], ry[keep]])
 
 
-def absolute_align(images, refcat, params, group_names, visit_name, runner=None):
+def absolute_align(images, refcat, params, group_names, visit_name, runner=None, info=None):
     """
     Align images to an absolute reference catalog.
 
@@ -574,6 +574,9 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None)
     runner : callable, optional
         ``runner(func, tasks, label=..., names=...)`` running independent group
         fits (`ceers_steps.engine.run_tasks` with the step's ``n_jobs``); serial if None.
+    info : dict, optional
+        Filled with ``terms`` (`ceers_steps.jointfit.JointFitResult.terms`) by a
+        successful joint fit.
 
     Returns
     -------
@@ -590,7 +593,7 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None)
         log.warning("%s: abs_separation %.3g <= sqrt(2) x abs_tolerance %.3g: matches may be "
                     "confused", visit_name, params.separation, params.tolerance)
     if params.group == "joint":
-        return _absolute_joint(images, refcat, params, visit_name)
+        return _absolute_joint(images, refcat, params, visit_name, info=info)
     if params.group == "visit":
         groups = {visit_name: list(range(len(images)))}
     else:
@@ -738,7 +741,7 @@ def _absolute_tweakwcs(images, refcat, params, group):
     return rows
 
 
-def _absolute_joint(images, refcat, params, visit_name):
+def _absolute_joint(images, refcat, params, visit_name, info=None):
     """
     The joint visit fit, then every image judged on its own matches; images that
     fail are left out and the visit refitted without them (at most three rounds).
@@ -827,6 +830,8 @@ def _absolute_joint(images, refcat, params, visit_name):
     if size > limit:
         status = f"FAILED: correction {size:.3g} arcsec exceeds {limit:.3g} arcsec"
         log.warning("%s: %s; WCS left unchanged", visit_name, status)
+    elif info is not None:
+        info["terms"] = fit.terms()
     rows = []
     for i, im in enumerate(images):
         if i in rejected:
@@ -864,7 +869,7 @@ def _uncertainty(fit, index, im, plane):
     return {"err_center": float(sigma[0]), "err_corner": float(np.max(sigma[1:]))}
 
 
-def relative_joint(images, params, visit_name, runs):
+def relative_joint(images, params, visit_name, runs, info=None):
     """
     Relative alignment with the joint model: one shift per dither, shared by the
     detectors of that exposure, from every source seen in two images.
@@ -884,6 +889,8 @@ def relative_joint(images, params, visit_name, runs):
     visit_name : str
     runs : dict
         Run name (``<visit>_<filter>_<detector>``) -> image indices: names the rows.
+    info : dict, optional
+        Filled with ``terms`` (`ceers_steps.jointfit.JointFitResult.terms`) on success.
 
     Returns
     -------
@@ -915,6 +922,8 @@ def relative_joint(images, params, visit_name, runs):
         reason = fit.status.removeprefix("FAILED: ")
         log.warning("%s: relative alignment failed: %s", visit_name, reason)
         return failed(reason)
+    if info is not None:
+        info["terms"] = fit.terms()
     # A dither tied to the others by fewer than minobj detections is not aligned, nor an
     # image none of whose sources was seen in another image.
     linked = {d: fit.dither_stats[d]["nmatch"] for d in dithers}
@@ -982,7 +991,8 @@ def tweakwcs_frame(im, plane, matrix, shift, fitgeom, frame=None):
     return _frame_fit(im, wcs, moved, fitgeom, frame=frame)
 
 
-def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", runner=None):
+def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", runner=None,
+                info=None):
     """
     Align all images of one visit and filter: relative per group, then absolute.
 
@@ -1003,6 +1013,9 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     runner : callable, optional
         Runs the independent group fits (relative runs, absolute per-detector fits)
         in parallel; see `absolute_align`. Results do not depend on it.
+    info : dict, optional
+        Filled with the joint fit's ``terms`` when one succeeded (the visit terms with
+        their uncertainties, `ceers_steps.jointfit.JointFitResult.terms`).
 
     Returns
     -------
@@ -1022,7 +1035,7 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     rows = []
     joint = abs_.group == "joint"
     if joint and refcat is None and group_by == "detector" and rel.fitgeometry == "shift":
-        rows += relative_joint(images, rel, visit_name, runs)
+        rows += relative_joint(images, rel, visit_name, runs, info=info)
     elif refcat is None or not joint:
         run_rows = _run_groups(_relative_group_task, images,
                                [(name, idx, rel) for name, idx in runs.items()], runner,
@@ -1033,5 +1046,6 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
         rows += run_rows
     if refcat is not None:
         detector_groups, _ = group_images(keys, "detector")
-        rows += absolute_align(images, refcat, abs_, detector_groups, visit_name, runner=runner)
+        rows += absolute_align(images, refcat, abs_, detector_groups, visit_name, runner=runner,
+                               info=info)
     return rows

@@ -191,6 +191,59 @@ class JointFitResult:
         jac = np.moveaxis(jac, 1, 0)  # (n, 2, k)
         return jac @ self._cov @ np.swapaxes(jac, 1, 2)
 
+    def terms(self):
+        """
+        The fitted visit terms with their 1-sigma uncertainties, as plain numbers.
+
+        Shifts are on the sky, in mas, ``east`` (RA cos Dec) and ``north``; the
+        common shift is the first dither's, each dither's is relative to the
+        first, detector offsets sum to zero over the fitted detectors (zero and
+        ``fitted: False`` for the others). A relative fit (no reference) has no
+        common terms (``common`` is None).
+
+        Returns
+        -------
+        dict
+            ``common`` (``east``, ``north``, ``err_east``, ``err_north`` mas,
+            ``rotation``, ``err_rotation`` deg, ``scale``, ``err_scale``),
+            ``dithers`` and ``detectors``: lists of dicts with ``id``, ``east``,
+            ``north``, ``err_east``, ``err_north`` (mas; detectors also ``fitted``).
+        """
+        lay, cov = self._layout, self._cov
+
+        def shift(value, rows):
+            c = rows @ cov @ rows.T if rows is not None else np.zeros((2, 2))
+            err = np.sqrt(np.clip(np.diag(c), 0.0, None))
+            # Plane x grows to the west: east is -x.
+            return {"east": 0.0 - 1e3 * float(value[0]), "north": 1e3 * float(value[1]) + 0.0,
+                    "err_east": 1e3 * float(err[0]), "err_north": 1e3 * float(err[1])}
+
+        def cols(c):
+            rows = np.zeros((2, lay.k))
+            rows[0, c], rows[1, c + 1] = 1.0, 1.0
+            return rows
+
+        common = None
+        if lay.absolute:
+            var_rot = var_scale = 0.0
+            n = lay.n_lin
+            if lay.fitgeometry in ("rshift", "rscale"):
+                var_rot = cov[n - 1, n - 1]  # the (-y, x) column: a small rotation, rad
+                var_scale = cov[0, 0] if lay.fitgeometry == "rscale" else 0.0
+            elif lay.fitgeometry == "general":
+                var_rot = (cov[1, 1] + cov[2, 2] - 2 * cov[1, 2]) / 4.0
+                var_scale = (cov[0, 0] + cov[3, 3] + 2 * cov[0, 3]) / 4.0
+            common = {**shift(self.shift, cols(lay.t_col)), "rotation": self.rotation,
+                      "err_rotation": float(np.rad2deg(np.sqrt(max(var_rot, 0.0)))),
+                      "scale": self.scale, "err_scale": float(np.sqrt(max(var_scale, 0.0)))}
+        dithers = [{"id": str(d), **shift(value, cols(lay.dither_col[k]) if k in lay.dither_col
+                                          else None)}
+                   for k, (d, value) in enumerate(self.dither_shift.items())]
+        detectors = [{"id": str(name), "fitted": bool(self.detector_significant[name]),
+                      **shift(value, lay.detector_rows(k))}
+                     for k, (name, value) in enumerate(self.detector_shift.items())]
+        return {"common": common, "dithers": dithers, "detectors": detectors}
+
     def position_sigma(self, image, xy):
         """
         1-sigma semi-major axis of the error ellipse of image ``image``'s aligned
