@@ -291,6 +291,8 @@ def _align_parser():
     p.add_argument("--n-jobs", type=int, default=None,
                    help="worker processes (default: all cores; 1 = serial)")
     p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write <visit>_<filter>_alignment_report.html and the DS9 regions")
     return p
 
 
@@ -333,6 +335,8 @@ def align_main(argv=None):
         print("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
               file=sys.stderr)
     steps["tweakreg"]["save_wcs"] = True
+    if args.no_report:
+        steps["tweakreg"]["save_report"] = False
     from .refcat import named_catalog, refcat_paths
 
     spec = steps["tweakreg"].get("abs_refcat") or ""
@@ -365,6 +369,9 @@ def align_main(argv=None):
         print(format_summary(pipe.results))
     print(f"ceers-align: results in {out_dir / f'{visit}_{filter_name}_tweakreg_results.ecsv'} "
           f"and {out_dir / f'tweakreg_results_all.{visit}_{filter_name}.txt'}")
+    report = getattr(pipe.tweakreg, "report_paths", {}).get(f"{visit}_{filter_name}")
+    if report is not None:
+        print(f"ceers-align: report {report} (open it in a browser)")
     return 0
 
 

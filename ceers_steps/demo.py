@@ -128,10 +128,10 @@ def main(argv=None):
 
     print("Running CeersTweakRegStep (relative + joint absolute fit to the reference catalog) ...")
     aligned = _call(CeersTweakRegStep, str(cat_asn), abs_refcat=str(refcat), save_wcs=True,
-                    output_dir=str(out / "aligned"))
+                    save_report=True, output_dir=str(out / "aligned"))
     before = _accuracy([im.model for im in visit.images], visit)
     after = _accuracy(aligned, visit)
-    print(f"  results tables and WCS models in {out / 'aligned'}")
+    print(f"  results tables, WCS models and the alignment report in {out / 'aligned'}")
 
     print("Running ApplyWcsStep (saved WCS models back onto the untouched cal files) ...")
     reapplied = _call(ApplyWcsStep, [str(p) for p in paths],
@@ -147,6 +147,8 @@ def main(argv=None):
     print(f"  {'after ceers_tweak':28s} {after[0]:8.2f} {after[1]:8.2f}")
     print(f"  {'after apply_wcs':28s} {again[0]:8.2f} {again[1]:8.2f}")
     print(f"Results: {out / 'aligned' / 'tweakreg_results_all.jw01345001001_f200w.txt'}")
+    print(f"Report: {out / 'aligned' / 'jw01345001001_f200w_alignment_report.html'} "
+          "(open it in a browser)")
     print(f"Log: {out / 'demo.log'}")
     n_files, size = _footprint(out)
     print(f"Wrote {n_files} files, {size / 2**20:.1f} MiB, in {out} "

@@ -50,6 +50,8 @@ class TweakRegRun:
 
     def __init__(self, pars):
         self.pars = pars
+        #: Visit and filter -> the alignment report written (`ceers_steps.report`).
+        self.report_paths = {}
 
     def run(self, inputs, catalogs=None, save=False, suffix="tweakreg", stream=None,
               copy_inputs=None):
@@ -168,10 +170,11 @@ class TweakRegRun:
             group = by_visit.setdefault(im.key.visit_filter, [])
             if not im.status.get("unusable"):
                 group.append(im)
-        tables, used_refcats = {}, {}
+        tables, used_refcats, visit_info = {}, {}, {}
         for visit_filter, group in by_visit.items():
             visit_rows = []
             ref_used = None
+            info = visit_info.setdefault(visit_filter, {})
             if group and not_run:
                 visit_rows = [result_row("relative", visit_filter, im.name, f"FAILED: {not_run}",
                                          self.pars.fitgeometry) for im in group]
@@ -181,7 +184,7 @@ class TweakRegRun:
                     ref_used = self._refcat_at_epoch(refcat, group, visit_filter)
                     used_refcats[visit_filter] = ref_used
                 visit_rows = align_visit(group, ref_used, rel, abs_, group_by=self._relative_runs,
-                                         runner=self.pars._run_tasks)
+                                         runner=self.pars._run_tasks, info=info)
             rows += visit_rows
             failed_here = [failed_row[im.name] for im in images
                            if im.status.get("unusable") and im.key.visit_filter == visit_filter]
@@ -191,6 +194,8 @@ class TweakRegRun:
                 meta.update(abs_refcat_catalogs=ref_used.meta.get("catalogs"),
                             abs_refcat_epoch=ref_used.meta.get("epoch"),
                             abs_refcat_sources=len(ref_used))
+            if info.get("terms"):
+                meta["fit_terms"] = info["terms"]
             tables[visit_filter] = results_table(failed_here + visit_rows, meta=meta)
             log.info("Results for %s: %s", visit_filter, summary_line(tables[visit_filter]))
             log.debug("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
@@ -202,6 +207,7 @@ class TweakRegRun:
         self._retire_earlier_results(tables)
         failed = [im.name for im in images if im.status.get("unusable")]
         if failed and len(failed) == len(images):
+            self._write_reports(tables, images, statuses, rows, used_refcats, visit_info)
             self._write_results(tables)
             raise AllImagesFailedError(
                 f"all {len(images)} images failed: "
@@ -219,6 +225,7 @@ class TweakRegRun:
         if stream:
             result = self._write_streamed(inputs, images, statuses, catalog_paths, suffix,
                                           wcs_dir if save_wcs else None, save, rows)
+            self._write_reports(tables, images, statuses, rows, used_refcats, visit_info)
             self._write_results(tables)
             return result
 
@@ -244,6 +251,7 @@ class TweakRegRun:
                                else None)
             log.info("Saved %d WCS models in %s", len(saved), wcs_dir)
         # In-memory images are saved by stpipe after this returns; the tables come first then.
+        self._write_reports(tables, images, statuses, rows, used_refcats, visit_info)
         self._write_results(tables)
 
         from jwst.datamodels import ModelLibrary
@@ -383,6 +391,58 @@ class TweakRegRun:
             if len(earlier) > n_others:
                 write_results_table(others, ecsv_path)
                 write_ceers_results(others, txt_path)
+
+    def report_enabled(self):
+        """``save_report``; None means on inside a pipeline (ceers_align, ceers-align), off alone."""
+        on = getattr(self.pars, "save_report", None)
+        return bool(self.pars.parent is not None) if on is None else bool(on)
+
+    def _write_reports(self, tables, images, statuses, rows, used_refcats, visit_info):
+        """
+        The HTML report and DS9 regions of every visit and filter (`ceers_steps.report`).
+
+        A report that cannot be made is logged and the run goes on: it describes the
+        alignment, it is not part of it.
+        """
+        self.pars.report_paths = self.report_paths
+        if not self.report_enabled():
+            return
+        import time
+
+        from .diagnostics import grade_images, visit_residuals
+        from .report import final_rows, regions_dir, report_path, write_regions, write_report
+
+        out_dir = self.pars.output_dir_path()
+        failures = {im.name: _not_aligned_reason(rows, im.name) for im in images}
+        pars = self.pars.get_pars() if hasattr(self.pars, "get_pars") else {}
+        for visit_filter, table in tables.items():
+            start = time.perf_counter()
+            group = [im for im in images if im.key.visit_filter == visit_filter]
+            refcat = used_refcats.get(visit_filter)
+            tolerance = self.pars.abs_tolerance if refcat is not None else self.pars.tolerance
+            searchrad = self.pars.abs_searchrad if refcat is not None else self.pars.searchrad
+            try:
+                residuals = visit_residuals(group, statuses, refcat, tolerance)
+                final = final_rows(table)
+                grades = grade_images(residuals, {n: float(r["err_corner"]) for n, r in final.items()},
+                                      searchrad=searchrad, failures=failures)
+                regions = write_regions(regions_dir(out_dir, visit_filter), residuals)
+                path = write_report(report_path(out_dir, visit_filter), table, residuals, grades,
+                                    terms=visit_info.get(visit_filter, {}).get("terms"),
+                                    parameters=pars, regions=regions,
+                                    refcat=self.pars.abs_refcat if refcat is not None else None)
+            except Exception as exc:  # noqa: BLE001 - the report must never fail the alignment
+                log.warning("%s: alignment report not written: %s: %s", visit_filter,
+                            type(exc).__name__, exc)
+                continue
+            self.report_paths[visit_filter] = path
+            counts = {g: sum(x.grade == g for x in grades) for g in ("good", "check", "poor")}
+            log.info("%s: alignment report %s (%s; %.2f s)", visit_filter, path,
+                     ", ".join(f"{n} {g}" for g, n in counts.items()),
+                     time.perf_counter() - start)
+            for g in grades:
+                if g.grade != "good":
+                    log.warning("%s: %s graded %s: %s", visit_filter, g.name, g.grade, g.reason)
 
     def _write_results(self, tables):
         from .results import merge_results
