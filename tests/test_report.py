@@ -1,0 +1,215 @@
+"""The alignment report: grades, fitted terms, DS9 regions, and the page in a real browser."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import _visit_with_catalogs, library_of, models_of
+from jwst.datamodels import ModelLibrary
+
+from ceers_steps import CeersTweakRegStep
+from ceers_steps.report import final_rows
+
+VF = "jw01345001001_f200w"
+ARTIFACTS = Path(os.environ.get("CEERS_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+def _rows(html):
+    """Image -> {column: (text, data-value)} of the report's image table."""
+    out = {}
+    for m in re.finditer(r"<tr data-image='([^']+)'>(.*?)</tr>", html, re.S):
+        cells = {}
+        for c in re.finditer(r"<td[^>]*data-col='(\w+)'(?: data-value='([^']*)')?[^>]*>(.*?)</td>",
+                             m.group(2).replace('"', "'")):
+            cells[c.group(1)] = (c.group(3), c.group(2))
+        out[m.group(1)] = cells
+    return out
+
+
+def _grades(html):
+    return {name: cells["grade"][0] for name, cells in _rows(html).items()}
+
+
+def _run(visit, refcat, out, **kwargs):
+    step = CeersTweakRegStep(abs_refcat=str(refcat), output_dir=str(out), **kwargs)
+    step.run(library_of(visit))
+    return step
+
+
+def test_misaligned_image_is_graded_poor_the_others_good(builtin_visit, tmp_path):
+    """
+    One image's catalog shifted 50 mas: that image is poor, every other image good.
+
+    (Only a model whose dither terms are shared by the detectors can tell: a per-detector
+    relative fit, as in ``abs_group`` visit or detector, takes the shift for a dither error.)
+    """
+    v = builtin_visit
+    bad = v["visit"].images[4]
+    cat = Table.read(bad.model.meta.tweakreg_catalog)
+    cat["xcentroid"] += 0.050 / 0.031  # 50 mas along x (SW pixels are 31 mas)
+    path = tmp_path / "shifted_cat.ecsv"
+    cat.write(path)
+    models = models_of(library_of(v["visit"]))
+    models[4].meta.tweakreg_catalog = str(path)
+    step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), output_dir=str(tmp_path),
+                             save_report=True)
+    step.run(ModelLibrary(models))
+    html = (tmp_path / f"{VF}_alignment_report.html").read_text()
+    grades = _grades(html)
+    assert len(grades) == 12
+    assert grades.pop(bad.model.meta.filename) == "poor"
+    assert set(grades.values()) == {"good"}, grades
+
+
+@pytest.fixture(scope="module")
+def detector_offset_visit(tmp_path_factory):
+    """The builtin geometry with 40 mas rms detector placement errors."""
+    return _visit_with_catalogs(tmp_path_factory, "detector_offsets",
+                                detectors=("nrca1", "nrca3", "nrcb2", "nrcb4"), n_dithers=3,
+                                shape=(1024, 1024), noise=0.03, use_real=False, seed=4,
+                                detector_error=0.04)
+
+
+def test_detector_offsets_show_in_the_detector_terms(detector_offset_visit, tmp_path):
+    """The report's detector terms (and the ECSV's fit_terms) recover the injected offsets."""
+    v = detector_offset_visit
+    _run(v["visit"], v["refcat"], tmp_path, save_report=True)
+    table = Table.read(tmp_path / f"{VF}_tweakreg_results.ecsv")
+    terms = {t["id"]: t for t in table.meta["fit_terms"]["detectors"]}
+    error = v["visit"].truth["detector_shift"]  # injected WCS errors, arcsec (x west, y north)
+    mean = np.mean(list(error.values()), axis=0)
+    html = (tmp_path / f"{VF}_alignment_report.html").read_text()
+    section = html[html.index("id='detectors-terms'"):]
+    for det, e in error.items():
+        t = terms[det]
+        assert t["fitted"]
+        # The correction undoes the error: east = -(x correction) = x error; north = -(y error).
+        want_east, want_north = 1e3 * (e[0] - mean[0]), -1e3 * (e[1] - mean[1])
+        assert abs(t["east"] - want_east) < 4 * t["err_east"] + 1.0, (det, t, want_east)
+        assert abs(t["north"] - want_north) < 4 * t["err_north"] + 1.0, (det, t, want_north)
+        assert 1 < t["err_east"] < 10
+        row = re.search(rf"<td class='text'>{det}</td><td data-col=\"east\" data-value=\"([^\"]+)\"",
+                        section)
+        assert row and float(row.group(1)) == t["east"]
+    assert "<td>yes</td>" in section
+
+
+def test_report_off_writes_nothing(builtin_visit, tmp_path):
+    """The bare step writes no report by default (as jwst's step), nor with save_report off."""
+    v = builtin_visit
+    for out, kwargs in ((tmp_path / "default", {}), (tmp_path / "off", {"save_report": False})):
+        step = _run(v["visit"], v["refcat"], out, **kwargs)
+        assert step.report_paths == {}
+        assert sorted(p.name for p in out.iterdir()) == [
+            f"{VF}_tweakreg_results.ecsv", f"tweakreg_results_all.{VF}.txt"]
+
+
+def test_ds9_regions_mark_each_source(builtin_visit, tmp_path):
+    """One region file per image, 1-based image coordinates, one entry per catalog source."""
+    v = builtin_visit
+    _run(v["visit"], v["refcat"], tmp_path, save_report=True)
+    html = (tmp_path / f"{VF}_alignment_report.html").read_text()
+    rows = _rows(html)
+    for im in v["visit"].images:
+        name = im.model.meta.filename
+        reg = tmp_path / f"{VF}_regions" / name.replace(".fits", ".reg")
+        assert f"href='{VF}_regions/{reg.name}'" in html
+        lines = reg.read_text().splitlines()
+        assert lines[0] == "# Region file format: DS9 version 4.1" and lines[3] == "image"
+        shapes = lines[4:]
+        cat = Table.read(im.model.meta.tweakreg_catalog)
+        on = ((cat["xcentroid"] > -0.5) & (cat["xcentroid"] < 1023.5)
+              & (cat["ycentroid"] > -0.5) & (cat["ycentroid"] < 1023.5))
+        assert len(shapes) == int(on.sum())
+        xy = np.array([[float(a) for a in re.match(r"\w+\(([^,]+),([^,)]+)", s).groups()]
+                       for s in shapes])
+        # DS9 counts pixels from 1: the first pixel's centre is (1, 1).
+        np.testing.assert_allclose(xy - 1.0, np.column_stack([cat["xcentroid"][on],
+                                                              cat["ycentroid"][on]]), atol=1e-3)
+        matched = sum("tag={matched}" in s for s in shapes)
+        assert matched == int(rows[name]["own_matches"][0])
+        assert matched >= 5
+
+
+def _browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1100,1400"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_report_in_a_real_browser(small_visit_dir, tmp_path, capsys):
+    """
+    ``ceers-align`` ends its console summary with the report; the page opens offline in
+    headless Chromium, every figure loads, and its numbers are the results ECSV's.
+    A screenshot is saved as a test artifact.
+    """
+    from selenium.webdriver.common.by import By
+
+    from ceers_steps.cli import align_main
+
+    v = small_visit_dir
+    out = tmp_path / "out"
+    code = align_main([VF.split("_")[0], "f200w", "--input-dir", str(v["dir"]), "--output-dir",
+                       str(out), "--abs-refcat", str(v["refcat"]), "--n-jobs", "1"])
+    assert code == 0
+    report = out / f"{VF}_alignment_report.html"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"ceers-align: report {report} (open it in a browser)"
+    table = Table.read(out / f"{VF}_tweakreg_results.ecsv")
+    final = final_rows(table)
+
+    driver = _browser()
+    try:
+        driver.get(report.as_uri())
+        assert driver.title == f"{VF} alignment report"
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) >= 5
+        for img in images:
+            assert driver.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 300", img), \
+                img.get_attribute("alt")
+        assert driver.find_element(By.ID, "n-images").text == str(len(final))
+        ok = [1e3 * r["rmse"] for r in final.values() if r["status"] == "SUCCESS"]
+        median = driver.find_element(By.ID, "median-rmse")
+        assert float(median.get_attribute("data-value")) == pytest.approx(np.median(ok), abs=1e-9)
+        assert median.text == f"{np.median(ok):.2f} mas"
+        shown = driver.find_elements(By.CSS_SELECTOR, "tr[data-image]")
+        assert {r.get_attribute("data-image") for r in shown} == set(final)
+        for r in shown:
+            row = final[r.get_attribute("data-image")]
+
+            def cell(col, r=r):
+                return r.find_element(By.CSS_SELECTOR, f"td[data-col='{col}']")
+
+            assert cell("status").text == row["status"]
+            assert cell("nmatch").text == str(row["nmatch"])
+            for col, value in (("rmse", 1e3 * row["rmse"]), ("err_center", row["err_center"]),
+                               ("err_corner", row["err_corner"])):
+                assert cell(col).text == f"{value:.2f}"
+                assert float(cell(col).get_attribute("data-value")) == value
+            assert cell("grade").text in ("good", "check", "poor")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1100, height)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "alignment_report.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 50_000
+    finally:
+        driver.quit()
