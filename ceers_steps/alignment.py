@@ -518,10 +518,19 @@ def footprint_centre(images):
     Centre of the images' footprints (mean unit vector of their corners) and the
     angular radius reaching the farthest corner, deg: ``(ra, dec, radius)``.
     """
-    from .wcs_utils import angular_separation_mas
-
     ra, dec = (np.concatenate(c) for c in zip(*(_footprint(im.model.meta.wcs) for im in images),
                                               strict=True))
+    return sky_centre(ra, dec)
+
+
+def sky_centre(ra, dec):
+    """
+    Centre of sky positions (mean unit vector) and the angular radius reaching the
+    farthest of them, deg: ``(ra, dec, radius)``.
+    """
+    from .wcs_utils import angular_separation_mas
+
+    ra, dec = np.asarray(ra, float), np.asarray(dec, float)
     vec = np.array([np.cos(np.deg2rad(dec)) * np.cos(np.deg2rad(ra)),
                     np.cos(np.deg2rad(dec)) * np.sin(np.deg2rad(ra)), np.sin(np.deg2rad(dec))])
     x, y, z = vec.mean(axis=1)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .wcs_utils import bbox_limits
+
 __all__ = ["CLIP", "GradeLimits", "ImageResiduals", "ImageGrade", "grade_images",
            "visit_residuals"]
 
@@ -96,16 +98,22 @@ def _plane_offsets(plane, ra, dec):
     return np.column_stack([-np.asarray(x), np.asarray(y)])
 
 
-def _through(wcs, plane, x, y):
-    if len(x) == 0:
-        return np.zeros((0, 2))
-    ra, dec = wcs(x, y, with_bounding_box=False)
-    return _plane_offsets(plane, ra, dec)
-
-
-def _footprint_offsets(wcs, plane):
-    ra, dec = wcs.footprint(axis_type="spatial").T
-    return _plane_offsets(plane, ra, dec)
+def _sky(wcs, x, y):
+    """
+    Sky positions of pixels ``x``, ``y`` and of the image's corners, in one evaluation
+    of the WCS (the corners of its bounding box, as ``wcs.footprint`` takes them).
+    """
+    limits = bbox_limits(wcs)
+    if limits is None:
+        ra, dec = wcs.footprint(axis_type="spatial").T
+        corners = (np.asarray(ra), np.asarray(dec))
+        points = wcs(x, y, with_bounding_box=False) if len(x) else (np.zeros(0), np.zeros(0))
+        return tuple(np.asarray(a) for a in points), corners
+    (x0, x1), (y0, y1) = limits
+    xs = np.concatenate([x, [x0, x0, x1, x1]])
+    ys = np.concatenate([y, [y0, y1, y1, y0]])
+    ra, dec = (np.asarray(a) for a in wcs(xs, ys, with_bounding_box=False))
+    return (ra[:-4], dec[:-4]), (ra[-4:], dec[-4:])
 
 
 def _nearest_unique(xy, ref_xy, radius):
@@ -149,12 +157,10 @@ def visit_residuals(images, statuses, refcat=None, tolerance=0.1, plane=None):
     list of ImageResiduals
         One per image, in order (an image without a catalog has no sources).
     """
-    from .alignment import visit_plane
+    from .alignment import sky_centre
+    from .wcs_utils import tangent_plane
 
-    usable = [im for im in images if im.catalog is not None and im.model is not None]
-    if plane is None and usable:
-        plane = visit_plane(usable)
-    out, pos = [], {}  # pos: index -> positions (input WCS, aligned WCS), arcsec
+    out, sky = [], {}  # sky: index -> (points, corners) through the input and aligned WCS
     for im in images:
         status = statuses.get(im.name, ("FAILED", None))[0]
         res = ImageResiduals(name=im.name, detector=im.key.detector, exposure=str(im.key.exposure),
@@ -165,17 +171,24 @@ def visit_residuals(images, statuses, refcat=None, tolerance=0.1, plane=None):
         wcs0 = im.original_wcs if im.original_wcs is not None else im.model.meta.wcs
         wcs1 = im.model.meta.wcs if status == "COMPLETE" else wcs0
         cat = im.inside_catalog()
-        x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
-        p0, p1 = _through(wcs0, plane, x, y), _through(wcs1, plane, x, y)
-        res.x, res.y = x, y
+        res.x, res.y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
+        before = _sky(wcs0, res.x, res.y)
+        sky[len(out) - 1] = (before, _sky(wcs1, res.x, res.y) if wcs1 is not wcs0 else before)
+        res.mag = (-2.5 * np.log10(np.clip(np.asarray(cat["flux"], float), 1e-30, None))
+                   if "flux" in cat.colnames else np.full(len(res.x), np.nan))
+    if plane is None and sky:
+        corners = np.concatenate([np.column_stack(c) for _, (_, c) in sky.values()])
+        plane = tangent_plane(*sky_centre(corners[:, 0], corners[:, 1])[:2])
+    pos = {}  # index -> positions in the plane (input WCS, aligned WCS), arcsec
+    for i, ((pts0, corners0), (pts1, corners1)) in sky.items():
+        res = out[i]
+        p0, p1 = _plane_offsets(plane, *pts0), _plane_offsets(plane, *pts1)
+        pos[i] = (p0, p1)
         res.east, res.north = p1[:, 0], p1[:, 1]
-        res.footprint_before = _footprint_offsets(wcs0, plane)
-        res.footprint_after = _footprint_offsets(wcs1, plane)
+        res.footprint_before = _plane_offsets(plane, *corners0)
+        res.footprint_after = _plane_offsets(plane, *corners1)
         res.correction = float(np.max(np.hypot(*(res.footprint_after
                                                  - res.footprint_before).T)))
-        res.mag = (-2.5 * np.log10(np.clip(np.asarray(cat["flux"], float), 1e-30, None))
-                   if "flux" in cat.colnames else np.full(len(x), np.nan))
-        pos[len(out) - 1] = (p0, p1)
 
     if refcat is not None and len(refcat):
         ref_xy = _plane_offsets(plane, refcat["RA"], refcat["DEC"])

@@ -69,14 +69,17 @@ def software_versions():
 
 def _png(fig):
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figure(width, height):
+def _figure(width, height, **margins):
+    """A figure with fixed margins (fractions; constrained layout would double the cost)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=80, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=80)
+    fig.subplots_adjust(**{"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.9,
+                           "wspace": 0.22, "hspace": 0.35, **margins})
     return fig
 
 
@@ -101,7 +104,7 @@ def _nice(value):
 
 def _focal_plane(residuals, colours):
     """Footprints and residual vectors before and after, each exaggerated by a stated factor."""
-    fig = _figure(11, 5.2)
+    fig = _figure(11, 5.2, bottom=0.1, top=0.93, wspace=0.08)
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     corners = np.concatenate([r.footprint_after for r in residuals if len(r.footprint_after)]
                              or [np.zeros((1, 2))])
@@ -143,7 +146,7 @@ def _patch(colour, label):
 
 def _terms_figure(terms):
     """Dither and detector terms with their 1-sigma error bars (mas)."""
-    fig = _figure(11, 3.6)
+    fig = _figure(11, 3.6, bottom=0.15)
     axes = fig.subplots(1, 2)
     for ax, key, title in ((axes[0], "dithers", "dither terms (against the first dither)"),
                            (axes[1], "detectors", "detector terms (sum zero over those fitted)")):
@@ -164,7 +167,7 @@ def _terms_figure(terms):
 
 
 def _histograms(residuals):
-    fig = _figure(11, 3.4)
+    fig = _figure(11, 3.4, bottom=0.15, top=0.88)
     axes = fig.subplots(1, 2)
     used = np.concatenate([r.after[r.used] for r in residuals] or [np.zeros((0, 2))])
     rej = np.concatenate([r.after[r.flag == "rejected"] for r in residuals] or [np.zeros((0, 2))])
@@ -186,7 +189,7 @@ def _histograms(residuals):
 
 def _residual_scatter(residuals, colours, mag_label):
     """Residual against magnitude and against position (after alignment)."""
-    fig = _figure(11, 6.4)
+    fig = _figure(11, 6.4, bottom=0.08, top=0.94, hspace=0.3)
     axes = fig.subplots(2, 2, sharey="row")
     for r in residuals:
         m = r.used
@@ -214,7 +217,7 @@ def _residual_scatter(residuals, colours, mag_label):
 
 
 def _rms_bars(residuals, grades):
-    fig = _figure(11, 3.8)
+    fig = _figure(11, 3.8, bottom=0.3, top=0.9)
     ax = fig.subplots()
     pos = np.arange(len(residuals))
     before = [r.rms("before") for r in residuals]

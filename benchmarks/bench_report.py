@@ -1,0 +1,122 @@
+"""What the alignment report costs: seconds and memory per visit, against the alignment itself.
+
+Usage:
+    python benchmarks/bench_report.py [--case sw|lw] [--seed 1] [--repeat 3]
+        [--artifacts] [--real|--builtin]
+
+Builds one synthetic visit (3 dithers x 8 SW detectors, or 2 LW, 2048x2048, from
+the real CEERS WCS models and HST catalog when present), SEP catalogs with the
+CEERS recipe, and runs CeersTweakRegStep with the CEERS jw01345001001 parameters
+``--repeat`` times with ``save_report=True`` (the first run includes importing
+matplotlib) and once without. Prints per run the time of the report alone
+(`TweakRegRun._write_reports`: residuals, grades, figures, HTML, DS9 regions), the
+step's total time, the page's size and the grades; then the report's traced peak
+Python memory in one more run (tracing slows it, so it is not timed).
+"""
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+from ceers_steps import CeersTweakRegStep
+from ceers_steps.catalogs import build_catalog, write_catalog
+from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
+from ceers_steps.tweakreg_run import TweakRegRun
+
+CEERS_SW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.05, nclip=1, sigma=0.7,
+                abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
+                abs_nclip=1, abs_sigma=0.6, abs_fitgeometry="rshift")
+CEERS_LW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.02, nclip=1, sigma=0.6,
+                abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
+                abs_nclip=1, abs_sigma=0.7, abs_fitgeometry="rscale")
+
+REPORT = []  # (seconds, traced peak bytes or None) of each _write_reports call
+TRACE = [False]  # trace memory in the next call (tracing slows Python code: timed apart)
+
+
+def _instrument():
+    original = TweakRegRun._write_reports
+
+    def timed(self, *args, **kwargs):
+        if TRACE[0]:
+            tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1] if TRACE[0] else None
+            tracemalloc.stop()
+            if self.report_enabled():
+                REPORT.append((seconds, peak))
+
+    TweakRegRun._write_reports = timed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=("sw", "lw"), default="sw")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--artifacts", action="store_true", help="realistic cal-file nuisances")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--builtin", action="store_true", help="built-in NIRCam-like WCS truth")
+    src.add_argument("--real", action="store_true", help="require the real CEERS data")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    logging.disable(logging.CRITICAL)
+    _instrument()
+    from jwst.datamodels import ModelLibrary
+
+    lw = args.case == "lw"
+    params = CEERS_LW if lw else CEERS_SW
+    use_real = False if args.builtin else (True if args.real else None)
+    visit = make_visit(detectors=LW_DETECTORS if lw else SW_DETECTORS, n_dithers=3,
+                       use_real=use_real, seed=args.seed, artifacts=args.artifacts)
+    n = len(visit.images)
+    print(f"case {args.case}: {n} images 2048x2048, real truth {visit.truth['real']}, "
+          f"artifacts {args.artifacts}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        visit.refcat.write(tmp / "refcat.ecsv")
+        for image in visit.images:
+            path = tmp / image.model.meta.filename.replace(".fits", "_cat.ecsv")
+            write_catalog(build_catalog(image.model), path)
+            image.model.meta.tweakreg_catalog = str(path)
+
+        def run(report, out):
+            library = ModelLibrary([im.model.copy() for im in visit.images])
+            step = CeersTweakRegStep(abs_refcat=str(tmp / "refcat.ecsv"), output_dir=str(out),
+                                     save_report=report, **params)
+            start = time.perf_counter()
+            step.run(library)
+            return time.perf_counter() - start, step
+
+        print(f"{'run':>14} {'report s':>9} {'s/image':>8} {'step s':>7} {'page KiB':>9}  grades")
+        for k in range(args.repeat):
+            total, step = run(True, tmp / f"out{k}")
+            seconds, _ = REPORT[-1]
+            page = next(iter(step.report_paths.values()))
+            html = page.read_text()
+            grades = {g: html.count(f"data-col='grade'>{g}<") for g in ("good", "check", "poor")}
+            label = "report (cold)" if k == 0 else f"report #{k + 1}"
+            print(f"{label:>14} {seconds:9.2f} {seconds / n:8.3f} {total:7.2f} "
+                  f"{page.stat().st_size / 1024:9.0f}  {grades}")
+        total, _ = run(False, tmp / "off")
+        print(f"{'no report':>14} {'':>9} {'':>8} {total:7.2f}")
+        TRACE[0] = True
+        run(True, tmp / "traced")
+        peak = REPORT[-1][1]
+        warm = [s for s, _ in REPORT[1:-1]] or [REPORT[0][0]]
+        print(f"report: {REPORT[0][0]:.2f} s cold (first in the process, matplotlib import "
+              f"included), {statistics.median(warm):.2f} s warm median, for {n} images; "
+              f"traced peak Python memory of the report {peak / 2**20:.1f} MiB (separate run)")
+
+
+if __name__ == "__main__":
+    main()
