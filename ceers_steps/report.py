@@ -239,19 +239,19 @@ def _short_dither(ident):
 
 
 def _short(name):
-    """``jw01345001001_02201_00001_nrca1_cal.fits`` -> ``00001_nrca1``."""
+    """``jw01345001001_02201_00001_nrca1_cal.fits`` -> ``02201_00001_nrca1`` (unique in a visit)."""
     parts = Path(str(name)).name.split("_")
-    return "_".join(parts[2:4]) if len(parts) >= 4 else str(name)
+    return "_".join(parts[1:4]) if len(parts) >= 5 and parts[0].startswith("jw") else str(name)
 
 
 # --- HTML -----------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:sans-serif;margin:1.5em;max-width:1000px;color:#222}
+body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.6em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-td.text,th.text{text-align:left}
+td.text,th.text{text-align:left}td.reason{text-align:left;min-width:18em}
 .good{color:#1a7f37;font-weight:bold}.check{color:#b58100;font-weight:bold}
 .poor{color:#c62828;font-weight:bold}
 img{max-width:100%;border:1px solid #eee}
@@ -383,7 +383,6 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
     if terms:
         parts += ["<h2>Fitted terms</h2>", _terms_html(terms)]
     parts.append("<h2>Images</h2><table id='images'><tr><th class='text'>image</th>"
-                 "<th class='text'>detector</th><th class='text'>exposure</th>"
                  "<th class='text'>status</th><th>fit nmatch</th><th>fit rmse (mas)</th>"
                  "<th>err centre (mas)</th><th>err corner (mas)</th><th>own matches</th>"
                  "<th>RMS before (mas)</th><th>RMS after (mas)</th><th class='text'>grade</th>"
@@ -396,17 +395,17 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
             rel = Path(regions[r.name]).relative_to(path.parent).as_posix()
             link = f"<a href='{_e(rel)}'>regions</a>"
         parts.append(
-            f"<tr data-image='{_e(r.name)}'><td class='text'>{_e(r.name)}</td>"
-            f"<td class='text'>{_e(r.detector)}</td><td class='text'>{_e(r.exposure)}</td>"
-            f"<td class='text' data-col='status'>{_e(status)}</td>"
+            f"<tr data-image='{_e(r.name)}'><td class='text' title='{_e(r.name)}'>"
+            f"{_e(_short(r.name))}</td><td class='text' data-col='status'>{_e(status)}</td>"
             + (f"<td data-col='nmatch' data-value='{int(row['nmatch'])}'>{int(row['nmatch'])}</td>"
                + _num(1e3 * float(row["rmse"]), col="rmse")
                + _num(row["err_center"], col="err_center") + _num(row["err_corner"], col="err_corner")
                if row is not None else "<td>-</td>" * 4)
             + f"<td data-col='own_matches'>{g.nmatch}</td>" + _num(g.rms_before) + _num(g.rms_after)
             + f"<td class='text {g.grade}' data-col='grade'>{g.grade}</td>"
-            f"<td class='text'>{_e(g.reason)}</td><td class='text'>{link}</td></tr>")
-    parts.append("</table><p>status, fit nmatch, fit rmse and err columns are the results "
+            f"<td class='reason'>{_e(g.reason)}</td><td class='text'>{link}</td></tr>")
+    parts.append("</table><p>Images as group_exposure_detector (hover for the file name). "
+                 "Status, fit nmatch, fit rmse and err columns are the results "
                  "table's (<code>*_tweakreg_results.ecsv</code>: each image's absolute row, else "
                  "its relative row; nmatch and rmse are those of the fit that aligned it: per "
                  "detector for <code>abs_group</code> joint and detector, the visit for visit). "
