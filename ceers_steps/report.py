@@ -401,7 +401,8 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
                + _num(1e3 * float(row["rmse"]), col="rmse")
                + _num(row["err_center"], col="err_center") + _num(row["err_corner"], col="err_corner")
                if row is not None else "<td>-</td>" * 4)
-            + f"<td data-col='own_matches'>{g.nmatch}</td>" + _num(g.rms_before) + _num(g.rms_after)
+            + f"<td data-col='own_matches'>{g.nmatch}</td>" + _num(g.rms_before, col="rms_before")
+            + _num(g.rms_after, col="rms_after")
             + f"<td class='text {g.grade}' data-col='grade'>{g.grade}</td>"
             f"<td class='reason'>{_e(g.reason)}</td><td class='text'>{link}</td></tr>")
     parts.append("</table><p>Images as group_exposure_detector (hover for the file name). "

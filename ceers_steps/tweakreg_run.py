@@ -393,9 +393,17 @@ class TweakRegRun:
                 write_ceers_results(others, txt_path)
 
     def report_enabled(self):
-        """``save_report``; None means on inside a pipeline (ceers_align, ceers-align), off alone."""
+        """
+        ``save_report``; None means on inside `CeersAlignPipeline` (``ceers_align``,
+        ``ceers-align``, ``calwebb_image3_ceers``), off otherwise: alone, or swapped
+        into jwst's own pipelines, the step writes what jwst's TweakRegStep writes.
+        """
         on = getattr(self.pars, "save_report", None)
-        return bool(self.pars.parent is not None) if on is None else bool(on)
+        if on is None:
+            from .pipeline import CeersAlignPipeline
+
+            return isinstance(self.pars.parent, CeersAlignPipeline)
+        return bool(on)
 
     def _write_reports(self, tables, images, statuses, rows, used_refcats, visit_info):
         """

@@ -108,7 +108,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright (needs a MAG column)
         save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf (default: when saving results)
         wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models; a relative one is in the output directory (as apply_wcs reads it)
-        save_report = boolean(default=None)  # Write <visit>_<filter>_alignment_report.html (plots, grades) and <visit>_<filter>_regions/*.reg (DS9); None = on inside ceers_align / calwebb_image3_ceers and ceers-align, off for this step alone (as jwst's TweakRegStep)
+        save_report = boolean(default=None)  # Write <visit>_<filter>_alignment_report.html (plots, grades) and <visit>_<filter>_regions/*.reg (DS9); None = on inside ceers_align (also ceers-align, calwebb_image3_ceers), off otherwise (alone or in jwst's pipelines, as jwst's TweakRegStep)
         save_fit_results = boolean(default=True)  # Write <visit>_<filter>_tweakreg_results.ecsv and tweakreg_results_all.<visit>_<filter>.txt
         sip_approx = boolean(default=True)  # Refresh the FITS SIP approximation in meta.wcsinfo
         sip_max_pix_error = float(default=0.01)  # SIP fit: max forward error, pixels

@@ -213,3 +213,34 @@ def test_report_in_a_real_browser(small_visit_dir, tmp_path, capsys):
         assert shot.stat().st_size > 50_000
     finally:
         driver.quit()
+
+
+def test_relative_only_report(builtin_visit, tmp_path):
+    """Without a reference: residuals against the other exposures' sources, the dither terms."""
+    v = builtin_visit
+    step = CeersTweakRegStep(output_dir=str(tmp_path), save_report=True, minobj=8,
+                             tolerance=0.1, separation=0.2)
+    step.run(library_of(v["visit"]))
+    html = (tmp_path / f"{VF}_alignment_report.html").read_text()
+    assert "none: relative alignment" in html
+    assert "id='common-terms'" not in html and "id='dithers-terms'" in html
+    grades = _grades(html)
+    assert len(grades) == 12 and set(grades.values()) == {"good"}, grades
+    # Dithers registered to each other: image-to-image residuals of ~1 mas, not ~10.
+    after = [float(c["rms_after"][1]) for c in _rows(html).values()]
+    assert np.median(after) < 3.0
+
+
+def test_nothing_aligned_still_reported(builtin_visit, tmp_path):
+    """A reference catalog off the field: every image poor, with the reason; no crash."""
+    v = builtin_visit
+    far = Table.read(v["refcat"])
+    far["DEC"] -= 2.0
+    far.write(tmp_path / "far.ecsv")
+    _run(v["visit"], tmp_path / "far.ecsv", tmp_path / "out", save_report=True)
+    html = (tmp_path / "out" / f"{VF}_alignment_report.html").read_text()
+    rows = _rows(html)
+    assert len(rows) == 12
+    assert {c["grade"][0] for c in rows.values()} == {"poor"}
+    assert all("not aligned" in re.search(r"class='reason'>([^<]*)", html[html.index(name):])
+               .group(1) for name in rows)
