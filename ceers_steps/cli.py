@@ -6,8 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["add_version", "align_main", "apply_wcs_main", "convert_cfg_main",
-           "default_parameter_dirs", "select_images"]
+__all__ = ["add_version", "align_main", "apply_wcs_main", "convert_cfg_main"]
 
 
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -151,132 +150,21 @@ def convert_cfg_main(argv=None):
     return 0
 
 
-def default_parameter_dirs():
-    """Where ``ceers-align`` looks for ``<visit>_<filter>.asdf`` when no --params is given."""
-    import os
-
-    dirs = []
-    if os.environ.get("CEERS_PARAMETER_FILES"):
-        dirs.append(Path(os.environ["CEERS_PARAMETER_FILES"]))
-    dirs.append(Path.cwd() / "parameter_files")
-    dirs.append(Path(__file__).resolve().parent.parent / "parameter_files")  # a source checkout
-    return dirs
-
-
-def select_images(input_dir, visit, filter_name, suffix="cal"):
-    """
-    The ``<visit>_*_<suffix>.fits`` images in ``input_dir`` whose FILTER header is ``filter_name``.
-
-    A file whose FITS header cannot be read is reported on stderr and left out.
-
-    Returns
-    -------
-    selected : dict
-        Detector -> sorted list of paths.
-    other_filters : set of str
-        Filters of that visit's images that were not selected (for messages).
-    """
-    from astropy.io import fits
-
-    selected, others = {}, set()
-    for path in sorted(Path(input_dir).glob(f"{visit}_*_{suffix}.fits")):
-        try:
-            header = fits.getheader(path, 0)
-        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the run
-            print(f"ceers-align: {path}: FAILED: cannot read its FITS header ({exc}); "
-                  "left out", file=sys.stderr)
-            continue
-        filt = str(header.get("FILTER", "")).strip().lower()
-        if filt != filter_name:
-            others.add(filt or "<no FILTER>")
-            continue
-        detector = str(header.get("DETECTOR", "")).strip().lower() or path.name.split("_")[3]
-        selected.setdefault(detector, []).append(path)
-    return selected, others
-
-
-def _write_detector_associations(selected, visit, filter_name, out_dir):
-    """One level-3 association per detector, ``<visit>_<filter>_<detector>_asn.json``."""
-    import os
-
-    from .fileio import write_association
-
-    paths = []
-    for detector, images in sorted(selected.items()):
-        name = f"{visit}_{filter_name}_{detector}"
-        paths.append(write_association(
-            out_dir / f"{name}_asn.json", name,
-            [os.path.relpath(p.resolve(), out_dir.resolve()) for p in images],
-            asn_id=name, asn_rule="ceers_align", asn_pool="ceers-align", program=visit[2:7]))
-    return paths
-
-
-def _load_parameters(params, visit, filter_name, params_dirs):
-    """
-    The pipeline's step parameters, and where they came from.
-
-    Returns
-    -------
-    steps : dict
-        ``{"catalog": {...}, "tweakreg": {...}}``
-    source : str
-    """
-    from .cfgconvert import read_cfg
-
-    if params is None:
-        for d in params_dirs:
-            candidate = d / f"{visit}_{filter_name}.asdf"
-            if candidate.is_file():
-                params = candidate
-                break
-        else:
-            return {}, "defaults (no parameter file found for this visit and filter)"
-    params = Path(params)
-    if not params.is_file():
-        raise FileNotFoundError(f"parameter file not found: {params}")
-    if params.suffix.lower() == ".cfg":
-        sections = {s.visit: s for s in read_cfg(params)}
-        if visit not in sections:
-            raise ValueError(f"{params}: no section [{visit}] (sections: "
-                             f"{', '.join(sorted(sections))})")
-        section = sections[visit]
-        return {k: dict(v) for k, v in section.steps.items()}, f"{params} [{visit}]"
-    return _read_parameter_file(params), str(params)
-
-
-def _read_parameter_file(path):
-    """Step parameters of a ceers_align ASDF parameter file, checked by stpipe itself."""
-    from stpipe import Step
-
-    from .pipeline import CeersAlignPipeline
-
-    # Validation only: the run itself creates (and logs) the pipeline once.
-    logging.disable(logging.INFO)
-    try:
-        pipe = Step.from_config_file(str(path))
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable stpipe parameter file: {exc}") from None
-    finally:
-        logging.disable(logging.NOTSET)
-    if not isinstance(pipe, CeersAlignPipeline):
-        raise ValueError(f"{path}: a parameter file for {type(pipe).__name__}, "
-                         "not for ceers_align (CeersAlignPipeline)")
-    import asdf
-
-    with asdf.open(path) as af:
-        return {step["name"]: dict(step.get("parameters", {})) for step in af.tree.get("steps", [])}
-
-
 def _align_parser():
     p = argparse.ArgumentParser(
         prog="ceers-align",
         description="Align one visit and filter the CEERS way (replaces 'python run_tweakreg.py "
                     "<visit> <filter>'): select its *_cal.fits by FILTER header, write one "
                     "association per detector, detect sources, align, write results and WCS "
-                    "models, print the summary.")
+                    "models, print the summary. With --all: every visit and filter found in "
+                    "--input-dir, in parallel, plus survey_summary.ecsv and survey_index.html.")
     add_version(p)
-    p.add_argument("visit", help="visit id, e.g. jw01345001001")
-    p.add_argument("filter", help="filter, e.g. f115w")
+    p.add_argument("visit", nargs="?", help="visit id, e.g. jw01345001001")
+    p.add_argument("filter", nargs="?", help="filter, e.g. f115w")
+    p.add_argument("--all", action="store_true",
+                   help="every visit and filter among the *_cal.fits of --input-dir (by header)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --all: leave visits and filters whose outputs are complete alone")
     p.add_argument("--input-dir", default="calibrated", help="folder of the *_cal.fits (calibrated)")
     p.add_argument("--output-dir", default=".",
                    help="folder for catalogs, associations, results, tweakreg_wcs/ (.)")
@@ -289,19 +177,44 @@ def _align_parser():
     p.add_argument("--save-results", action="store_true",
                    help="also write the aligned images <base>_tweakreg.fits")
     p.add_argument("--n-jobs", type=int, default=None,
-                   help="worker processes (default: all cores; 1 = serial)")
+                   help="worker processes (default: all cores; 1 = serial); with --all the "
+                        "visits and filters are spread over them")
     p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
     p.add_argument("--no-report", action="store_true",
                    help="do not write <visit>_<filter>_alignment_report.html and the DS9 regions")
     return p
 
 
+def _options(args):
+    from .survey import SurveyOptions
+
+    return SurveyOptions(params=args.params, params_dirs=args.params_dir or [],
+                         abs_refcat=args.abs_refcat, save_results=args.save_results,
+                         report=not args.no_report, n_jobs=args.n_jobs, scheduler=args.scheduler)
+
+
+def _say(text, error=False):
+    print(text, file=sys.stderr if error else sys.stdout)
+
+
 @one_line_errors("ceers-align")
 def align_main(argv=None):
-    """``ceers-align VISIT FILTER``: the CEERS per-visit, per-filter alignment run."""
+    """``ceers-align VISIT FILTER`` (CEERS' per-visit, per-filter run) or ``ceers-align --all``."""
     import re
 
-    args = _align_parser().parse_args(argv)
+    from .survey import Group, align_group, default_parameter_dirs, load_parameters, select_images
+
+    parser = _align_parser()
+    args = parser.parse_args(argv)
+    if args.all:
+        if args.visit or args.filter:
+            parser.error("give either VISIT FILTER or --all, not both")
+        _log_once()
+        return _align_all(args)
+    if not args.visit or not args.filter:
+        parser.error("VISIT and FILTER are required (or --all)")
+    if args.resume:
+        parser.error("--resume goes with --all")
     _log_once()
     visit, filter_name = args.visit.strip().lower(), args.filter.strip().lower()
     if not re.fullmatch(r"jw\d{11}", visit):
@@ -312,8 +225,8 @@ def align_main(argv=None):
         print(f"ceers-align: input folder not found: {input_dir}", file=sys.stderr)
         return 1
     try:
-        steps, source = _load_parameters(args.params, visit, filter_name,
-                                         args.params_dir or default_parameter_dirs())
+        steps, source = load_parameters(args.params, visit, filter_name,
+                                        args.params_dir or default_parameter_dirs())
         selected, others = select_images(input_dir, visit, filter_name)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"ceers-align: {exc}", file=sys.stderr)
@@ -324,72 +237,44 @@ def align_main(argv=None):
         print(f"ceers-align: no {visit}_*_cal.fits with FILTER {filter_name.upper()} in "
               f"{input_dir}{found}; nothing written", file=sys.stderr)
         return 1
-    n_images = sum(len(v) for v in selected.values())
-    print(f"ceers-align: {visit} {filter_name}: {n_images} images on {len(selected)} detectors; "
-          f"parameters: {source}")
+    outcome = align_group(Group(visit, filter_name, selected), out_dir, steps, source,
+                          _options(args), _say)
+    return 0 if outcome.status == "COMPLETE" else 1
 
-    steps.setdefault("tweakreg", {})
-    if args.abs_refcat:
-        steps["tweakreg"]["abs_refcat"] = args.abs_refcat
-    if not steps["tweakreg"].get("abs_refcat"):
-        print("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
-              file=sys.stderr)
-    steps["tweakreg"]["save_wcs"] = True
-    if args.no_report:
-        steps["tweakreg"]["save_report"] = False
-    from .refcat import named_catalog, refcat_paths
 
-    spec = steps["tweakreg"].get("abs_refcat") or ""
-    for refcat in [] if named_catalog(spec) else refcat_paths(spec):
-        if not refcat.is_file():
-            print(f"ceers-align: reference catalog not found: {refcat}; nothing written",
-                  file=sys.stderr)
-            return 1
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    asn_paths = _write_detector_associations(selected, visit, filter_name, out_dir)
-    for path in asn_paths:
-        print(f"  association {path}")
+def _align_all(args):
+    """``ceers-align --all``: every visit and filter of ``--input-dir``."""
+    from .survey import discover_groups, run_survey
 
-    from ._stpipe import AllImagesFailedError
-    from .pipeline import CeersAlignPipeline
-    from .results import format_summary
-
-    images = [str(p) for det in sorted(selected) for p in selected[det]]
-    pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
-                              save_results=args.save_results, in_memory=False,
-                              n_jobs=args.n_jobs, scheduler=args.scheduler)
-    try:
-        pipe.run(images)
-    except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
-        print(f"ceers-align: {exc}", file=sys.stderr)
-        _remove_if_alone(asn_paths, out_dir if created else None)
+    input_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
+    if not input_dir.is_dir():
+        print(f"ceers-align: input folder not found: {input_dir}", file=sys.stderr)
         return 1
-    if pipe.results is not None:
-        print(format_summary(pipe.results))
-    print(f"ceers-align: results in {out_dir / f'{visit}_{filter_name}_tweakreg_results.ecsv'} "
-          f"and {out_dir / f'tweakreg_results_all.{visit}_{filter_name}.txt'}")
-    report = getattr(pipe.tweakreg, "report_paths", {}).get(f"{visit}_{filter_name}")
-    if report is not None:
-        print(f"ceers-align: report {report} (open it in a browser)")
-    return 0
-
-
-def _remove_if_alone(asn_paths, created_dir):
-    """
-    After a failed run: remove the associations written for it when nothing else was
-    written beside them, and the output folder if this run created it and it is empty.
-    """
-    if created_dir is None:
-        return
-    others = [p for p in created_dir.rglob("*") if p.is_file() and p not in set(asn_paths)]
-    if others:
-        return
-    for path in asn_paths:
-        path.unlink(missing_ok=True)
-    for folder in sorted((p for p in created_dir.rglob("*") if p.is_dir()), reverse=True):
-        folder.rmdir()
-    created_dir.rmdir()
+    groups, problems = discover_groups(input_dir)
+    for path, why in problems:
+        print(f"ceers-align: {path}: left out: {why}", file=sys.stderr)
+    if not groups:
+        print(f"ceers-align: no *_cal.fits with a visit and filter in {input_dir}; nothing written",
+              file=sys.stderr)
+        return 1
+    n = sum(len(g.images) for g in groups)
+    print(f"ceers-align: {len(groups)} visits and filters, {n} images in {input_dir}: "
+          + ", ".join(f"{g.name} ({len(g.images)})" for g in groups))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes, summary, index = run_survey(groups, out_dir, _options(args), resume=args.resume,
+                                          n_jobs=args.n_jobs, scheduler=args.scheduler)
+    for result in outcomes:
+        for text, error in result.lines:
+            if error:
+                print(text, file=sys.stderr)
+    print(f"{'visit_filter':28s} {'images':>6s} {'seconds':>8s}  outcome")
+    for result in outcomes:
+        print(f"{result.name:28s} {result.n_images:6d} {result.seconds:8.1f}  {result.status}"
+              + (f": {result.message}" if result.message else "")
+              + (f"  {result.report}" if result.report else ""))
+    print(f"ceers-align: survey summary {summary}")
+    print(f"ceers-align: survey index {index} (links every report; open it in a browser)")
+    return 0 if all(r.status != "FAILED" for r in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from .fileio import atomic_output
 
 __all__ = ["final_rows", "regions_dir", "report_path", "software_versions", "write_regions",
-           "write_report"]
+           "write_report", "write_survey_index"]
 
 _GRADE_COLOURS = {"good": "#1a7f37", "check": "#b58100", "poor": "#c62828"}
 _FLAG_STYLE = {"matched": ("circle", "green"), "rejected": ("x point", "red"),
@@ -467,3 +467,49 @@ def write_regions(directory, residuals):
             tmp.write_text("\n".join(lines) + "\n")
         out[r.name] = path
     return out
+
+
+def write_survey_index(path, outcomes, summary):
+    """
+    ``survey_index.html``: one row per visit and filter of a survey, linking its report.
+
+    Parameters
+    ----------
+    path : path-like
+    outcomes : list of `ceers_steps.survey.GroupOutcome`
+    summary : Table
+        The survey summary (`ceers_steps.survey.survey_summary`).
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Survey "
+             f"alignment</title><style>{_CSS}</style></head><body><h1>Survey alignment: "
+             f"{len(outcomes)} visits and filters, {len(summary)} images</h1>",
+             "<table id='groups'><tr><th class='text'>visit</th><th class='text'>filter</th>"
+             "<th>images</th><th>aligned</th><th>median rmse (mas)</th><th>median err corner "
+             "(mas)</th><th class='text'>run</th><th class='text'>report</th></tr>"]
+    for result in outcomes:
+        rows = summary[(summary["visit"] == result.visit) & (summary["filter"] == result.filter)]
+        ok = rows[rows["status"] == "COMPLETE"]
+        rmse = float(np.median(ok["rmse"])) if len(ok) else float("nan")
+        err = ok["err_corner"][np.isfinite(ok["err_corner"])]
+        link = (f"<a href='{_e(Path(result.report).name)}'>report</a>"
+                if result.report else "-")
+        run = result.status + (f": {result.message}" if result.message else "")
+        parts.append(
+            f"<tr data-group='{_e(result.name)}'><td class='text'>{_e(result.visit)}</td>"
+            f"<td class='text'>{_e(result.filter)}</td><td>{len(rows)}</td>"
+            f"<td data-col='aligned'>{len(ok)}</td>{_num(rmse, col='rmse')}"
+            f"{_num(float(np.median(err)) if len(err) else float('nan'))}"
+            f"<td class='text'>{_e(run)}</td><td class='text'>{link}</td></tr>")
+    parts.append("</table><p>One row per image in <code>survey_summary.ecsv</code>.</p>")
+    parts.append("<h2>Software</h2><table id='versions'>")
+    parts += [f"<tr><td class='text'>{_e(k)}</td><td class='text'>{_e(v)}</td></tr>"
+              for k, v in software_versions().items()]
+    parts.append("</table></body></html>")
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,487 @@
+"""A survey's visits and filters: find them among the cal files, align each, summarise.
+
+`ceers-align VISIT FILTER` aligns one group (a visit in one filter) and
+`ceers-align --all` every group it finds in a folder, by the images' headers.
+Each group runs as one task (`align_group`): its parameter file, one association
+per detector, `CeersAlignPipeline` streaming its images, its results tables,
+WCS models and report, all in the output folder, whose file names never collide
+between groups (they carry the image or the visit and filter). Groups run in
+parallel over local processes or a Dask scheduler (`ceers_steps.engine`); one
+group that fails is recorded and the others go on. A group whose results table
+already lists every one of its images is complete (the table is written last,
+completely or not at all) and ``--resume`` leaves it alone. The survey ends with
+``survey_summary.ecsv`` (one row per image) and ``survey_index.html`` (a link to
+every group's report).
+"""
+
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Group", "GroupOutcome", "SurveyOptions", "align_group", "default_parameter_dirs",
+           "discover_groups", "group_complete", "load_parameters", "run_survey", "select_images",
+           "survey_summary"]
+
+log = logging.getLogger("ceers_steps.survey")
+
+VISIT_ID = re.compile(r"jw\d{11}")
+
+
+def default_parameter_dirs():
+    """Where ``ceers-align`` looks for ``<visit>_<filter>.asdf`` when no --params is given."""
+    import os
+
+    dirs = []
+    if os.environ.get("CEERS_PARAMETER_FILES"):
+        dirs.append(Path(os.environ["CEERS_PARAMETER_FILES"]))
+    dirs.append(Path.cwd() / "parameter_files")
+    dirs.append(Path(__file__).resolve().parent.parent / "parameter_files")  # a source checkout
+    return dirs
+
+
+def select_images(input_dir, visit, filter_name, suffix="cal"):
+    """
+    The ``<visit>_*_<suffix>.fits`` images in ``input_dir`` whose FILTER header is ``filter_name``.
+
+    A file whose FITS header cannot be read is reported on stderr and left out.
+
+    Returns
+    -------
+    selected : dict
+        Detector -> sorted list of paths.
+    other_filters : set of str
+        Filters of that visit's images that were not selected (for messages).
+    """
+    from astropy.io import fits
+
+    selected, others = {}, set()
+    for path in sorted(Path(input_dir).glob(f"{visit}_*_{suffix}.fits")):
+        try:
+            header = fits.getheader(path, 0)
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the run
+            print(f"ceers-align: {path}: FAILED: cannot read its FITS header ({exc}); "
+                  "left out", file=sys.stderr)
+            continue
+        filt = str(header.get("FILTER", "")).strip().lower()
+        if filt != filter_name:
+            others.add(filt or "<no FILTER>")
+            continue
+        detector = str(header.get("DETECTOR", "")).strip().lower() or path.name.split("_")[3]
+        selected.setdefault(detector, []).append(path)
+    return selected, others
+
+
+def _write_detector_associations(selected, visit, filter_name, out_dir):
+    """One level-3 association per detector, ``<visit>_<filter>_<detector>_asn.json``."""
+    import os
+
+    from .fileio import write_association
+
+    paths = []
+    for detector, images in sorted(selected.items()):
+        name = f"{visit}_{filter_name}_{detector}"
+        paths.append(write_association(
+            out_dir / f"{name}_asn.json", name,
+            [os.path.relpath(p.resolve(), out_dir.resolve()) for p in images],
+            asn_id=name, asn_rule="ceers_align", asn_pool="ceers-align", program=visit[2:7]))
+    return paths
+
+
+def load_parameters(params, visit, filter_name, params_dirs):
+    """
+    The pipeline's step parameters, and where they came from.
+
+    Returns
+    -------
+    steps : dict
+        ``{"catalog": {...}, "tweakreg": {...}}``
+    source : str
+    """
+    from .cfgconvert import read_cfg
+
+    if params is None:
+        for d in params_dirs:
+            candidate = d / f"{visit}_{filter_name}.asdf"
+            if candidate.is_file():
+                params = candidate
+                break
+        else:
+            return {}, "defaults (no parameter file found for this visit and filter)"
+    params = Path(params)
+    if not params.is_file():
+        raise FileNotFoundError(f"parameter file not found: {params}")
+    if params.suffix.lower() == ".cfg":
+        sections = {s.visit: s for s in read_cfg(params)}
+        if visit not in sections:
+            raise ValueError(f"{params}: no section [{visit}] (sections: "
+                             f"{', '.join(sorted(sections))})")
+        section = sections[visit]
+        return {k: dict(v) for k, v in section.steps.items()}, f"{params} [{visit}]"
+    return _read_parameter_file(params), str(params)
+
+
+def _read_parameter_file(path):
+    """Step parameters of a ceers_align ASDF parameter file, checked by stpipe itself."""
+    from stpipe import Step
+
+    from .pipeline import CeersAlignPipeline
+
+    # Validation only: the run itself creates (and logs) the pipeline once.
+    logging.disable(logging.INFO)
+    try:
+        pipe = Step.from_config_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable stpipe parameter file: {exc}") from None
+    finally:
+        logging.disable(logging.NOTSET)
+    if not isinstance(pipe, CeersAlignPipeline):
+        raise ValueError(f"{path}: a parameter file for {type(pipe).__name__}, "
+                         "not for ceers_align (CeersAlignPipeline)")
+    import asdf
+
+    with asdf.open(path) as af:
+        return {step["name"]: dict(step.get("parameters", {})) for step in af.tree.get("steps", [])}
+
+
+
+
+def _remove_if_alone(asn_paths, created_dir):
+    """
+    After a failed run: remove the associations written for it when nothing else was
+    written beside them, and the output folder if this run created it and it is empty.
+    """
+    if created_dir is None:
+        return
+    others = [p for p in created_dir.rglob("*") if p.is_file() and p not in set(asn_paths)]
+    if others:
+        return
+    for path in asn_paths:
+        path.unlink(missing_ok=True)
+    for folder in sorted((p for p in created_dir.rglob("*") if p.is_dir()), reverse=True):
+        folder.rmdir()
+    created_dir.rmdir()
+
+
+
+
+# --- groups -----------------------------------------------------------------------------------
+
+@dataclass
+class Group:
+    """One visit in one filter: its images by detector."""
+
+    visit: str
+    filter: str
+    selected: dict  # detector -> sorted list of Path
+
+    @property
+    def name(self):
+        return f"{self.visit}_{self.filter}"
+
+    @property
+    def images(self):
+        return [p for det in sorted(self.selected) for p in self.selected[det]]
+
+
+def _visit_of(header, path):
+    """``jw<program><observation><visit>`` from the header, else from the file name."""
+    try:
+        visit = f"jw{int(header['PROGRAM']):05d}{int(header['OBSERVTN']):03d}{int(header['VISIT']):03d}"
+    except (KeyError, ValueError, TypeError):
+        visit = path.name.split("_")[0]
+    return visit.lower() if VISIT_ID.fullmatch(visit.lower()) else None
+
+
+def discover_groups(input_dir, suffix="cal"):
+    """
+    Every visit and filter among the ``*_<suffix>.fits`` of ``input_dir``, by header.
+
+    The visit is PROGRAM, OBSERVTN and VISIT (``jw01345001001``; the file name's
+    first field when they are missing), the filter FILTER, the detector DETECTOR.
+
+    Returns
+    -------
+    groups : list of Group
+        Sorted by visit and filter.
+    problems : list of (Path, str)
+        Files left out and why (unreadable header, no visit id, no FILTER).
+    """
+    from astropy.io import fits
+
+    found, problems = {}, []
+    for path in sorted(Path(input_dir).glob(f"*_{suffix}.fits")):
+        try:
+            header = fits.getheader(path, 0)
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the survey
+            problems.append((path, f"cannot read its FITS header ({exc})"))
+            continue
+        visit = _visit_of(header, path)
+        filt = str(header.get("FILTER", "")).strip().lower()
+        if visit is None or not filt:
+            problems.append((path, "no visit id (PROGRAM/OBSERVTN/VISIT) or no FILTER in its header"))
+            continue
+        detector = str(header.get("DETECTOR", "")).strip().lower() or path.name.split("_")[3]
+        found.setdefault((visit, filt), {}).setdefault(detector, []).append(path)
+    groups = [Group(v, f, {d: sorted(p) for d, p in sel.items()})
+              for (v, f), sel in sorted(found.items())]
+    return groups, problems
+
+
+@dataclass
+class SurveyOptions:
+    """What every group is run with (the ``ceers-align`` options)."""
+
+    params: str | None = None
+    params_dirs: list = field(default_factory=list)
+    abs_refcat: str | None = None
+    save_results: bool = False
+    report: bool = True
+    n_jobs: int | None = None
+    scheduler: str = ""
+
+
+@dataclass
+class GroupOutcome:
+    """
+    What happened to one group.
+
+    ``status``: COMPLETE (ran), FAILED (did not run or all its images failed; ``message``
+    says why) or SKIPPED (``--resume``: already complete). ``lines``: what the run said,
+    as ``(text, is_error)``.
+    """
+
+    visit: str
+    filter: str
+    status: str
+    message: str = ""
+    n_images: int = 0
+    results: str | None = None
+    report: str | None = None
+    seconds: float = 0.0
+    lines: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return f"{self.visit}_{self.filter}"
+
+
+def results_path(out_dir, visit, filter_name):
+    return Path(out_dir) / f"{visit}_{filter_name}_tweakreg_results.ecsv"
+
+
+def group_complete(out_dir, group):
+    """
+    Whether ``group`` has complete outputs in ``out_dir``: its results table (written
+    last, completely or not at all) is readable and has a row for every one of its
+    images. A run killed half-way has none (it removes an earlier one before it
+    starts writing), so partial files never count.
+    """
+    from .results import read_results_table
+
+    table = read_results_table(results_path(out_dir, group.visit, group.filter))
+    if table is None:
+        return False
+    listed = {str(name) for name in table["image"]}
+    return all(p.name in listed for p in group.images)
+
+
+def align_group(group, out_dir, steps, source, options, say):
+    """
+    Align one group with `CeersAlignPipeline` (the body of ``ceers-align VISIT FILTER``).
+
+    Parameters
+    ----------
+    group : Group
+    out_dir : Path
+    steps : dict
+        Step parameters (`load_parameters`); changed here as the options ask.
+    source : str
+        Where the parameters came from (for the message).
+    options : SurveyOptions
+    say : callable
+        ``say(text, error=False)`` for the console.
+
+    Returns
+    -------
+    GroupOutcome
+    """
+    from ._stpipe import AllImagesFailedError
+    from .pipeline import CeersAlignPipeline
+    from .refcat import named_catalog, refcat_paths
+    from .results import format_summary
+
+    start = time.perf_counter()
+    visit, filter_name = group.visit, group.filter
+
+    def outcome(status, message=""):
+        return GroupOutcome(visit, filter_name, status, message, len(group.images),
+                            seconds=time.perf_counter() - start)
+
+    say(f"ceers-align: {visit} {filter_name}: {len(group.images)} images on "
+        f"{len(group.selected)} detectors; parameters: {source}")
+    steps.setdefault("tweakreg", {})
+    if options.abs_refcat:
+        steps["tweakreg"]["abs_refcat"] = options.abs_refcat
+    if not steps["tweakreg"].get("abs_refcat"):
+        say("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
+            error=True)
+    steps["tweakreg"]["save_wcs"] = True
+    if not options.report:
+        steps["tweakreg"]["save_report"] = False
+    spec = steps["tweakreg"].get("abs_refcat") or ""
+    for refcat in [] if named_catalog(spec) else refcat_paths(spec):
+        if not refcat.is_file():
+            message = f"reference catalog not found: {refcat}; nothing written"
+            say(f"ceers-align: {message}", error=True)
+            return outcome("FAILED", message)
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    asn_paths = _write_detector_associations(group.selected, visit, filter_name, out_dir)
+    for path in asn_paths:
+        say(f"  association {path}")
+    pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
+                              save_results=options.save_results, in_memory=False,
+                              n_jobs=options.n_jobs, scheduler=options.scheduler)
+    try:
+        pipe.run([str(p) for p in group.images])
+    except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
+        say(f"ceers-align: {exc}", error=True)
+        _remove_if_alone(asn_paths, out_dir if created else None)
+        return outcome("FAILED", str(exc))
+    if pipe.results is not None:
+        say(format_summary(pipe.results))
+    results = results_path(out_dir, visit, filter_name)
+    say(f"ceers-align: results in {results} and "
+        f"{out_dir / f'tweakreg_results_all.{visit}_{filter_name}.txt'}")
+    done = outcome("COMPLETE")
+    done.results = str(results)
+    report = getattr(pipe.tweakreg, "report_paths", {}).get(group.name)
+    if report is not None:
+        done.report = str(report)
+        say(f"ceers-align: report {report} (open it in a browser)")
+    return done
+
+
+def _group_task(group, out_dir, options):
+    """One group of a survey, isolated: whatever goes wrong is its outcome, never the survey's."""
+    lines = []
+
+    def say(text, error=False):
+        lines.append((text, error))
+
+    start = time.perf_counter()
+    try:
+        steps, source = load_parameters(options.params, group.visit, group.filter,
+                                        options.params_dirs or default_parameter_dirs())
+        result = align_group(group, out_dir, steps, source, options, say)
+    except Exception as exc:  # noqa: BLE001 - one group must never stop the others
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        result = GroupOutcome(group.visit, group.filter, "FAILED", f"{type(exc).__name__}: {text}",
+                              len(group.images), seconds=time.perf_counter() - start)
+        lines.append((f"ceers-align: {group.name}: FAILED: {result.message}", True))
+    result.lines = lines
+    return result
+
+
+def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""):
+    """
+    Align every group, in parallel, and write the survey summary and index.
+
+    Parameters
+    ----------
+    groups : list of Group
+    out_dir : Path
+    options : SurveyOptions
+        For each group's pipeline (its ``n_jobs`` is 1 when groups run in parallel).
+    resume : bool
+        Leave groups whose outputs are complete (`group_complete`) alone.
+    n_jobs, scheduler
+        Worker processes (or Dask scheduler) over the groups.
+
+    Returns
+    -------
+    outcomes : list of GroupOutcome
+    summary, index : Path
+    """
+    from .engine import effective_jobs, run_tasks
+
+    out_dir = Path(out_dir)
+    todo, outcomes = [], {}
+    for group in groups:
+        if resume and group_complete(out_dir, group):
+            outcomes[group.name] = GroupOutcome(
+                group.visit, group.filter, "SKIPPED", "complete outputs found (--resume)",
+                len(group.images), results=str(results_path(out_dir, group.visit, group.filter)))
+            log.info("%s: complete outputs found: not redone (--resume)", group.name)
+        else:
+            todo.append(group)
+    parallel = bool(scheduler) or effective_jobs(n_jobs, len(todo)) > 1
+    inner = SurveyOptions(**{**options.__dict__, "n_jobs": 1 if parallel else options.n_jobs,
+                             "scheduler": "" if parallel else options.scheduler})
+    results = run_tasks(_group_task, [(g, out_dir, inner) for g in todo], n_jobs=n_jobs,
+                        scheduler=scheduler or None, label="Survey groups",
+                        names=[g.name for g in todo])
+    for result in results:
+        outcomes[result.name] = result
+    ordered = [outcomes[g.name] for g in groups]
+    from .report import report_path
+
+    for result in ordered:
+        path = report_path(out_dir, result.name)
+        if result.status == "SKIPPED" and path.exists():
+            result.report = str(path)
+    summary = survey_summary(ordered, groups, out_dir)
+    from .report import write_survey_index
+
+    index = write_survey_index(out_dir / "survey_index.html", ordered, summary)
+    return ordered, out_dir / "survey_summary.ecsv", index
+
+
+def survey_summary(outcomes, groups, out_dir):
+    """
+    ``survey_summary.ecsv``: one row per image of the survey, from each group's results
+    table (its absolute row, else its relative row): visit, filter, detector, image,
+    status (COMPLETE = aligned, else FAILED with the reason), nmatch, rmse (mas),
+    err_center, err_corner (mas), the group's outcome and its report.
+
+    Returns
+    -------
+    Table (also written)
+    """
+    from astropy.table import Table
+
+    from .fileio import write_ecsv
+    from .report import final_rows
+    from .results import read_results_table
+
+    rows = []
+    for result, group in zip(outcomes, groups, strict=True):
+        table = read_results_table(result.results) if result.results else None
+        final = final_rows(table) if table is not None else {}
+        for det in sorted(group.selected):
+            for path in group.selected[det]:
+                row = final.get(path.name)
+                status = str(row["status"]) if row is not None else f"FAILED: {result.message}"
+                aligned = status in ("SUCCESS",) or status.startswith("REFERENCE")
+                rows.append({
+                    "visit": group.visit, "filter": group.filter, "detector": det,
+                    "image": path.name, "status": "COMPLETE" if aligned else status,
+                    "nmatch": int(row["nmatch"]) if row is not None else 0,
+                    "rmse": 1e3 * float(row["rmse"]) if row is not None else float("nan"),
+                    "err_center": float(row["err_center"]) if row is not None else float("nan"),
+                    "err_corner": float(row["err_corner"]) if row is not None else float("nan"),
+                    "group_status": result.status,
+                    "report": Path(result.report).name if result.report else ""})
+    names = ("visit", "filter", "detector", "image", "status", "nmatch", "rmse", "err_center",
+             "err_corner", "group_status", "report")
+    table = Table(rows=[[r[n] for n in names] for r in rows], names=names,
+                  dtype=("U13", "U12", "U12", "U80", "U200", "i4", "f8", "f8", "f8", "U8", "U80"))
+    for name in ("rmse", "err_center", "err_corner"):
+        table[name].unit = "mas"
+    table.meta["groups"] = len(groups)
+    write_ecsv(table, Path(out_dir) / "survey_summary.ecsv")
+    return table

@@ -1,0 +1,131 @@
+"""``ceers-align --all``: every visit and filter of a folder, the survey summary, ``--resume``."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import asdf
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import clean_env
+
+from ceers_steps.cli import align_main
+from ceers_steps.survey import discover_groups, group_complete
+from ceers_steps.wcs_utils import angular_separation_mas
+
+# Two visits x two filters, 2 detectors x 2 dithers each (1024x1024, built-in truth): 16 images.
+GROUPS = [("jw01345001001", "F200W", "02201", (0.45, -0.25)),
+          ("jw01345001001", "F150W", "02101", (0.30, 0.20)),
+          ("jw01345002001", "F200W", "02201", (-0.35, 0.15)),
+          ("jw01345002001", "F150W", "02101", (0.10, -0.40))]
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    from ceers_steps.synthetic import make_visit
+
+    root = tmp_path_factory.mktemp("survey")
+    cal = root / "calibrated"
+    cal.mkdir()
+    truth = {}
+    for visit_id, filt, group, shift in GROUPS:
+        # One seed: the same sky and reference catalog for every group, each its own WCS error.
+        v = make_visit(detectors=("nrca1", "nrcb4"), n_dithers=2, shape=(1024, 1024), noise=0.02,
+                       use_real=False, seed=11, visit_id=visit_id, filter_name=filt, group=group,
+                       visit_shift=shift)
+        for image in v.images:
+            image.model.save(cal / image.model.meta.filename)
+            truth[image.model.meta.filename] = image.true_wcs
+        refcat = root / "refcat.ecsv"
+        v.refcat.write(refcat, overwrite=True)
+    (root / "no_params").mkdir()
+    return {"root": root, "cal": cal, "refcat": refcat, "truth": truth}
+
+
+def _args(survey, out, *extra):
+    return ["--all", "--input-dir", str(survey["cal"]), "--output-dir", str(out), "--abs-refcat",
+            str(survey["refcat"]), "--params-dir", str(survey["root"] / "no_params"), *extra]
+
+
+def test_groups_found_by_header(survey):
+    groups, problems = discover_groups(survey["cal"])
+    assert problems == []
+    assert [(g.visit, g.filter, len(g.images)) for g in groups] == [
+        ("jw01345001001", "f150w", 4), ("jw01345001001", "f200w", 4),
+        ("jw01345002001", "f150w", 4), ("jw01345002001", "f200w", 4)]
+
+
+def test_all_aligns_every_visit_and_filter(survey, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert align_main(_args(survey, out, "--n-jobs", "2")) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == (f"ceers-align: survey index {out / 'survey_index.html'} (links every "
+                           "report; open it in a browser)")
+    summary = Table.read(out / "survey_summary.ecsv")
+    assert len(summary) == 16 and set(summary["status"]) == {"COMPLETE"}
+    assert summary["rmse"].unit == "mas"
+    index = (out / "survey_index.html").read_text()
+    for visit_id, filt, _, _ in GROUPS:
+        name = f"{visit_id}_{filt.lower()}"
+        assert (out / f"{name}_tweakreg_results.ecsv").exists()
+        assert f"<a href='{name}_alignment_report.html'>report</a>" in index
+        assert (out / f"{name}_alignment_report.html").exists()
+    # Every image aligned to its truth (the saved WCS models), whatever group it was in.
+    for name, true_wcs in survey["truth"].items():
+        with asdf.open(out / "tweakreg_wcs" / name.replace("_cal.fits", "_tweakreg.asdf")) as af:
+            wcs = af["wcs"]
+            err = angular_separation_mas(*wcs(511.5, 511.5), *true_wcs(511.5, 511.5))
+        assert err < 10.0, (name, err)
+
+
+def test_one_bad_group_does_not_stop_the_survey(survey, tmp_path, capsys):
+    """A group whose parameter file is broken is FAILED with the reason; the others run."""
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "jw01345002001_f150w.asdf").write_text("not an asdf file")
+    out = tmp_path / "out"
+    args = _args(survey, out, "--n-jobs", "1")
+    args[args.index("--params-dir") + 1] = str(params)
+    assert align_main(args) == 1
+    captured = capsys.readouterr()
+    assert "jw01345002001_f150w" in captured.err and "not a readable stpipe parameter" in captured.err
+    summary = Table.read(out / "survey_summary.ecsv")
+    bad = summary["filter"] == "f150w"
+    bad &= summary["visit"] == "jw01345002001"
+    assert all(s.startswith("FAILED") for s in summary["status"][bad])
+    assert set(summary["status"][~bad]) == {"COMPLETE"} and (~bad).sum() == 12
+
+
+def test_resume_after_a_kill_redoes_only_unfinished_groups(survey, tmp_path, capsys):
+    out = tmp_path / "out"
+    exe = os.path.join(os.path.dirname(sys.executable), "ceers-align")
+    proc = subprocess.Popen([exe, *_args(survey, out, "--n-jobs", "1")], env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    groups, _ = discover_groups(survey["cal"])
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(group_complete(out, g) for g in groups):
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = [g for g in groups if group_complete(out, g)]
+    assert 1 <= len(done) < len(groups), "the kill did not land mid-survey"
+    stamps = {g.name: (out / f"{g.name}_tweakreg_results.ecsv").stat().st_mtime_ns for g in done}
+
+    assert align_main(_args(survey, out, "--n-jobs", "2", "--resume")) == 0
+    printed = capsys.readouterr().out
+    for g in groups:
+        line = next(ln for ln in printed.splitlines() if ln.startswith(g.name))
+        assert ("SKIPPED" in line) == (g.name in stamps), line
+    for name, stamp in stamps.items():
+        assert (out / f"{name}_tweakreg_results.ecsv").stat().st_mtime_ns == stamp
+    summary = Table.read(out / "survey_summary.ecsv")
+    assert len(summary) == 16 and set(summary["status"]) == {"COMPLETE"}
+    assert np.all(np.isfinite(summary["rmse"]))
