@@ -18,8 +18,8 @@ Then, with ``--n-jobs`` processes: (1) ``ceers-align --all`` over the whole fold
 (2) ``ceers-align VISIT FILTER`` once per group, one after the other (as CEERS ran
 ``run_tweakreg.py``), (3) ``ceers-align --all`` over the first 1, 5, ... groups of
 ``--memory-groups`` (files linked into folders of their own). Each is a fresh process;
-the peak resident memory of its whole process tree (main process and workers, sampled
-every 0.1 s with psutil) is reported, with wall time, seconds per image, and the
+the peak memory of its whole process tree (sum of proportional set sizes, sampled
+every 50 ms, as in bench_scaling.py) is reported, with wall time, seconds per image, and the
 accuracy of every group against its truth (saved WCS models on a 16x16 grid per
 image: median over images of the per-image RMS, worst point; mas).
 """
@@ -27,10 +27,8 @@ image: median over images of the per-image RMS, worst point; mas).
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -73,34 +71,13 @@ def build(folder, n_visits, shape, seed):
 
 
 def run(cmd, cwd):
-    """Run a command; return (seconds, peak RSS of its process tree in bytes, returncode)."""
-    import psutil
+    """Run a command; return (seconds, peak PSS of its process tree in bytes, returncode)."""
+    # bench_scaling's sampler: proportional set sizes, so pages shared by forked workers
+    # count once (a plain RSS sum counts the parent's jwst import once per worker).
+    from bench_scaling import run_measured
 
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = [0]
-    done = threading.Event()
-
-    def sample():
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree
-                                           if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    code = proc.wait()
-    done.set()
-    thread.join()
-    return time.perf_counter() - start, peak[0], code
+    seconds, peak_mib, code, _ = run_measured(cmd, cwd, dict(os.environ))
+    return seconds, peak_mib * 2**20, code
 
 
 def accuracy(out, names, truth, shape):
@@ -147,7 +124,7 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     seconds, peak, code = run([exe, "--all", "--input-dir", str(cal), "--output-dir", str(out),
                                *common], tmp)
-    print(f"\nceers-align --all: {seconds:.1f} s, {seconds / n:.3f} s per image, peak RSS of the "
+    print(f"\nceers-align --all: {seconds:.1f} s, {seconds / n:.3f} s per image, peak PSS of the "
           f"process tree {peak / 2**20:.0f} MiB, exit {code}")
     print(f"{'group':24s} {'images':>6s} {'median mas':>10s} {'worst mas':>9s}")
     for visit, filt, names in groups:
@@ -165,7 +142,7 @@ def main():
     same = all(accuracy(one, names, truth, args.shape) == accuracy(out, names, truth, args.shape)
                for _, _, names in groups)
     print(f"\none 'ceers-align VISIT FILTER' per group, one after the other: {total:.1f} s, "
-          f"{total / n:.3f} s per image, largest peak RSS {max(peaks) / 2**20:.0f} MiB; "
+          f"{total / n:.3f} s per image, largest peak PSS {max(peaks) / 2**20:.0f} MiB; "
           f"same WCS as --all: {same}")
     print(f"--all / one at a time: {seconds / total:.2f} of the time")
 
