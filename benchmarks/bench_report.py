@@ -23,17 +23,12 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
+from bench_alignment import CEERS_LW, CEERS_SW  # the CEERS jw01345001001 parameters
+
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.catalogs import build_catalog, write_catalog
 from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
 from ceers_steps.tweakreg_run import TweakRegRun
-
-CEERS_SW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.05, nclip=1, sigma=0.7,
-                abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
-                abs_nclip=1, abs_sigma=0.6, abs_fitgeometry="rshift")
-CEERS_LW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.02, nclip=1, sigma=0.6,
-                abs_minobj=20, abs_searchrad=1.0, abs_separation=0.5, abs_tolerance=0.4,
-                abs_nclip=1, abs_sigma=0.7, abs_fitgeometry="rscale")
 
 REPORT = []  # (seconds, traced peak bytes or None) of each _write_reports call
 TRACE = [False]  # trace memory in the next call (tracing slows Python code: timed apart)

@@ -271,6 +271,13 @@ def _num(value, fmt="{:.2f}", col=None):
     return f'<td{attr} data-value="{v!r}">{text}</td>'
 
 
+def _table_html(title, ident, items):
+    """A titled two-column table of names and values."""
+    rows = "".join(f"<tr><td class='text'>{_e(k)}</td><td class='text'>{_e(v)}</td></tr>"
+                   for k, v in items.items())
+    return f"<h2>{_e(title)}</h2><table id='{ident}'>{rows}</table>"
+
+
 def _terms_html(terms):
     out = []
     common = terms.get("common")
@@ -418,14 +425,8 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
                      f"src='data:image/png;base64,{_png(fig)}'><figcaption>{_e(caption)}"
                      "</figcaption></figure>")
     if parameters:
-        parts.append("<h2>Parameters</h2><table id='parameters'>")
-        parts += [f"<tr><td class='text'>{_e(k)}</td><td class='text'>{_e(v)}</td></tr>"
-                  for k, v in parameters.items()]
-        parts.append("</table>")
-    parts.append("<h2>Software</h2><table id='versions'>")
-    parts += [f"<tr><td class='text'>{_e(k)}</td><td class='text'>{_e(v)}</td></tr>"
-              for k, v in software_versions().items()]
-    parts.append("</table></body></html>")
+        parts.append(_table_html("Parameters", "parameters", parameters))
+    parts += [_table_html("Software", "versions", software_versions()), "</body></html>"]
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")
     return path
@@ -506,10 +507,7 @@ def write_survey_index(path, outcomes, summary):
             f"{_num(float(np.median(err)) if len(err) else float('nan'))}"
             f"<td class='text'>{_e(run)}</td><td class='text'>{link}</td></tr>")
     parts.append("</table><p>One row per image in <code>survey_summary.ecsv</code>.</p>")
-    parts.append("<h2>Software</h2><table id='versions'>")
-    parts += [f"<tr><td class='text'>{_e(k)}</td><td class='text'>{_e(v)}</td></tr>"
-              for k, v in software_versions().items()]
-    parts.append("</table></body></html>")
+    parts += [_table_html("Software", "versions", software_versions()), "</body></html>"]
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")
     return path
