@@ -1,5 +1,7 @@
 """ApplyWcsStep: put saved (tweaked) WCS models back onto calibrated images (``strun apply_wcs``)."""
 
+from pathlib import Path
+
 from ._stpipe import CeersStep, ImageOutputMixin, get_logger
 from .inputs import load_inputs, open_image
 from .wcs_io import apply_wcs_model, load_wcs_for_image, wcs_dir_path
@@ -23,6 +25,13 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     all but the first);
     a problem is an error naming the image and the file, unless
     ``skip_missing`` passes such images through unchanged with a warning.
+
+    Several image files with ``save_results`` (``strun`` on an association,
+    ``ceers-apply-wcs --all``) are streamed: each worker of ``n_jobs`` (or of a
+    Dask ``scheduler``) opens one image, checks and applies its model and writes
+    it under a temporary name; only when every image succeeded are the outputs
+    moved into place, so memory does not grow with the number of images and a
+    bad image still leaves no output.
     """
 
     class_alias = "apply_wcs"
@@ -33,6 +42,8 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         force = boolean(default=False)  # Experts: apply models that record an unaligned (FAILED) fit, another exposure, or a bounding box that does not match the image
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
+        n_jobs = integer(default=None)  # Worker processes when streaming several files: None or 0 = all cores, 1 = serial, -N = all but N-1
+        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) for that work; empty = local
     """  # noqa: E501
 
     def wcs_dir_path(self):
@@ -46,6 +57,9 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         inputs = load_inputs(input_data)
         self.remember_inputs(inputs)
         wcs_dir = self.wcs_dir_path()
+        if (self.save_results and len(inputs.images) > 1
+                and all(image.path is not None for image in inputs.images)):
+            return self._stream(inputs, wcs_dir)
         plan = []
         # Check every image first, so that a bad one stops the run before anything is written.
         for image in inputs.images:
@@ -71,3 +85,43 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         from jwst.datamodels import ModelLibrary
 
         return ModelLibrary(models)
+
+    def _stream(self, inputs, wcs_dir):
+        """Per-image tasks write into a temporary folder; published only if all succeeded."""
+        import os
+        import shutil
+        import tempfile
+
+        from .engine import run_tasks
+        from .fileio import check_outputs
+        from .inputs import written_library
+        from .tasks import apply_wcs_task
+
+        out_dir = self.output_dir_path()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".apply_wcs.", suffix=".part", dir=out_dir))
+        try:
+            done = run_tasks(apply_wcs_task,
+                             [(image.path, wcs_dir, self.force, self.skip_missing, out_dir,
+                               self.suffix, tmp) for image in inputs.images],
+                             n_jobs=self.n_jobs, scheduler=self.scheduler or None,
+                             label="Applying WCS models",
+                             names=[image.name for image in inputs.images])
+            for result in done:
+                if "error" in result:
+                    kind = FileNotFoundError if result["kind"] == "FileNotFoundError" else (
+                        TypeError if result["kind"] == "TypeError" else ValueError)
+                    raise kind(result["error"])
+            check_outputs([(r["output"], r["name"]) for r in done], self._input_paths)
+            for result in done:
+                if result["warning"]:
+                    log.warning("%s", result["warning"])
+                else:
+                    log.info("%s: applied %s", result["name"], result["applied"])
+                os.replace(result["written"], result["output"])
+                log.info("Saved %s", result["output"])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        name = (inputs.asn or {}).get("products", [{}])[0].get("name", "apply_wcs")
+        members = [{"expname": r["output"], "exptype": "science"} for r in done]
+        return written_library({"products": [{"name": name, "members": members}]}, outputs=True)

@@ -89,6 +89,9 @@ def _apply_wcs_parser():
     p.add_argument("--force", action="store_true",
                    help="experts: apply models of unaligned (FAILED) fits, of other exposures, "
                         "or whose bounding box does not match the image")
+    p.add_argument("--n-jobs", type=int, default=None,
+                   help="worker processes (default: all cores; 1 = serial)")
+    p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
     return p
 
 
@@ -116,7 +119,8 @@ def apply_wcs_main(argv=None):
         # Command-line paths are relative to where the command runs.
         ApplyWcsStep.call([str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
                           output_dir=args.output_dir, suffix=args.output_suffix,
-                          skip_missing=args.skip_missing, force=args.force, save_results=True)
+                          skip_missing=args.skip_missing, force=args.force, save_results=True,
+                          n_jobs=args.n_jobs, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"ceers-apply-wcs: {exc}", file=sys.stderr)
         return 1

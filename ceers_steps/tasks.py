@@ -16,6 +16,7 @@ from .grouping import image_key
 
 __all__ = [
     "CatalogResult",
+    "apply_wcs_task",
     "ImageHeader",
     "describe_error",
     "detect_task",
@@ -290,3 +291,49 @@ def header_task(path):
                 getattr(model.meta, "tweakreg_catalog", None), None)
     finally:
         model.close()
+
+
+def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir):
+    """
+    Apply one image's saved WCS model and write the result into ``tmp_dir``.
+
+    The caller publishes every written file only when every image succeeded
+    (`ceers_steps.apply_wcs_step.ApplyWcsStep`), so one bad image still stops a
+    run before any output appears. Never raises for this image's problem.
+
+    Returns
+    -------
+    dict
+        ``name``, ``output`` (the final path), ``written`` (the file in ``tmp_dir``),
+        ``applied`` (the WCS model used, or None when passed through), ``warning``;
+        or, for a problem, ``name``, ``error`` (message) and ``kind`` (exception type name).
+    """
+    from .inputs import InputImage, open_image
+    from .wcs_io import apply_wcs_model, exposure_base, load_wcs_for_image
+
+    name = Path(path).name
+    try:
+        model = open_image(InputImage(path=Path(path)), require_wcs=False)
+    except (OSError, TypeError, ValueError) as exc:
+        return {"name": name, "error": str(exc), "kind": type(exc).__name__}
+    try:
+        filename = model.meta.filename or name
+        warning, applied = None, None
+        try:
+            applied, wcsinfo, wcs = load_wcs_for_image(model, wcs_dir, filename, force=force)
+        except (FileNotFoundError, ValueError) as exc:
+            if not skip_missing:
+                return {"name": name, "error": str(exc), "kind": type(exc).__name__}
+            warning = f"{exc}; image passed through unchanged"
+            model.meta.cal_step.tweakreg = model.meta.cal_step.tweakreg or "SKIPPED"
+        else:
+            apply_wcs_model(model, wcsinfo, wcs)
+        output = Path(out_dir) / f"{exposure_base(filename)}_{suffix}.fits"
+        # In a folder of its own: stdatamodels records the name it saves under.
+        written = Path(tmp_dir) / name / output.name
+        written.parent.mkdir()
+        model.save(str(written))
+    finally:
+        model.close()
+    return {"name": name, "output": str(output), "written": str(written),
+            "applied": None if applied is None else str(applied), "warning": warning}

@@ -189,3 +189,52 @@ def test_strun_apply_wcs_offline(small_visit_dir, saved_models, tmp_path):
     model = datamodels.open(out)
     assert model.meta.cal_step.tweakreg == "COMPLETE"
     assert Path(model.meta.filename).name == out.name
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_streamed_files_written_like_in_memory(small_visit_dir, tmp_path, n_jobs):
+    """
+    Several files with save_results are streamed through workers (outputs published at the
+    end): the written files carry the same WCS as the in-memory path gives, the inputs are
+    untouched, and the result is a library over the written files.
+    """
+    from ceers_steps.wcs_io import save_wcs_model
+
+    d = small_visit_dir
+    wcs_dir = tmp_path / "wcs"
+    shifted = {}
+    for image in d["visit"].images:
+        m = image.model.copy()
+        # A visibly different WCS (the true one), so "applied" is not "unchanged".
+        m.meta.wcs = image.true_wcs
+        save_wcs_model(wcs_dir / f"{exposure_base(m.meta.filename)}_tweakreg.asdf",
+                       m.meta.filename, m.meta.wcsinfo, m.meta.wcs)
+        shifted[m.meta.filename] = image.true_wcs
+    digests = {p: file_digest(p) for p in d["paths"]}
+    out = tmp_path / "out"
+    result = ApplyWcsStep.call([str(p) for p in d["paths"]], wcs_dir=str(wcs_dir),
+                               output_dir=str(out), save_results=True, n_jobs=n_jobs)
+    assert {p: file_digest(p) for p in d["paths"]} == digests
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name.replace("_cal.fits", "_tweakreg.fits") for p in d["paths"])
+    x, y = pixel_grid((1024, 1024))
+    for path in d["paths"]:
+        with datamodels.open(out / path.name.replace("_cal.fits", "_tweakreg.fits")) as m:
+            assert m.meta.cal_step.tweakreg == "COMPLETE"
+            err = angular_separation_mas(*m.meta.wcs(x, y), *shifted[path.name](x, y))
+            assert err.max() < 1e-6
+    assert len(result) == len(d["paths"])
+
+
+def test_streamed_skip_missing_writes_the_image_unchanged(small_visit_dir, saved_models,
+                                                          tmp_path, caplog):
+    path = small_visit_dir["paths"][1]
+    (saved_models / f"{exposure_base(path.name)}_tweakreg.asdf").unlink()
+    out = tmp_path / "out"
+    ApplyWcsStep.call([str(p) for p in small_visit_dir["paths"]], wcs_dir=str(saved_models),
+                      output_dir=str(out), save_results=True, skip_missing=True, n_jobs=2)
+    assert "passed through unchanged" in caplog.text
+    with datamodels.open(out / path.name.replace("_cal.fits", "_tweakreg.fits")) as m:
+        assert m.meta.cal_step.tweakreg == "SKIPPED"
+    assert len(list(out.glob("*_tweakreg.fits"))) == len(small_visit_dir["paths"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
