@@ -74,6 +74,17 @@ def _wcs_values(models):
     return [np.array(m.meta.wcs(*grid)) for m in models]
 
 
+_OPENED = []  # written files opened by a test, closed when it ends
+
+
+@pytest.fixture(autouse=True)
+def _close_opened():
+    """An open handle collected during a later test would be that test's (unraisable) warning."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def _run_align(paths, refcat, out, **kwargs):
     from ceers_steps import CeersAlignPipeline
     from ceers_steps.inputs import library_models
@@ -83,6 +94,7 @@ def _run_align(paths, refcat, out, **kwargs):
     pipe = CeersAlignPipeline(steps=steps, output_dir=str(out), save_results=True, **kwargs)
     result = pipe.run([str(p) for p in paths])
     models = library_models(result)
+    _OPENED.extend(models)
     return models, pipe.results
 
 

@@ -225,27 +225,43 @@ def _check_isolated(d, out, models, table):
             for m in aligned]
 
 
+def _close(models):
+    """Close the written files a test opened (an open handle collected later is a warning)."""
+    for m in models:
+        m.close()
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_one_bad_image_fails_alone_locally(damaged_visit, tmp_path, n_jobs):
     models, table = _align(damaged_visit, tmp_path, n_jobs=n_jobs)
-    _check_isolated(damaged_visit, tmp_path, models, table)
-    names = [m.meta.filename.replace("_tweakreg.fits", "_cal.fits") for m in models]
-    failed = models[names.index(damaged_visit["paths"][1].name)]
-    with datamodels.open(damaged_visit["paths"][1]) as original:
-        grid = np.meshgrid(np.linspace(0, 1023, 5), np.linspace(0, 1023, 5))
-        np.testing.assert_allclose(failed.meta.wcs(*grid), original.meta.wcs(*grid), rtol=0, atol=1e-12)
+    try:
+        _check_isolated(damaged_visit, tmp_path, models, table)
+        names = [m.meta.filename.replace("_tweakreg.fits", "_cal.fits") for m in models]
+        failed = models[names.index(damaged_visit["paths"][1].name)]
+        with datamodels.open(damaged_visit["paths"][1]) as original:
+            grid = np.meshgrid(np.linspace(0, 1023, 5), np.linspace(0, 1023, 5))
+            np.testing.assert_allclose(failed.meta.wcs(*grid), original.meta.wcs(*grid), rtol=0,
+                                       atol=1e-12)
+    finally:
+        _close(models)
 
 
 @pytest.mark.filterwarnings("ignore:Creating scratch directories is taking:UserWarning")
 def test_one_bad_image_fails_alone_on_dask(damaged_visit, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
-    serial = _check_isolated(damaged_visit, tmp_path / "serial",
-                             *_align(damaged_visit, tmp_path / "serial", n_jobs=1))
+    models, table = _align(damaged_visit, tmp_path / "serial", n_jobs=1)
+    try:
+        serial = _check_isolated(damaged_visit, tmp_path / "serial", models, table)
+    finally:
+        _close(models)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None,
                                   local_directory=str(tmp_path / "dask-scratch")) as cluster:
         models, table = _align(damaged_visit, tmp_path / "dask", scheduler=cluster.scheduler_address)
-    remote = _check_isolated(damaged_visit, tmp_path / "dask", models, table)
+    try:
+        remote = _check_isolated(damaged_visit, tmp_path / "dask", models, table)
+    finally:
+        _close(models)
     for a, b in zip(serial, remote, strict=True):
         np.testing.assert_array_equal(a, b)
 
