@@ -32,6 +32,9 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
 
     class_alias = "ceers_align"
 
+    #: Its ``tweakreg`` writes the alignment report unless told not to (``save_report``).
+    writes_alignment_report = True
+
     spec = """
         n_jobs = integer(default=None)  # Worker processes for detection, group fits and writing: None or 0 = all cores, 1 = serial, -N = all but N-1
         scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786); empty = local processes

@@ -394,15 +394,14 @@ class TweakRegRun:
 
     def report_enabled(self):
         """
-        ``save_report``; None means on inside `CeersAlignPipeline` (``ceers_align``,
+        ``save_report``; None means on inside a pipeline that says it writes one
+        (``writes_alignment_report``: `CeersAlignPipeline`, so ``ceers_align``,
         ``ceers-align``, ``calwebb_image3_ceers``), off otherwise: alone, or swapped
         into jwst's own pipelines, the step writes what jwst's TweakRegStep writes.
         """
         on = getattr(self.pars, "save_report", None)
         if on is None:
-            from .pipeline import CeersAlignPipeline
-
-            return isinstance(self.pars.parent, CeersAlignPipeline)
+            return bool(getattr(self.pars.parent, "writes_alignment_report", False))
         return bool(on)
 
     def _write_reports(self, tables, images, statuses, rows, used_refcats, visit_info):
