@@ -57,6 +57,8 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
     """
     from astropy.io import fits
 
+    from .wcs_io import detector_from_name
+
     selected, others = {}, set()
     for path in sorted(Path(input_dir).glob(f"{visit}_*_{suffix}.fits")):
         try:
@@ -69,7 +71,8 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
         if filt != filter_name:
             others.add(filt or "<no FILTER>")
             continue
-        detector = str(header.get("DETECTOR", "")).strip().lower() or path.name.split("_")[3]
+        detector = (str(header.get("DETECTOR", "")).strip().lower()
+                    or detector_from_name(path.name) or "unknown")
         selected.setdefault(detector, []).append(path)
     return selected, others
 
@@ -211,6 +214,8 @@ def discover_groups(input_dir, suffix="cal"):
     """
     from astropy.io import fits
 
+    from .wcs_io import detector_from_name
+
     found, problems = {}, []
     for path in sorted(Path(input_dir).glob(f"*_{suffix}.fits")):
         try:
@@ -223,7 +228,8 @@ def discover_groups(input_dir, suffix="cal"):
         if visit is None or not filt:
             problems.append((path, "no visit id (PROGRAM/OBSERVTN/VISIT) or no FILTER in its header"))
             continue
-        detector = str(header.get("DETECTOR", "")).strip().lower() or path.name.split("_")[3]
+        detector = (str(header.get("DETECTOR", "")).strip().lower()
+                    or detector_from_name(path.name) or "unknown")
         found.setdefault((visit, filt), {}).setdefault(detector, []).append(path)
     groups = [Group(v, f, {d: sorted(p) for d, p in sel.items()})
               for (v, f), sel in sorted(found.items())]
