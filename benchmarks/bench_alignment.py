@@ -45,6 +45,24 @@ CEERS_LW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.02, nclip=
                 abs_nclip=1, abs_sigma=0.7, abs_fitgeometry="rscale")
 
 
+def add_truth_options(parser):
+    """``--builtin`` / ``--real``: which WCS truth the synthetic visits use."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--builtin", action="store_true", help="built-in NIRCam-like WCS truth")
+    src.add_argument("--real", action="store_true", help="require the real CEERS data")
+
+
+def truth_choice(args):
+    """``use_real`` for `make_visit`: False, True, or None (the real data when present)."""
+    return False if args.builtin else (True if args.real else None)
+
+
+def quiet():
+    """Benchmarks print their own results: no warnings, no step logs."""
+    warnings.simplefilter("ignore")
+    logging.disable(logging.CRITICAL)
+
+
 def score(models, visit):
     return alignment_accuracy(models, [image.true_wcs for image in visit.images])
 
@@ -154,18 +172,15 @@ def main():
                         help="skip the traced run that measures peak memory (half the time)")
     parser.add_argument("--frames", choices=("clean", "realistic", "both"), default="clean",
                         help="render clean frames, frames with real cal-file nuisances, or both")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--builtin", action="store_true", help="built-in NIRCam-like WCS truth")
-    src.add_argument("--real", action="store_true", help="require the real CEERS data")
+    add_truth_options(parser)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    logging.disable(logging.CRITICAL)
+    quiet()
     _instrument()
 
     lw = args.case == "lw"
     detectors = LW_DETECTORS if lw else SW_DETECTORS
     params = CEERS_LW if lw else CEERS_SW
-    use_real = False if args.builtin else (True if args.real else None)
+    use_real = truth_choice(args)
     print(f"case {args.case}: {len(detectors)} detectors x 3 dithers, CEERS parameters {params}")
     frames = ("clean", "realistic") if args.frames == "both" else (args.frames,)
     print(f"{'seed':>4} {'frames':>9} {'method':>18} {'median mas':>11} {'worst mas':>10} "

@@ -15,14 +15,12 @@ cannot describe): how often is that image graded down, and are the others still 
 """
 
 import argparse
-import logging
 import re
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
-from bench_alignment import CEERS_LW, CEERS_SW
+from bench_alignment import CEERS_LW, CEERS_SW, add_truth_options, quiet, truth_choice
 
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.catalogs import build_catalog, write_catalog
@@ -40,15 +38,12 @@ def main():
     parser.add_argument("--shift-one", type=float, default=0.0, metavar="MAS",
                         help="shift the catalog of one image (the 5th) by MAS along x: is it "
                              "graded down, and only it?")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--builtin", action="store_true", help="built-in NIRCam-like WCS truth")
-    src.add_argument("--real", action="store_true", help="require the real CEERS data")
+    add_truth_options(parser)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    logging.disable(logging.CRITICAL)
+    quiet()
     from jwst.datamodels import ModelLibrary
 
-    use_real = False if args.builtin else (True if args.real else None)
+    use_real = truth_choice(args)
     for case in args.cases:
         lw = case == "lw"
         errors = {"good": [], "check": [], "poor": []}

@@ -15,15 +15,13 @@ Python memory in one more run (tracing slows it, so it is not timed).
 """
 
 import argparse
-import logging
 import statistics
 import tempfile
 import time
 import tracemalloc
-import warnings
 from pathlib import Path
 
-from bench_alignment import CEERS_LW, CEERS_SW  # the CEERS jw01345001001 parameters
+from bench_alignment import CEERS_LW, CEERS_SW, add_truth_options, quiet, truth_choice
 
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.catalogs import build_catalog, write_catalog
@@ -59,18 +57,15 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--artifacts", action="store_true", help="realistic cal-file nuisances")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--builtin", action="store_true", help="built-in NIRCam-like WCS truth")
-    src.add_argument("--real", action="store_true", help="require the real CEERS data")
+    add_truth_options(parser)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    logging.disable(logging.CRITICAL)
+    quiet()
     _instrument()
     from jwst.datamodels import ModelLibrary
 
     lw = args.case == "lw"
     params = CEERS_LW if lw else CEERS_SW
-    use_real = False if args.builtin else (True if args.real else None)
+    use_real = truth_choice(args)
     visit = make_visit(detectors=LW_DETECTORS if lw else SW_DETECTORS, n_dithers=3,
                        use_real=use_real, seed=args.seed, artifacts=args.artifacts)
     n = len(visit.images)

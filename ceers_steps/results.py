@@ -13,6 +13,7 @@ __all__ = [
     "summary_line",
     "merge_results",
     "read_results_table",
+    "results_paths",
     "results_table",
     "rows_of_other_images",
     "write_ceers_results",
@@ -33,6 +34,13 @@ CEERS_HEADER = (
     "------------------    ----------------------------------------------  ------    "
     "----------    ----------    ----------    ----------    ----------    ----------\n"
 )
+
+
+def results_paths(out_dir, visit_filter):
+    """``<visit>_<filter>_tweakreg_results.ecsv`` and ``tweakreg_results_all.<visit>_<filter>.txt``."""
+    out_dir = Path(out_dir)
+    return (out_dir / f"{visit_filter}_tweakreg_results.ecsv",
+            out_dir / f"tweakreg_results_all.{visit_filter}.txt")
 
 
 def results_table(rows, meta=None):

@@ -25,6 +25,8 @@ __all__ = ["Group", "GroupOutcome", "SurveyOptions", "align_group", "default_par
            "discover_groups", "group_complete", "load_parameters", "run_survey", "select_images",
            "survey_summary"]
 
+from .results import results_paths
+
 log = logging.getLogger("ceers_steps.survey")
 
 VISIT_ID = re.compile(r"jw\d{11}")
@@ -274,10 +276,6 @@ class GroupOutcome:
         return f"{self.visit}_{self.filter}"
 
 
-def results_path(out_dir, visit, filter_name):
-    return Path(out_dir) / f"{visit}_{filter_name}_tweakreg_results.ecsv"
-
-
 def group_complete(out_dir, group):
     """
     Whether ``group`` has complete outputs in ``out_dir``: its results table (written
@@ -287,7 +285,7 @@ def group_complete(out_dir, group):
     """
     from .results import read_results_table
 
-    table = read_results_table(results_path(out_dir, group.visit, group.filter))
+    table = read_results_table(results_paths(out_dir, group.name)[0])
     if table is None:
         return False
     listed = {str(name) for name in table["image"]}
@@ -360,9 +358,8 @@ def align_group(group, out_dir, steps, source, options, say):
         return outcome("FAILED", str(exc))
     if pipe.results is not None:
         say(format_summary(pipe.results))
-    results = results_path(out_dir, visit, filter_name)
-    say(f"ceers-align: results in {results} and "
-        f"{out_dir / f'tweakreg_results_all.{visit}_{filter_name}.txt'}")
+    results, text = results_paths(out_dir, group.name)
+    say(f"ceers-align: results in {results} and {text}")
     done = outcome("COMPLETE")
     done.results = str(results)
     report = getattr(pipe.tweakreg, "report_paths", {}).get(group.name)
@@ -421,7 +418,7 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
         if resume and group_complete(out_dir, group):
             outcomes[group.name] = GroupOutcome(
                 group.visit, group.filter, "SKIPPED", "complete outputs found (--resume)",
-                len(group.images), results=str(results_path(out_dir, group.visit, group.filter)))
+                len(group.images), results=str(results_paths(out_dir, group.name)[0]))
             log.info("%s: complete outputs found: not redone (--resume)", group.name)
         else:
             todo.append(group)

@@ -22,6 +22,7 @@ from .jwstpars import choose_catalogs, detection_parameters, ignored_settings, p
 from .refcat import named_catalog, refcat_label, refcat_paths
 from .results import (
     format_summary,
+    results_paths,
     results_table,
     summary_line,
     write_ceers_results,
@@ -352,9 +353,7 @@ class TweakRegRun:
             log.info("%s: reference catalog used (%d sources) written to %s", vf, len(table), path)
 
     def _results_paths(self, visit_filter):
-        out_dir = self.pars.output_dir_path()
-        return (out_dir / f"{visit_filter}_tweakreg_results.ecsv",
-                out_dir / f"tweakreg_results_all.{visit_filter}.txt")
+        return results_paths(self.pars.output_dir_path(), visit_filter)
 
     def _retire_earlier_results(self, tables):
         """

@@ -238,3 +238,16 @@ def test_streamed_skip_missing_writes_the_image_unchanged(small_visit_dir, saved
         assert m.meta.cal_step.tweakreg == "SKIPPED"
     assert len(list(out.glob("*_tweakreg.fits"))) == len(small_visit_dir["paths"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_streamed_outputs_never_overwrite_inputs(small_visit_dir, saved_models, tmp_path):
+    """Several files written as ``*_cal.fits`` into their own folder: refused, nothing written."""
+    folder = tmp_path / "calibrated"
+    folder.mkdir()
+    paths = [Path(shutil.copy(p, folder / p.name)) for p in small_visit_dir["paths"]]
+    digests = {p: file_digest(p) for p in paths}
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        ApplyWcsStep.call([str(p) for p in paths], wcs_dir=str(saved_models),
+                          output_dir=str(folder), suffix="cal", save_results=True, n_jobs=2)
+    assert {p: file_digest(p) for p in paths} == digests
+    assert sorted(folder.iterdir()) == sorted(paths)  # no temporary folder left either
