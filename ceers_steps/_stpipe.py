@@ -14,26 +14,16 @@ from pathlib import Path
 from jwst.stpipe import Pipeline as JwstPipeline
 from jwst.stpipe import Step as JwstStep
 
+from .compat import empty_config, stpipe_logger_names
+
 __all__ = ["AllImagesFailedError", "CeersPipeline", "CeersStep", "ImageOutputMixin", "LOGGER_NAME",
            "OfflineMixin"]
 
 LOGGER_NAME = "ceers_steps"
 
-if not hasattr(JwstStep, "get_stpipe_loggers"):
-    # stpipe < 0.8 (jwst 1.16) forwards every record reaching the root logger to the
-    # running step's log, but our logger would inherit the root's WARNING level.
-    logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
-
-
-def _empty_config(cls):
-    from stpipe.config_parser import ConfigObj, Section
-
-    if hasattr(cls, "_empty_config"):  # stpipe >= 0.8
-        return cls._empty_config()
-    config = ConfigObj()
-    if hasattr(cls, "step_defs"):
-        config["steps"] = Section(config, config.depth + 1, config.main, name="steps")
-    return config
+#: The loggers stpipe routes into a step's log; resolved at import, as older stpipe needs
+#: our logger's level set before any step runs.
+_LOGGER_NAMES = stpipe_logger_names(LOGGER_NAME)
 
 
 class OfflineMixin:
@@ -42,12 +32,12 @@ class OfflineMixin:
     @classmethod
     def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
         """No ``pars-*`` reference files exist for this package: never ask CRDS."""
-        return _empty_config(cls)
+        return empty_config(cls)
 
     @classmethod
     def _get_config_from_parameters(cls, crds_parameters, crds_observatory):
         # stpipe >= 0.8 asks each sub-step of a pipeline through this method.
-        return _empty_config(cls)
+        return empty_config(cls)
 
     @classmethod
     def _get_crds_parameters(cls, dataset):
@@ -58,9 +48,7 @@ class OfflineMixin:
     @staticmethod
     def get_stpipe_loggers():
         """Names of the loggers stpipe configures and records into ``cal_logs``."""
-        base = getattr(JwstStep, "get_stpipe_loggers", None)
-        names = tuple(base()) if base is not None else ("jwst", "stpipe", "tweakwcs")
-        return (*names, LOGGER_NAME)
+        return _LOGGER_NAMES
 
     def output_dir_path(self):
         """The step's (or its pipeline's) output directory, else the working directory."""

@@ -375,19 +375,10 @@ FALLBACK_TOLERANCE = 0.1
 
 
 def _tweakwcs_api():
-    """
-    tweakwcs' ``align_wcs`` and ``XYXYMatch``, looked up where jwst's step looks them up
-    (``stcal.tweakreg.tweakreg``), so that what patches jwst's step patches ours too.
-    """
-    try:
-        from stcal.tweakreg import tweakreg as twk
+    """tweakwcs' ``align_wcs`` and ``XYXYMatch`` where the running jwst's step finds them."""
+    from .compat import tweakwcs_api
 
-        return twk.align_wcs, twk.XYXYMatch
-    except (ImportError, AttributeError):  # stacks whose stcal has no tweakreg module
-        from tweakwcs.imalign import align_wcs
-        from tweakwcs.matchutils import XYXYMatch
-
-        return align_wcs, XYXYMatch
+    return tweakwcs_api()
 
 
 def correction_in_frame(im, wcs0, wcs1, fitgeom):

@@ -63,7 +63,7 @@ def dq_bits(spec):
         return 0
     if text.isdigit():
         return int(text)
-    from stdatamodels.jwst.datamodels import dqflags
+    from .compat import dqflags
 
     value = 0
     for name in text.replace("+", ",").split(","):

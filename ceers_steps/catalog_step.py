@@ -36,29 +36,29 @@ class CatalogStep(CeersStep):
     class_alias = "ceers_catalog"
 
     spec = """
-        detect_thresh = float(default=4.0)  # Detection (and analysis) threshold in units of the RMS (CEERS cfg detect_thresh)
-        detect_minarea = integer(default=16)  # Minimum number of connected pixels above threshold (CEERS cfg detect_minarea)
-        back_size = integer(default=128)  # Background mesh size, pixels (Source Extractor BACK_SIZE)
-        back_filtersize = integer(default=4)  # Background median filter size, meshes (BACK_FILTERSIZE)
-        kernel = string(default='default')  # Detection filter: 'default' (3x3 default.conv, CEERS), 'none', 'gauss_<fwhm>_<n>x<n>' or 'tophat_<diameter>_<n>x<n>'
-        rms = option('flat', 'map', default='flat')  # Detection noise: 'flat' = median of positive ERR values (CEERS), 'map' = the ERR array
-        deblend_nthresh = integer(default=4)  # Number of deblending thresholds (CEERS cfg deblend; DEBLEND_NTHRESH)
-        deblend_cont = float(default=0.005)  # Minimum contrast for deblending (DEBLEND_MINCONT)
-        clean = boolean(default=True)  # Remove spurious detections near bright sources (CLEAN)
-        clean_param = float(default=1.0)  # Cleaning efficiency (CLEAN_PARAM)
+        detect_thresh = float(default=4.0)  # Detection [and analysis] threshold in units of the RMS [CEERS cfg detect_thresh]
+        detect_minarea = integer(default=16)  # Minimum number of connected pixels above threshold [CEERS cfg detect_minarea]
+        back_size = integer(default=128)  # Background mesh size, pixels [Source Extractor BACK_SIZE]
+        back_filtersize = integer(default=4)  # Background median filter size, meshes [BACK_FILTERSIZE]
+        kernel = string(default='default')  # Detection filter: 'default' [3x3 default.conv, CEERS], 'none', 'gauss_<fwhm>_<n>x<n>' or 'tophat_<diameter>_<n>x<n>'
+        rms = option('flat', 'map', default='flat')  # Detection noise: 'flat' = median of positive ERR values [CEERS], 'map' = the ERR array
+        deblend_nthresh = integer(default=4)  # Number of deblending thresholds [CEERS cfg deblend; DEBLEND_NTHRESH]
+        deblend_cont = float(default=0.005)  # Minimum contrast for deblending [DEBLEND_MINCONT]
+        clean = boolean(default=True)  # Remove spurious detections near bright sources [CLEAN]
+        clean_param = float(default=1.0)  # Cleaning efficiency [CLEAN_PARAM]
         border_margin = float(default=3.0)  # Reject centroids within this many pixels of the image edge or the reference-pixel border
-        max_masked_fraction = float(min=0.0, max=1.0, default=0.05)  # Reject sources with more than this fraction of masked pixels (DO_NOT_USE, NaN, ERR<=0) in their centroid window; 1 keeps all
-        max_flagged_fraction = float(min=0.0, max=1.0, default=0.25)  # Reject sources with more than this fraction of flag_dq pixels in their centroid window (CR and snowball residuals); 1 keeps all
-        flag_dq = string(default='JUMP_DET,SATURATED')  # DQ flags counted by max_flagged_fraction (JWST flag names, comma-separated)
-        sharpness_limit = float(min=0.0, default=0.5)  # Reject sources whose peak falls off faster than this fraction of the PSF's fall-off (cosmic rays, hot pixels); 0 keeps all
+        max_masked_fraction = float(min=0.0, max=1.0, default=0.05)  # Reject sources with more than this fraction of masked pixels [DO_NOT_USE, NaN, ERR<=0] in their centroid window; 1 keeps all
+        max_flagged_fraction = float(min=0.0, max=1.0, default=0.25)  # Reject sources with more than this fraction of flag_dq pixels in their centroid window [CR and snowball residuals]; 1 keeps all
+        flag_dq = string(default='JUMP_DET,SATURATED')  # DQ flags counted by max_flagged_fraction [JWST flag names, comma-separated]
+        sharpness_limit = float(min=0.0, default=0.5)  # Reject sources whose peak falls off faster than this fraction of the PSF's fall-off [cosmic rays, hot pixels]; 0 keeps all
         psf_fwhm = float(default=None)  # PSF FWHM in pixels for the sharpness cut; None = from the image's filter and pixel scale
-        saturation_radius = float(min=0.0, default=4.0)  # Reject sources within this many core radii (+3 px) of a saturated star; 0 disables the saturation cuts
-        spike_length = float(min=0.0, default=300.0)  # Reject sources within this many pixels of a saturated star that are elongated towards it (diffraction spikes)
+        saturation_radius = float(min=0.0, default=4.0)  # Reject sources within this many core radii [+3 px] of a saturated star; 0 disables the saturation cuts
+        spike_length = float(min=0.0, default=300.0)  # Reject sources within this many pixels of a saturated star that are elongated towards it [diffraction spikes]
         spike_elongation = float(min=1.0, default=2.0)  # Minimum a/b of diffraction-spike debris
         catalog_suffix = string(default='cat')  # Catalogs are named <input stem>_<catalog_suffix>.ecsv
-        save_images = boolean(default=False)  # Also save the images (with meta.tweakreg_catalog set) when saving results
+        save_images = boolean(default=False)  # Also save the images [with meta.tweakreg_catalog set] when saving results
         n_jobs = integer(default=None)  # Worker processes for detection: None or 0 = all cores, 1 = serial, -N = all but N-1
-        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) to run detection on; empty = local
+        scheduler = string(default='')  # Address of a dask.distributed scheduler [tcp://host:8786] to run detection on; empty = local
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
     """  # noqa: E501
 
@@ -157,9 +157,9 @@ class CatalogStep(CeersStep):
             models.append(model)
         if len(models) == 1 and inputs.asn is None:
             return models[0]
-        from jwst.datamodels import ModelLibrary
+        from .compat import make_library
 
-        return ModelLibrary(models)
+        return make_library(models)
 
 
 def log_catalog_results(results):

@@ -380,7 +380,7 @@ def _usable_box(dq, shape):
     ny, nx = shape
     if dq is None:
         return 0, nx - 1, 0, ny - 1
-    from stdatamodels.jwst.datamodels import dqflags
+    from .compat import dqflags
 
     bit = dqflags.pixel["REFERENCE_PIXEL"]
     dq = np.asarray(dq)
@@ -552,7 +552,7 @@ def detect_sources(data, err=None, dq=None, params=None):
         cut("sharp", np.nan_to_num(sharp, nan=1.0) < params.sharpness_limit, FLAG_SHARP)
 
     if dq is not None and params.saturation_radius > 0:
-        from stdatamodels.jwst.datamodels import dqflags
+        from .compat import dqflags
 
         # Saturated cores are DO_NOT_USE (masked): look for SATURATED among masked pixels only.
         my, mx = np.nonzero(mask)

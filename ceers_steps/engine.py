@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import contextmanager
 
+from . import compat  # noqa: F401 - on astropy < 5.3, lets WCS models pickle to workers
 from ._stpipe import get_logger
 
 __all__ = ["SchedulerError", "effective_jobs", "probe_scheduler", "run_tasks", "worker_pool"]

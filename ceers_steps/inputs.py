@@ -137,8 +137,7 @@ def _load_inputs(obj):
     TypeError
         The input is of an unsupported kind.
     """
-    from jwst.datamodels import ModelLibrary
-    from stdatamodels import DataModel
+    from .compat import DataModel, is_library, library_models
 
     if isinstance(obj, (str, Path)):
         path = Path(obj)
@@ -148,9 +147,7 @@ def _load_inputs(obj):
             images, asn = _read_asn(path)
             return InputSet(images=images, asn_path=path.resolve(), asn=asn)
         return InputSet(images=[InputImage(path=path.resolve())])
-    if isinstance(obj, DataModel):
-        return InputSet(images=[InputImage(model=obj)])
-    if isinstance(obj, ModelLibrary):
+    if is_library(obj) and hasattr(obj, "borrow"):
         on_disk = bool(getattr(obj, "on_disk", getattr(obj, "_on_disk", False)))
         images = []
         with obj:
@@ -162,9 +159,12 @@ def _load_inputs(obj):
                 obj.shelve(model, i, modify=False)
         asn_dir = getattr(obj, "asn_dir", None) or getattr(obj, "_asn_dir", None)
         return InputSet(images=images, asn=obj.asn, asn_dir=Path(asn_dir) if asn_dir else None)
-    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ModelContainer":
+    if isinstance(obj, DataModel) and not is_library(obj):
+        # (a ModelContainer of jwst < 1.16 is a DataModel too)
+        return InputSet(images=[InputImage(model=obj)])
+    if isinstance(obj, (list, tuple)) or is_library(obj):
         images = []
-        for item in obj:
+        for item in (obj if isinstance(obj, (list, tuple)) else library_models(obj)):
             sub = _load_inputs(item)
             if sub.asn_path is not None:
                 raise TypeError("an association cannot be nested in a list of inputs")
@@ -175,16 +175,11 @@ def _load_inputs(obj):
     raise TypeError(f"unsupported input of type {type(obj).__name__}: {obj!r}")
 
 
-_WRITTEN_LIBRARY = None
-
-
 def written_library(asn, outputs=False):
     """
-    A `ModelLibrary` over files on disk whose models are opened only when borrowed.
-
-    stpipe finalizes a step's returned library by borrowing every model, which
-    would load a whole visit into memory; the files here are complete already
-    (inputs with catalogs, or aligned outputs), so that is skipped.
+    The step result over complete files on disk (`compat.written_library_of`): on
+    ``ModelLibrary`` stacks models are opened only when borrowed, and stpipe does not
+    finalize them (that would load a whole visit into memory).
 
     Parameters
     ----------
@@ -195,17 +190,8 @@ def written_library(asn, outputs=False):
         The files are the step's saved outputs (``outputs_written``): saving the
         library again is then skipped.
     """
-    global _WRITTEN_LIBRARY
-    from jwst.datamodels import ModelLibrary
+    from .compat import written_library_of
 
-    if _WRITTEN_LIBRARY is None:
-        class WrittenLibrary(ModelLibrary):
-            """A library of complete files: models load on borrow, stpipe does not finalize them."""
-
-            def finalize_result(self, step, reference_files_used):
-                pass
-
-        _WRITTEN_LIBRARY = WrittenLibrary
     if isinstance(asn, (str, Path)):
         base = Path(asn).resolve().parent
         asn = json.loads(Path(asn).read_text())
@@ -217,24 +203,14 @@ def written_library(asn, outputs=False):
             for key in ("expname", "tweakreg_catalog"):
                 if member.get(key):
                     member[key] = str((base / member[key]).resolve())
-    library = _WRITTEN_LIBRARY(asn)
-    library.outputs_written = outputs
-    return library
+    return written_library_of(asn, outputs=outputs)
 
 
 def library_models(library):
-    """The models of a `ModelLibrary` (left shelved), of a list, or a single model as a list."""
-    from jwst.datamodels import ModelLibrary
+    """The models of a `ModelLibrary` (left shelved) or container, a list, or one model."""
+    from .compat import library_models as models_of
 
-    if isinstance(library, (list, tuple)):
-        return list(library)
-    if not isinstance(library, ModelLibrary):
-        return [library]
-    with library:
-        models = [library.borrow(i) for i in range(len(library))]
-        for i, model in enumerate(models):
-            library.shelve(model, i, modify=False)
-    return models
+    return models_of(library)
 
 
 def _pixel_arrays(node, found):
@@ -290,7 +266,7 @@ def _open_model(path):
     import gc
     import warnings
 
-    from stdatamodels.jwst import datamodels
+    from .compat import datamodels
 
     error = None
     with warnings.catch_warnings():
@@ -317,7 +293,7 @@ def open_image(image, copy=True, require_wcs=True):
     require_wcs : bool
         Refuse an image without ``meta.wcs`` (not for steps that provide one).
     """
-    from stdatamodels.jwst import datamodels
+    from .compat import datamodels
 
     if image.model is not None:
         model = copy_sharing_pixels(image.model) if copy else image.model

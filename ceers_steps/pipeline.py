@@ -37,7 +37,7 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
 
     spec = """
         n_jobs = integer(default=None)  # Worker processes for detection, group fits and writing: None or 0 = all cores, 1 = serial, -N = all but N-1
-        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786); empty = local processes
+        scheduler = string(default='')  # Address of a dask.distributed scheduler [tcp://host:8786]; empty = local processes
         in_memory = boolean(default=True)  # False: with file inputs, never hold the images; without save_results only WCS models, catalogs and tables are written and nothing is returned
         suffix = string(default='tweakreg')  # Aligned images are saved as <exposure base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
@@ -77,11 +77,10 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
                      "meta.tweakreg_catalog")
         if self.tweakreg.skip:
             log.info("Step tweakreg skipped: images unchanged")
-            from jwst.datamodels import ModelLibrary
-
+            from .compat import make_library
             from .inputs import open_image
 
-            return ModelLibrary([open_image(im) for im in inputs.images])
+            return make_library([open_image(im) for im in inputs.images])
         save = bool(self.save_results)
         result = self.tweakreg.align(inputs, catalogs=catalogs, save=save, suffix=self.suffix,
                                      stream=save or not self.in_memory,

@@ -578,10 +578,9 @@ class RefcatUnavailableError(OSError):
 
 def named_catalog(spec):
     """The jwst catalog name ``abs_refcat`` names (``GAIADR3``, ...), or None for files."""
-    try:
-        from stcal.tweakreg.tweakreg import SINGLE_GROUP_REFCAT as names
-    except ImportError:  # an stcal without the list: jwst 3.0's names
-        names = NAMED_CATALOGS
+    from .compat import named_refcats
+
+    names = named_refcats(NAMED_CATALOGS)
     entries = [str(p) for p in refcat_paths(spec)]
     hits = [e.upper() for e in entries if e.upper() in names and not Path(e).exists()]
     if hits and len(entries) > 1:
@@ -627,11 +626,10 @@ def fetch_named_catalog(name, ra, dec, radius, epoch=None, cuts="", mag_min=None
     """
     import tempfile
 
-    from stcal.tweakreg.astrometric_utils import get_catalog
+    from .compat import fetch_catalog
 
     try:
-        table = get_catalog(ra, dec, epoch=epoch, search_radius=radius, catalog=name,
-                            timeout=timeout)
+        table = fetch_catalog(ra, dec, epoch, radius, name, timeout)
     except Exception as exc:  # noqa: BLE001 - requests' errors, service answers that are no table
         raise RefcatUnavailableError(
             f"abs_refcat {name}: the catalog could not be fetched from STScI's catalog service "

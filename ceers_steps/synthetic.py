@@ -363,7 +363,7 @@ def make_visit(
     -------
     visit : `SyntheticVisit`
     """
-    from stdatamodels.jwst.datamodels import ImageModel
+    from .compat import ImageModel
 
     rng = np.random.default_rng(seed)
     data_dir = ceers_data_dir() if use_real in (None, True) else None
@@ -465,7 +465,7 @@ REFERENCE_BORDER = 4
 
 
 def _dq(*names):
-    from stdatamodels.jwst.datamodels import dqflags
+    from .compat import dqflags
 
     value = 0
     for name in names:

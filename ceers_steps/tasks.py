@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from . import compat  # noqa: F401 - on astropy < 5.3, lets WCS models pickle back from workers
 from .catalogs import build_catalog, write_catalog
 from .grouping import image_key
 
@@ -89,7 +90,11 @@ def describe_error(exc):
 
 def image_arrays(model):
     """A picklable stand-in of an in-memory model for detection: pixels, WCS and name."""
-    return SimpleNamespace(data=model.data, err=model.err, dq=model.dq,
+    import numpy as np
+
+    # Plain arrays: older stacks hand out ASDF array subclasses that do not pickle.
+    return SimpleNamespace(data=np.asarray(model.data), err=np.asarray(model.err),
+                           dq=np.asarray(model.dq),
                            meta=SimpleNamespace(wcs=model.meta.wcs, filename=model.meta.filename,
                                                 wcsinfo=model.meta.wcsinfo.instance,
                                                 bunit_data=model.meta.bunit_data,

@@ -156,6 +156,8 @@ def read_wcs_model_file(path):
     import asdf
     import gwcs
 
+    from .compat import open_asdf_in_memory
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"WCS model not found: {path}")
@@ -164,7 +166,7 @@ def read_wcs_model_file(path):
         # converters still build (or fail to build) the gwcs, whose type is checked below.
         with asdf.config_context() as config:
             config.validate_on_read = False
-            with asdf.open(path, lazy_load=False, memmap=False) as af:
+            with open_asdf_in_memory(path) as af:
                 tree = af.tree
                 wcs = tree.get("wcs")
                 wcsinfo = dict(tree.get("wcsinfo") or {})
