@@ -37,13 +37,13 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     class_alias = "apply_wcs"
 
     spec = """
-        wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf, relative to the output directory (as ceers_tweak writes them)
-        skip_missing = boolean(default=False)  # Pass images without a usable WCS model through unchanged (warning) instead of failing
-        force = boolean(default=False)  # Experts: apply models that record an unaligned (FAILED) fit, another exposure, or a bounding box that does not match the image
+        wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf, relative to the output directory [as ceers_tweak writes them]
+        skip_missing = boolean(default=False)  # Pass images without a usable WCS model through unchanged [warning] instead of failing
+        force = boolean(default=False)  # Experts: apply models that record an unaligned [FAILED] fit, another exposure, or a bounding box that does not match the image
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
         n_jobs = integer(default=None)  # Worker processes when streaming several files: None or 0 = all cores, 1 = serial, -N = all but N-1
-        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) for that work; empty = local
+        scheduler = string(default='')  # Address of a dask.distributed scheduler [tcp://host:8786] for that work; empty = local
     """  # noqa: E501
 
     def wcs_dir_path(self):
@@ -69,6 +69,10 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
                                            force=self.force)
             except (FileNotFoundError, ValueError) as exc:
                 if not self.skip_missing:
+                    # Files this run opened are closed before the run fails.
+                    for opened, source in zip([m for m, _ in plan] + [model], inputs.images, strict=False):
+                        if source.path is not None:
+                            opened.close()
                     raise
                 log.warning("%s; image passed through unchanged", exc)
                 model.meta.cal_step.tweakreg = model.meta.cal_step.tweakreg or "SKIPPED"
@@ -82,9 +86,9 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         models = [m for m, _ in plan]
         if len(models) == 1 and inputs.asn is None:
             return models[0]
-        from jwst.datamodels import ModelLibrary
+        from .compat import make_library
 
-        return ModelLibrary(models)
+        return make_library(models)
 
     def _stream(self, inputs, wcs_dir):
         """Per-image tasks write into a temporary folder; published only if all succeeded."""

@@ -49,14 +49,14 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     class_alias = "ceers_tweak"
 
     spec = """
-        use_custom_catalogs = boolean(default=True)  # Use user catalogs (catfile, association tweakreg_catalog, meta.tweakreg_catalog; jwst's precedence); False = detect on every image (jwst's default)
-        catfile = string(default='')  # File listing '<image> [<catalog>]' per line (jwst format); with use_custom_catalogs it overrides the association
+        use_custom_catalogs = boolean(default=True)  # Use user catalogs [catfile, association tweakreg_catalog, meta.tweakreg_catalog; jwst's precedence]; False = detect on every image [jwst's default]
+        catfile = string(default='')  # File listing '<image> [<catalog>]' per line [jwst format]; with use_custom_catalogs it overrides the association
         save_catalogs = boolean(default=False)  # Write the catalogs of sources this step detects itself as <image stem>_cat.<catalog_format>
         catalog_format = option('ecsv', 'fits', default='ecsv')  # Format of saved catalogs
-        starfinder = string(default='iraf')  # jwst's photutils star finder: accepted, ignored (our detection is SEP with the CEERS recipe)
-        snr_threshold = float(default=None)  # Own detection: threshold in units of the RMS (SEP detect_thresh); None = CEERS recipe (4)
-        kernel_fwhm = float(default=None)  # Own detection: Gaussian filter FWHM, pixels; None = CEERS recipe (default.conv)
-        bkg_boxsize = integer(default=None)  # Own detection: background mesh, pixels; None = CEERS recipe (128)
+        starfinder = string(default='iraf')  # jwst's photutils star finder: accepted, ignored [our detection is SEP with the CEERS recipe]
+        snr_threshold = float(default=None)  # Own detection: threshold in units of the RMS [SEP detect_thresh]; None = CEERS recipe [4]
+        kernel_fwhm = float(default=None)  # Own detection: Gaussian filter FWHM, pixels; None = CEERS recipe [default.conv]
+        bkg_boxsize = integer(default=None)  # Own detection: background mesh, pixels; None = CEERS recipe [128]
         minsep_fwhm = float(default=0.0)  # jwst star finder: accepted, ignored
         sigma_radius = float(default=1.5)  # jwst star finder: accepted, ignored
         sharplo = float(default=0.5)  # jwst star finder: accepted, ignored
@@ -65,50 +65,50 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         roundhi = float(default=0.2)  # jwst star finder: accepted, ignored
         brightest = integer(default=None)  # Own detection: keep the N brightest sources; None = all
         peakmax = float(default=None)  # Own detection: drop sources whose peak pixel is >= peakmax; None = keep
-        npixels = integer(default=None)  # Own detection: minimum connected pixels (SEP minarea); None = CEERS recipe (16)
+        npixels = integer(default=None)  # Own detection: minimum connected pixels [SEP minarea]; None = CEERS recipe [16]
         connectivity = option(4, 8, default=8)  # jwst segmentation: accepted, ignored
-        nlevels = integer(default=None)  # Own detection: deblending thresholds; None = CEERS recipe (4)
-        contrast = float(default=None)  # Own detection: deblending contrast; None = CEERS recipe (0.005)
+        nlevels = integer(default=None)  # Own detection: deblending thresholds; None = CEERS recipe [4]
+        contrast = float(default=None)  # Own detection: deblending contrast; None = CEERS recipe [0.005]
         multithresh_mode = option('exponential', 'linear', 'sinh', default='exponential')  # jwst segmentation: accepted, ignored
         localbkg_width = integer(default=0)  # jwst segmentation: accepted, ignored
         apermask_method = option('correct', 'mask', 'none', default='correct')  # jwst segmentation: accepted, ignored
         kron_params = float_list(min=2, max=3, default=None)  # jwst segmentation: accepted, ignored
         deblend = boolean(default=True)  # Own detection: False turns deblending off
-        group_by = option('auto', 'detector', 'exposure', 'input', 'all', default='auto')  # Relative runs: detector = per visit, filter and detector, its dithers (CEERS); exposure = per visit and filter, each exposure rigid; input = the whole input, each exposure rigid (jwst); all = per visit and filter, every image alone; auto = detector when every image names its visit and detector, else input
-        fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='shift')  # Relative fit geometry (CEERS: shift)
-        use2dhist = boolean(default=False)  # Relative matching: use a 2-D histogram to find the initial offset (CEERS: off)
+        group_by = option('auto', 'detector', 'exposure', 'input', 'all', default='auto')  # Relative runs: detector = per visit, filter and detector, its dithers [CEERS]; exposure = per visit and filter, each exposure rigid; input = the whole input, each exposure rigid [jwst]; all = per visit and filter, every image alone; auto = detector when every image names its visit and detector, else input
+        fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='shift')  # Relative fit geometry [CEERS: shift]
+        use2dhist = boolean(default=False)  # Relative matching: use a 2-D histogram to find the initial offset [CEERS: off]
         enforce_user_order = boolean(default=True)  # Relative: align in input order, first image is the reference
         expand_refcat = boolean(default=False)  # Relative: add matched sources to the reference catalog as images are aligned
         minobj = integer(default=20)  # Relative: minimum number of matched sources per image
         searchrad = float(default=1.0)  # Relative: search radius for matches, arcsec
-        separation = float(default=0.1)  # Relative: sources closer than this are not used (confusion), arcsec
+        separation = float(default=0.1)  # Relative: sources closer than this are not used [confusion], arcsec
         tolerance = float(default=0.02)  # Relative: matching tolerance, arcsec
         xoffset = float(default=0.0)  # Relative: initial x offset guess, arcsec
         yoffset = float(default=0.0)  # Relative: initial y offset guess, arcsec
         nclip = integer(min=0, default=1)  # Relative: number of clipping iterations
         sigma = float(min=0.0, default=0.6)  # Relative: clipping limit in units of the fit RMSE
-        abs_refcat = pass(default='')  # Absolute reference catalog(s): a file Table.read reads with RA/DEC (any case) or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; or one of jwst's named catalogs (GAIADR3, GAIADR2, GAIADR1, GAIAREFCAT), fetched from STScI's service (network); empty = relative only
-        abs_refcat_epoch = string(default='')  # Epoch of abs_refcat positions when it has no ref_epoch column: Julian year (2016.0) or a date
-        abs_pm_missing = option('keep', 'drop', default='keep')  # Sources of a proper-motion catalog without their own: keep (errors grown by abs_pm_dispersion x epoch difference) or drop
+        abs_refcat = pass(default='')  # Absolute reference catalog[s]: a file Table.read reads with RA/DEC [any case] or sky_centroid, optional Gaia-like pmra/pmdec/ref_epoch/ra_error...; several separated by commas, in priority order; or one of jwst's named catalogs [GAIADR3, GAIADR2, GAIADR1, GAIAREFCAT], fetched from STScI's service [network]; empty = relative only
+        abs_refcat_epoch = string(default='')  # Epoch of abs_refcat positions when it has no ref_epoch column: Julian year [2016.0] or a date
+        abs_pm_missing = option('keep', 'drop', default='keep')  # Sources of a proper-motion catalog without their own: keep [errors grown by abs_pm_dispersion x epoch difference] or drop
         abs_pm_dispersion = float(min=0.0, default=5.0)  # Proper-motion dispersion assumed for those sources, mas/yr per axis
         abs_cuts = pass(default='')  # Cuts on any reference-catalog column, e.g. 'phot_g_mean_mag < 20; ruwe <= 1.4'
-        save_abs_catalog = boolean(default=False)  # Write the reference catalog used for each visit and filter (after cuts, merging, propagation) as <visit>_<filter>_abs_refcat.ecsv
-        abs_group = option('joint', 'detector', 'visit', default='joint')  # Absolute fit: joint visit model (default), per detector group (CEERS), one rigid fit (jwst)
+        save_abs_catalog = boolean(default=False)  # Write the reference catalog used for each visit and filter [after cuts, merging, propagation] as <visit>_<filter>_abs_refcat.ecsv
+        abs_group = option('joint', 'detector', 'visit', default='joint')  # Absolute fit: joint visit model [default], per detector group [CEERS], one rigid fit [jwst]
         abs_minobj = integer(default=20)  # Absolute: minimum number of matches
         abs_searchrad = float(default=1.0)  # Absolute: search radius, arcsec
         abs_use2dhist = boolean(default=True)  # Absolute: find the initial offset with a 2-D histogram
         abs_separation = float(default=0.2)  # Absolute: confusion separation, arcsec
         abs_tolerance = float(default=0.1)  # Absolute: matching tolerance, arcsec
-        abs_fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift')  # Absolute fit geometry (CEERS: rshift SW, rscale LW)
-        abs_nclip = integer(min=0, default=1)  # Absolute (detector/visit): clipping iterations
-        abs_sigma = float(min=0.0, default=0.7)  # Absolute (detector/visit): clipping limit in units of the fit RMSE
+        abs_fitgeometry = option('shift', 'rshift', 'rscale', 'general', default='rshift')  # Absolute fit geometry [CEERS: rshift SW, rscale LW]
+        abs_nclip = integer(min=0, default=1)  # Absolute [detector/visit]: clipping iterations
+        abs_sigma = float(min=0.0, default=0.7)  # Absolute [detector/visit]: clipping limit in units of the fit RMSE
         abs_significance = float(min=0.0, default=3.0)  # Joint fit: fit detector offsets when jointly above this many sigma
-        abs_image_minobj = integer(min=1, default=3)  # Absolute: matches each image needs of its own after the fit (and more than chance gives) to be called aligned
-        abs_mag_min = float(default=None)  # Use only reference sources at least this faint (needs a MAG column)
-        abs_mag_max = float(default=None)  # Use only reference sources at least this bright (needs a MAG column)
-        save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf (default: when saving results)
-        wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models; a relative one is in the output directory (as apply_wcs reads it)
-        save_report = boolean(default=None)  # Write <visit>_<filter>_alignment_report.html (plots, grades) and <visit>_<filter>_regions/*.reg (DS9); None = on inside ceers_align (also ceers-align, calwebb_image3_ceers), off otherwise (alone or in jwst's pipelines, as jwst's TweakRegStep)
+        abs_image_minobj = integer(min=1, default=3)  # Absolute: matches each image needs of its own after the fit [and more than chance gives] to be called aligned
+        abs_mag_min = float(default=None)  # Use only reference sources at least this faint [needs a MAG column]
+        abs_mag_max = float(default=None)  # Use only reference sources at least this bright [needs a MAG column]
+        save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf [default: when saving results]
+        wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models; a relative one is in the output directory [as apply_wcs reads it]
+        save_report = boolean(default=None)  # Write <visit>_<filter>_alignment_report.html [plots, grades] and <visit>_<filter>_regions/*.reg [DS9]; None = on inside ceers_align [also ceers-align, calwebb_image3_ceers], off otherwise [alone or in jwst's pipelines, as jwst's TweakRegStep]
         save_fit_results = boolean(default=True)  # Write <visit>_<filter>_tweakreg_results.ecsv and tweakreg_results_all.<visit>_<filter>.txt
         sip_approx = boolean(default=True)  # Refresh the FITS SIP approximation in meta.wcsinfo
         sip_max_pix_error = float(default=0.01)  # SIP fit: max forward error, pixels
@@ -116,9 +116,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         sip_max_inv_pix_error = float(default=0.01)  # SIP fit: max inverse error, pixels
         sip_inv_degree = integer(max=6, default=None)  # SIP fit: inverse degree, None = best
         sip_npoints = integer(default=12)  # SIP fit: grid points per axis
-        in_memory = boolean(default=True)  # jwst's memory model: accepted, ignored (files are streamed through workers)
+        in_memory = boolean(default=True)  # jwst's memory model: accepted, ignored [files are streamed through workers]
         n_jobs = integer(default=None)  # Worker processes for per-image and per-group work: None or 0 = all cores, 1 = serial, -N = all but N-1
-        scheduler = string(default='')  # Address of a dask.distributed scheduler (tcp://host:8786) to run that work on; empty = local
+        scheduler = string(default='')  # Address of a dask.distributed scheduler [tcp://host:8786] to run that work on; empty = local
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
         suffix = string(default='tweakreg')  # Aligned images are saved as <exposure base>_<suffix>.fits
     """  # noqa: E501
