@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cli import add_version, one_line_errors
@@ -47,32 +48,42 @@ def _accuracy(models, visit):
     return alignment_accuracy(models, [truth[exposure_base(m.meta.filename)] for m in models])
 
 
-def _setup_logging(path):
-    """Steps' records (INFO and up) to ``path``, warnings also to the console, each once."""
+@contextmanager
+def _demo_logging(path):
+    """
+    Steps' records (INFO and up) to ``path``, warnings also to the console, each once;
+    the loggers are left as they were afterwards (``main`` may run inside a larger program).
+    """
     file_handler = logging.FileHandler(path, "w", "utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - "
                                                 "%(message)s"))
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = []
     for name in _LOGGERS:
         logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
         logger.setLevel(logging.INFO)
         logger.propagate = False
         logger.addHandler(file_handler)
         logger.addHandler(console)
-    return file_handler, console
+    try:
+        yield
+    finally:
+        for logger, level, propagate in saved:
+            logger.removeHandler(file_handler)
+            logger.removeHandler(console)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        file_handler.close()
 
 
 def _call(step_class, *args, **kwargs):
     """``step_class.call`` with the demo's logging (stpipe >= 0.8 can leave it to us)."""
-    import inspect
+    from .compat import call_kwargs
 
-    from stpipe import Step
-
-    if "configure_log" in inspect.getsource(Step.call):
-        kwargs["configure_log"] = False
-    return step_class.call(*args, **kwargs)
+    return step_class.call(*args, **kwargs, **call_kwargs())
 
 
 def _footprint(folder):
@@ -108,37 +119,35 @@ def main(argv=None):
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    handlers = _setup_logging(out / "demo.log")
-    print(f"Building a synthetic visit: {len(detectors)} detectors x {args.dithers} dithers, "
-          f"{args.size} x {args.size} pixels ...")
-    try:
-        visit = make_visit(detectors=detectors, n_dithers=args.dithers,
-                           shape=(args.size, args.size),
-                           use_real=True if args.real else False, seed=args.seed)
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        print(f"ceers-demo: cannot build the visit: {exc}", file=sys.stderr)
-        return 2
-    asn, refcat, paths = write_visit(visit, out / "calibrated")
-    print(f"  {len(paths)} cal files, association {asn}, reference catalog {refcat}")
+    with _demo_logging(out / "demo.log"):
+        print(f"Building a synthetic visit: {len(detectors)} detectors x {args.dithers} dithers, "
+              f"{args.size} x {args.size} pixels ...")
+        try:
+            visit = make_visit(detectors=detectors, n_dithers=args.dithers,
+                               shape=(args.size, args.size),
+                               use_real=True if args.real else False, seed=args.seed)
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            print(f"ceers-demo: cannot build the visit: {exc}", file=sys.stderr)
+            return 2
+        asn, refcat, paths = write_visit(visit, out / "calibrated")
+        print(f"  {len(paths)} cal files, association {asn}, reference catalog {refcat}")
 
-    print("Running CatalogStep (SEP, CEERS recipe) ...")
-    _call(CatalogStep, str(asn), output_dir=str(out / "catalogs"))
-    cat_asn = out / "catalogs" / "asn_cat_asn.json"
-    print(f"  catalogs and association with tweakreg_catalog members: {cat_asn}")
+        print("Running CatalogStep (SEP, CEERS recipe) ...")
+        _call(CatalogStep, str(asn), output_dir=str(out / "catalogs"))
+        cat_asn = out / "catalogs" / "asn_cat_asn.json"
+        print(f"  catalogs and association with tweakreg_catalog members: {cat_asn}")
 
-    print("Running CeersTweakRegStep (relative + joint absolute fit to the reference catalog) ...")
-    aligned = _call(CeersTweakRegStep, str(cat_asn), abs_refcat=str(refcat), save_wcs=True,
-                    save_report=True, output_dir=str(out / "aligned"))
-    before = _accuracy([im.model for im in visit.images], visit)
-    after = _accuracy(aligned, visit)
-    print(f"  results tables, WCS models and the alignment report in {out / 'aligned'}")
+        print("Running CeersTweakRegStep (relative + joint absolute fit to the reference catalog) ...")
+        aligned = _call(CeersTweakRegStep, str(cat_asn), abs_refcat=str(refcat), save_wcs=True,
+                        save_report=True, output_dir=str(out / "aligned"))
+        before = _accuracy([im.model for im in visit.images], visit)
+        after = _accuracy(aligned, visit)
+        print(f"  results tables, WCS models and the alignment report in {out / 'aligned'}")
 
-    print("Running ApplyWcsStep (saved WCS models back onto the untouched cal files) ...")
-    reapplied = _call(ApplyWcsStep, [str(p) for p in paths],
-                      wcs_dir=str((out / "aligned" / "tweakreg_wcs").resolve()))
-    again = _accuracy(reapplied, visit)
-    for handler in handlers:
-        handler.close()
+        print("Running ApplyWcsStep (saved WCS models back onto the untouched cal files) ...")
+        reapplied = _call(ApplyWcsStep, [str(p) for p in paths],
+                          wcs_dir=str((out / "aligned" / "tweakreg_wcs").resolve()))
+        again = _accuracy(reapplied, visit)
 
     print()
     print("WCS error against the injected truth (16x16 grid per image, mas):")

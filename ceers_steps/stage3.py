@@ -48,8 +48,9 @@ class CeersImage3Pipeline(Image3Pipeline):
 
     def finalize_result(self, result, reference_files_used):
         # jwst's Pipeline asks CRDS for its context; with no reference file used (offline,
-        # source_catalog skipped) record the software versions only, as a Step does.
-        if reference_files_used:
+        # source_catalog skipped, overrides of "N/A") record the software versions only, as
+        # a Step does.
+        if any(name and str(name).upper() != "N/A" for _, name in reference_files_used):
             super().finalize_result(result, reference_files_used)
         else:
             from jwst.stpipe import Step

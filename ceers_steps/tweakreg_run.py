@@ -202,6 +202,12 @@ class TweakRegRun:
             log.debug("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
 
         statuses = self._statuses(images, rows, refcat is not None)
+        for im in images:
+            # FAILED keeps the input WCS exactly (a fit may have touched it on its way, e.g.
+            # older tweakwcs re-applies an identity correction to a relative reference).
+            if (statuses[im.name][0] == "FAILED" and im.model is not None
+                    and im.original_wcs is not None and im.model.meta.wcs is not im.original_wcs):
+                im.set_wcs(im.original_wcs)
         self.pars.results = results_table(rows) if rows else None
         # The results tables are written last, so a folder with them holds a complete run;
         # an earlier run's tables are removed first, so an interrupted rerun has none.
@@ -255,9 +261,9 @@ class TweakRegRun:
         self._write_reports(tables, images, statuses, rows, used_refcats, visit_info)
         self._write_results(tables)
 
-        from jwst.datamodels import ModelLibrary
+        from .compat import make_library
 
-        return ModelLibrary([im.model for im in readable])
+        return make_library([im.model for im in readable])
 
     def _group_keys(self, headers, inputs):
         """
