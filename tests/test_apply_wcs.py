@@ -8,9 +8,9 @@ import asdf
 import numpy as np
 import pytest
 from conftest import file_digest, models_of, run_cli
-from stdatamodels.jwst import datamodels
 
 from ceers_steps import ApplyWcsStep, CeersTweakRegStep
+from ceers_steps.compat import datamodels
 from ceers_steps.wcs_io import exposure_base
 from ceers_steps.wcs_utils import angular_separation_mas, pixel_grid
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from conftest import file_digest, run_cli
-from stdatamodels.jwst import datamodels
 
 from ceers_steps import CatalogStep
 from ceers_steps._stpipe import AllImagesFailedError
+from ceers_steps.compat import datamodels
 from ceers_steps.wcs_utils import world_to_pixel_exact
 
 

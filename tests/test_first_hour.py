@@ -30,7 +30,10 @@ def test_progress_estimates_time_left_only_from_enough_tasks(caplog):
         progress = _Progress("Work", 12, interval=0.0)
         for _ in range(12):
             progress.step()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Work:")]
+    # stpipe < 0.5 hands each record to the root logger twice (its delegation handler):
+    # the same record object, captured twice, is one log line.
+    records = list({id(r): r for r in caplog.records}.values())
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("Work:")]
     assert len(lines) == 12
     assert "left" not in lines[0] and "left" in lines[5] and "left" not in lines[-1]
     assert all(re.search(r"\d+/12 done, [\d.]+ s elapsed", line) for line in lines)
@@ -45,6 +48,11 @@ def catalogued(small_visit_dir, tmp_path):
 def test_jwst_reads_our_catalog_association_from_any_directory(small_visit_dir, catalogued,
                                                                 tmp_path):
     """jwst's own TweakRegStep, run from another folder, finds every catalog we wrote."""
+    from jwst.tweakreg.tweakreg_step import TweakRegStep
+
+    if "use_custom_catalogs" not in TweakRegStep.spec:
+        pytest.skip("this jwst's TweakRegStep takes no user catalogs (use_custom_catalogs came "
+                    "later; CEERS patched jwst for it, ceers_tweak takes them on every version)")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "jwst_out").mkdir()  # jwst 1.16's stpipe does not create it

@@ -92,8 +92,7 @@ class Work:
 
     def statuses(self, out):
         """Every aligned image in ``out`` opens; COMPLETE ones are within 10 mas of the truth."""
-        from stdatamodels.jwst import datamodels
-
+        from ceers_steps.compat import datamodels
         from ceers_steps.wcs_utils import sky_difference_mas
 
         found = {}
@@ -122,8 +121,7 @@ def _results(work, out="out"):
 
 def _shift_wcs(path, arcsec):
     """Rewrite a cal file with its WCS moved by ``arcsec`` (a wrong guide star)."""
-    from stdatamodels.jwst import datamodels
-
+    from ceers_steps.compat import datamodels
     from ceers_steps.synthetic import apply_correction
     from ceers_steps.wcs_utils import tangent_plane
 
@@ -137,7 +135,7 @@ def _shift_wcs(path, arcsec):
 
 
 def _edit(path, func):
-    from stdatamodels.jwst import datamodels
+    from ceers_steps.compat import datamodels
 
     with datamodels.open(path) as m:
         func(m)
@@ -440,10 +438,12 @@ def test_model_of_another_exposure_is_refused(aligned, capsys):
 def test_model_with_small_bounding_box_is_refused(aligned, capsys):
     import asdf
 
+    from ceers_steps.compat import open_asdf_in_memory
+
     work = aligned
     wcs_dir = work.root / "out" / "tweakreg_wcs"
     path = wcs_dir / f"{exposure_base(work.names[0])}_tweakreg.asdf"
-    with asdf.open(path, lazy_load=False, memmap=False) as af:
+    with open_asdf_in_memory(path) as af:
         tree = dict(af.tree)
     tree["wcs"].bounding_box = ((-0.5, 511.5), (-0.5, 511.5))
     asdf.AsdfFile(tree).write_to(path)

@@ -166,7 +166,7 @@ def test_no_dask_import_without_a_scheduler(builtin_files, tmp_path):
 
 def test_ctrl_c_leaves_no_half_written_output(visit24, tmp_path):
     """SIGINT while images are being written: every file present is complete, no temp left."""
-    from stdatamodels.jwst import datamodels
+    from ceers_steps.compat import datamodels
 
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "strun"), "ceers_align", str(visit24["asn"]),

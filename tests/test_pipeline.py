@@ -108,7 +108,7 @@ def test_malformed_cfg_is_refused_and_nothing_written(tmp_path, text, message):
 
 def test_strun_parameter_file_aligns_synthetic_visit(builtin_files, tmp_path):
     """``strun parameter_files/<visit>_<filter>.asdf asn.json`` offline: <= 3 mas against truth."""
-    from stdatamodels.jwst import datamodels
+    from ceers_steps.compat import datamodels
 
     d = builtin_files
     params = PARAMETER_FILES / "jw01345001001_f200w.asdf"

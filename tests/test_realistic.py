@@ -7,11 +7,11 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from conftest import accuracy, file_digest, run_cli
-from stdatamodels.jwst import datamodels
 
 from ceers_steps import detection
 from ceers_steps._stpipe import AllImagesFailedError
 from ceers_steps.catalogs import build_catalog
+from ceers_steps.compat import datamodels
 from ceers_steps.detection import DetectionParameters, _per_source, detect_sources
 from ceers_steps.synthetic import make_crowded_frame, make_visit, write_visit
 

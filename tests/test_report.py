@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from conftest import _visit_with_catalogs, library_of, models_of
-from jwst.datamodels import ModelLibrary
 
 from ceers_steps import CeersTweakRegStep
+from ceers_steps.compat import make_library
 from ceers_steps.report import final_rows
 
 VF = "jw01345001001_f200w"
@@ -58,7 +58,7 @@ def test_misaligned_image_is_graded_poor_the_others_good(builtin_visit, tmp_path
     models[4].meta.tweakreg_catalog = str(path)
     step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), output_dir=str(tmp_path),
                              save_report=True)
-    step.run(ModelLibrary(models))
+    step.run(make_library(models))
     html = (tmp_path / f"{VF}_alignment_report.html").read_text()
     grades = _grades(html)
     assert len(grades) == 12

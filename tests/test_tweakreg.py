@@ -400,9 +400,9 @@ def test_models_given_are_not_modified(builtin_visit):
     models = [im.model for im in v["visit"].images]
     x, y = pixel_grid((1024, 1024), 4)
     before = [np.array(m.meta.wcs(x, y)) for m in models]
-    from jwst.datamodels import ModelLibrary
+    from ceers_steps.compat import make_library
 
-    CeersTweakRegStep.call(ModelLibrary(models), abs_refcat=str(v["refcat"]), **NO_FILES)
+    CeersTweakRegStep.call(make_library(models), abs_refcat=str(v["refcat"]), **NO_FILES)
     after = [np.array(m.meta.wcs(x, y)) for m in models]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     assert all(m.meta.cal_step.tweakreg is None for m in models)
@@ -462,7 +462,7 @@ def test_relative_only_joint_fit_isolates_a_wrong_catalog(builtin_visit, tmp_pat
     v = builtin_visit
     models = models_of(library_of(v["visit"]))
     bad = models[4]
-    from jwst.datamodels import ModelLibrary
+    from ceers_steps.compat import make_library
 
     assert v["visit"].images[4].dither == 1  # not the reference exposure
     cat = Table.read(bad.meta.tweakreg_catalog)
@@ -474,7 +474,7 @@ def test_relative_only_joint_fit_isolates_a_wrong_catalog(builtin_visit, tmp_pat
     cat.write(path)
     bad.meta.tweakreg_catalog = str(path)
     step = CeersTweakRegStep(minobj=8, tolerance=0.1, separation=0.2, save_fit_results=False)
-    out = models_of(step.run(ModelLibrary(models)))
+    out = models_of(step.run(make_library(models)))
     status = {m.meta.filename: m.meta.cal_step.tweakreg for m in out}
     assert status.pop(bad.meta.filename) == "FAILED"
     assert set(status.values()) == {"COMPLETE"}
