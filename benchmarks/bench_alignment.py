@@ -106,9 +106,8 @@ def centre_errors(models, visit):
 
 
 def run_ceers(visit, refcat_path, params, mode, trace=True):
-    from jwst.datamodels import ModelLibrary
-
     from ceers_steps import CeersTweakRegStep
+    from ceers_steps.compat import make_library
 
     def call(library):
         return CeersTweakRegStep.call(library, abs_refcat=str(refcat_path), abs_group=mode,
@@ -117,12 +116,12 @@ def run_ceers(visit, refcat_path, params, mode, trace=True):
     # Memory in a traced run; time in an untraced one (tracing slows Python down).
     peak = float("nan")
     if trace:
-        library = ModelLibrary([im.model.copy() for im in visit.images])
+        library = make_library([im.model.copy() for im in visit.images])
         tracemalloc.start()
         call(library)
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-    library = ModelLibrary([im.model.copy() for im in visit.images])
+    library = make_library([im.model.copy() for im in visit.images])
     FIT_SECONDS.clear()
     REPORTED.clear()
     t0 = time.perf_counter()
@@ -135,8 +134,9 @@ def run_ceers(visit, refcat_path, params, mode, trace=True):
 def run_jwst(visit, refcat_path, params):
     """jwst's TweakRegStep with the same SEP catalogs and the CEERS parameters it accepts."""
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"  # stpipe accepts only true/yes words
-    from jwst.datamodels import ModelLibrary
     from jwst.tweakreg import TweakRegStep
+
+    from ceers_steps.compat import make_library
 
     p = dict(params)
     for prefix in ("", "abs_"):
@@ -146,7 +146,7 @@ def run_jwst(visit, refcat_path, params):
     models = [im.model.copy() for im in visit.images]
     t0 = time.perf_counter()
     result = TweakRegStep.call(
-        ModelLibrary(models), use_custom_catalogs=True, abs_refcat=str(refcat_path),
+        make_library(models), use_custom_catalogs=True, abs_refcat=str(refcat_path),
         fitgeometry="shift", use2dhist=False, enforce_user_order=True, expand_refcat=False,
         minobj=p["minobj"], searchrad=p["searchrad"], separation=p["separation"],
         tolerance=p["tolerance"], nclip=p["nclip"], sigma=p["sigma"],

@@ -25,9 +25,8 @@ def main():
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
-    from stdatamodels.jwst import datamodels
-
     from ceers_steps import ApplyWcsStep
+    from ceers_steps.compat import datamodels
     from ceers_steps.synthetic import SW_DETECTORS, make_visit, write_visit
     from ceers_steps.wcs_io import exposure_base, save_wcs_model
 

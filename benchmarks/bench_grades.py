@@ -41,7 +41,7 @@ def main():
     add_truth_options(parser)
     args = parser.parse_args()
     quiet()
-    from jwst.datamodels import ModelLibrary
+    from ceers_steps.compat import make_library
 
     use_real = truth_choice(args)
     for case in args.cases:
@@ -66,7 +66,7 @@ def main():
                 step = CeersTweakRegStep(abs_refcat=str(tmp / "refcat.ecsv"),
                                          output_dir=str(tmp / "out"), save_report=True,
                                          **(CEERS_LW if lw else CEERS_SW))
-                out = library_models(step.run(ModelLibrary([im.model.copy()
+                out = library_models(step.run(make_library([im.model.copy()
                                                             for im in visit.images])))
                 html = next(iter(step.report_paths.values())).read_text()
             grade = dict(re.findall(r"<tr data-image='([^']+)'>.*?data-col='grade'>(\w+)<", html,

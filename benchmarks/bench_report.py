@@ -61,7 +61,7 @@ def main():
     args = parser.parse_args()
     quiet()
     _instrument()
-    from jwst.datamodels import ModelLibrary
+    from ceers_steps.compat import make_library
 
     lw = args.case == "lw"
     params = CEERS_LW if lw else CEERS_SW
@@ -80,7 +80,7 @@ def main():
             image.model.meta.tweakreg_catalog = str(path)
 
         def run(report, out):
-            library = ModelLibrary([im.model.copy() for im in visit.images])
+            library = make_library([im.model.copy() for im in visit.images])
             step = CeersTweakRegStep(abs_refcat=str(tmp / "refcat.ecsv"), output_dir=str(out),
                                      save_report=report, **params)
             start = time.perf_counter()

@@ -105,8 +105,7 @@ def make_data(n, directory, real):
 
 
 def score(out_dir, visit):
-    from stdatamodels.jwst import datamodels
-
+    from ceers_steps.compat import datamodels
     from ceers_steps.wcs_utils import alignment_accuracy
 
     models = []
