@@ -63,8 +63,8 @@ ImageModel = datamodels.ImageModel
 #: The running jwst's version.
 JWST_VERSION = Version(jwst.__version__.split("+")[0])
 
-if JWST_VERSION < Version("1.10"):
-    # jwst 1.7-1.9 run logging.config.dictConfig when jwst.associations is first imported
+if JWST_VERSION < Version("1.16"):
+    # jwst < 1.16 runs logging.config.dictConfig when jwst.associations is first imported
     # (by jwst.assign_wcs, for instance), closing every log handler set up before: a run's
     # log file would stop mid-run. Importing it now, with this package, does that first.
     import jwst.associations  # noqa: F401
@@ -118,7 +118,10 @@ def call_kwargs():
 
 
 def _container_class():
-    return datamodels.ModelContainer if hasattr(datamodels, "ModelContainer") else None
+    # jwst's own datamodels package holds the container (stdatamodels never did).
+    import jwst.datamodels
+
+    return jwst.datamodels.ModelContainer
 
 
 def is_library(obj):

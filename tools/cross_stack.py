@@ -110,7 +110,9 @@ def compare(env_a, env_b, work):
     rows = {"aligned A vs B": _separation_mas(grids["A"], grids["B"])}
     for writer, reader in (("A", "B"), ("B", "A")):
         out = work / f"{writer}_models_under_{reader}"
-        res = subprocess.run([str(envs[reader] / "bin" / "ceers-apply-wcs"), *info[reader]["cal"],
+        cal_dir = Path(info[reader]["cal"][0]).parent
+        res = subprocess.run([str(envs[reader] / "bin" / "ceers-apply-wcs"), "--all",
+                              "--input-dir", str(cal_dir),
                               "--wcs-dir", str(work / writer / "aligned" / "tweakreg_wcs"),
                               "--output-dir", str(out)], capture_output=True, text=True,
                              check=False)

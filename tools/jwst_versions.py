@@ -37,7 +37,9 @@ PINS = {
     "1.8.5": ["numpy==1.23.5", "scipy==1.9.3", "astropy<5.3", "asdf<2.15", "stpipe<0.5",
               "gwcs<0.19", "drizzle<1.14", "pytest<8"],
     "1.10.2": ["numpy==1.25.2", "scipy==1.9.3", "astropy<6", "asdf<3", "gwcs<0.20", "pytest<8"],
-    "1.12.5": ["numpy<2", "pytest<8"],
+    # astropy < 6.1: gwcs 0.19 calls astropy's isiterable, whose deprecation warning would be
+    # logged at every WCS evaluation.
+    "1.12.5": ["numpy<2", "astropy<6.1", "pytest<8"],
     "1.14.1": ["numpy<2"],
     "1.15.1": ["numpy<2"],
     # jwst 1.16's resample calls drizzle 1.x's tdriz (3 return values); pip would pick drizzle 3.
