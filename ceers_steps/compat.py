@@ -166,9 +166,10 @@ def written_library_of(asn, outputs=False):
     (member ``expname`` and ``tweakreg_catalog`` absolute paths).
 
     On ``ModelLibrary`` stacks the models are opened only when borrowed and stpipe does not
-    finalize them (that would load the whole visit). On older stacks a ``ModelContainer`` of
-    the opened files, each with its ``meta.tweakreg_catalog`` from the association, as jwst's
-    steps of that time exchanged them.
+    finalize them (that would load the whole visit). On older stacks a ``ModelContainer``:
+    of the file paths, opened when read, for outputs (which record their catalog
+    themselves); else of the opened files, each with its ``meta.tweakreg_catalog`` from the
+    association, as jwst's steps of that time exchanged them.
     """
     global _WRITTEN_LIBRARY
     if HAS_MODEL_LIBRARY:
@@ -181,6 +182,10 @@ def written_library_of(asn, outputs=False):
 
             _WRITTEN_LIBRARY = WrittenLibrary
         library = _WRITTEN_LIBRARY(asn)
+    elif outputs:
+        # Files opened only when the container is read (a command-line run never does).
+        members = asn["products"][0]["members"]
+        library = _container_class()([m["expname"] for m in members], save_open=False)
     else:
         models = []
         for member in asn["products"][0]["members"]:
