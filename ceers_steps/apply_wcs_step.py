@@ -62,16 +62,19 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
             return self._stream(inputs, wcs_dir)
         plan = []
         # Check every image first, so that a bad one stops the run before anything is written.
+        in_memory = set()  # ids of the models this run did not open from a file
         for image in inputs.images:
             model = open_image(image, copy=self.parent is None, require_wcs=False)
+            if image.path is None:
+                in_memory.add(id(model))
             try:
                 found = load_wcs_for_image(model, wcs_dir, model.meta.filename or image.name,
                                            force=self.force)
             except (FileNotFoundError, ValueError) as exc:
                 if not self.skip_missing:
                     # Files this run opened are closed before the run fails.
-                    for opened, source in zip([m for m, _ in plan] + [model], inputs.images, strict=False):
-                        if source.path is not None:
+                    for opened in [m for m, _ in plan] + [model]:
+                        if id(opened) not in in_memory:
                             opened.close()
                     raise
                 log.warning("%s; image passed through unchanged", exc)

@@ -128,8 +128,7 @@ def is_library(obj):
     """True for a ``ModelLibrary`` (newer stacks) or a ``ModelContainer`` (older stacks)."""
     if HAS_MODEL_LIBRARY and isinstance(obj, ModelLibrary):
         return True
-    return type(obj).__name__ == "ModelContainer" or any(
-        c.__name__ == "ModelContainer" for c in type(obj).__mro__)
+    return any(c.__name__ == "ModelContainer" for c in type(obj).__mro__)
 
 
 def make_library(models):
@@ -198,33 +197,34 @@ def written_library_of(asn, outputs=False):
     return library
 
 
+def _jwst_tweakreg_attribute(name):
+    """``name`` where the running jwst's TweakRegStep finds it, else None."""
+    for module in ("stcal.tweakreg.tweakreg", "jwst.tweakreg.tweakreg_step"):
+        try:
+            return getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
 def tweakwcs_api():
     """
     tweakwcs' ``align_wcs`` and ``XYXYMatch``, looked up where the running jwst's
     TweakRegStep looks them up (``stcal.tweakreg.tweakreg``, else ``jwst.tweakreg``), so
     that what patches jwst's step patches ours too.
     """
-    for module in ("stcal.tweakreg.tweakreg", "jwst.tweakreg.tweakreg_step"):
-        try:
-            mod = __import__(module, fromlist=["align_wcs"])
-            return mod.align_wcs, mod.XYXYMatch
-        except (ImportError, AttributeError):
-            continue
-    from tweakwcs.imalign import align_wcs
-    from tweakwcs.matchutils import XYXYMatch
-
-    return align_wcs, XYXYMatch
+    align_wcs = _jwst_tweakreg_attribute("align_wcs")
+    match = _jwst_tweakreg_attribute("XYXYMatch")
+    if align_wcs is None or match is None:
+        from tweakwcs.imalign import align_wcs
+        from tweakwcs.matchutils import XYXYMatch as match
+    return align_wcs, match
 
 
 def named_refcats(default):
     """The catalog names jwst's ``abs_refcat`` fetches (``GAIADR3``...), else ``default``."""
-    for module in ("stcal.tweakreg.tweakreg", "jwst.tweakreg.tweakreg_step"):
-        try:
-            mod = __import__(module, fromlist=["SINGLE_GROUP_REFCAT"])
-            return mod.SINGLE_GROUP_REFCAT
-        except (ImportError, AttributeError):
-            continue
-    return default
+    names = _jwst_tweakreg_attribute("SINGLE_GROUP_REFCAT")
+    return default if names is None else names
 
 
 def catalog_service():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._stpipe import get_logger
+from .compat import library_models  # noqa: F401 - part of this module's interface (steps, demo, tests)
 
 __all__ = [
     "InputImage",
@@ -137,7 +138,7 @@ def _load_inputs(obj):
     TypeError
         The input is of an unsupported kind.
     """
-    from .compat import DataModel, is_library, library_models
+    from .compat import DataModel, is_library
 
     if isinstance(obj, (str, Path)):
         path = Path(obj)
@@ -204,13 +205,6 @@ def written_library(asn, outputs=False):
                 if member.get(key):
                     member[key] = str((base / member[key]).resolve())
     return written_library_of(asn, outputs=outputs)
-
-
-def library_models(library):
-    """The models of a `ModelLibrary` (left shelved) or container, a list, or one model."""
-    from .compat import library_models as models_of
-
-    return models_of(library)
 
 
 def _pixel_arrays(node, found):
