@@ -26,6 +26,18 @@ eliminated exactly (each source's observations centred on their weighted mean),
 so the least-squares problem has only the visit terms as unknowns, and its
 covariance gives each image's uncertainty. Without a reference catalog the same
 fit is a relative one: the dither terms alone, the first dither fixed.
+
+Channels (``channel_ids``): NIRCam's short- and long-wavelength images of one
+exposure are taken at the same time, so they share the common shift, the
+pointing roll (one rotation) and the dither terms; each channel keeps its own
+scale (``rscale``) or full linear term (``general``) as its geometry asks, its
+own detector offsets, centroid scatter and reference scatter. A source's
+detections are linked within a channel only (its centroid moves with the band);
+each channel's source is tied to the reference on its own.
+
+Detector offsets known from elsewhere (``detector_offsets``, e.g. measured over
+all visits of a survey by `combine_detector_offsets`) are applied as fixed terms,
+and their uncertainty is added to each image's.
 """
 
 from dataclasses import dataclass, field
@@ -37,7 +49,8 @@ from scipy.spatial import cKDTree
 
 from ._stpipe import get_logger
 
-__all__ = ["JointFitResult", "JointParameters", "joint_fit", "offset_from_2dhist"]
+__all__ = ["JointFitResult", "JointParameters", "combine_detector_offsets", "joint_fit",
+           "offset_from_2dhist", "offsets_significant"]
 
 log = get_logger(__name__)
 
@@ -110,17 +123,22 @@ class JointFitResult:
     status : str
         ``"SUCCESS"`` or ``"FAILED: <reason>"``.
     matrix : ndarray (2, 2)
-        Common linear term ``A``.
+        Common linear term ``A`` (of the first channel).
+    channel_matrix : dict
+        Channel -> its linear term (one entry without channels).
+    image_matrix : list of ndarray (2, 2)
+        The linear term of each image (its channel's).
     shift : ndarray (2,)
         Common shift ``T`` (first dither), arcsec.
     dither_shift : dict
         Dither id -> shift relative to the first dither, arcsec.
     detector_shift : dict
-        Detector -> offset (zero where not significant), arcsec.
+        Detector -> offset (zero where not significant; fixed offsets included), arcsec.
     detector_significant : dict
         Detector -> whether its offset was kept.
     image_shift : list of ndarray
-        Total shift of each image (``T + t + u``), arcsec.
+        Total shift of each image (``T + t + u``), arcsec: its aligned positions are
+        ``image_matrix[i] @ p + image_shift[i]``.
     image_stats, dither_stats, detector_stats : list or dict of dict
         ``nmatch``, ``rmse``, ``mae`` (arcsec) of the matched, unclipped residuals.
     nmatch, rmse, mae : int, float, float
@@ -129,14 +147,18 @@ class JointFitResult:
     n_linked : int
         Detections used, linked to another image's detection or to a reference source.
     sigma_centroid : float
-        Measured centroid scatter of one detection, arcsec per axis.
+        Measured centroid scatter of one detection, arcsec per axis (first channel).
     sigma_reference : list of float
         Measured reference scatter per reference catalog (intrinsic offsets and
-        catalog errors beyond ``ref_err``), arcsec per axis.
+        catalog errors beyond ``ref_err``), arcsec per axis (first channel).
+    channel_sigma_centroid, channel_sigma_reference : dict
+        The same per channel.
     rotation : float
         Rotation of ``A``, deg (positive from north through east).
     scale : float
         Scale of ``A``.
+    channel_scale : dict
+        Channel -> scale of its linear term.
     """
 
     status: str
@@ -157,10 +179,19 @@ class JointFitResult:
     n_linked: int = 0
     sigma_centroid: float = 0.0
     sigma_reference: list = field(default_factory=list)
+    channel_matrix: dict = field(default_factory=dict)
+    image_matrix: list = field(default_factory=list)
+    channel_scale: dict = field(default_factory=dict)
+    channel_sigma_centroid: dict = field(default_factory=dict)
+    channel_sigma_reference: dict = field(default_factory=dict)
     _layout: object = field(default=None, repr=False)
     _cov: np.ndarray = field(default=None, repr=False)
     _dither_of_image: np.ndarray = field(default=None, repr=False)
     _detector_of_image: np.ndarray = field(default=None, repr=False)
+    _channel_of_image: np.ndarray = field(default=None, repr=False)
+    _channel_names: list = field(default_factory=list, repr=False)
+    _detector_channel: dict = field(default_factory=dict, repr=False)
+    _fixed_cov: dict = field(default_factory=dict, repr=False)
 
     @property
     def success(self):
@@ -186,12 +217,16 @@ class JointFitResult:
         """
         xy = np.asarray(xy, float).reshape(-1, 2)
         n = len(xy)
-        jac = self._layout.design(xy @ self.matrix.T, np.full(n, self._dither_of_image[image]),
-                                  np.full(n, self._detector_of_image[image]))
+        jac = self._layout.design(xy @ self.image_matrix[image].T,
+                                  np.full(n, self._dither_of_image[image]),
+                                  np.full(n, self._detector_of_image[image]),
+                                  np.full(n, self._channel_of_image[image]))
         jac = np.moveaxis(jac, 1, 0)  # (n, 2, k)
-        return jac @ self._cov @ np.swapaxes(jac, 1, 2)
+        cov = jac @ self._cov @ np.swapaxes(jac, 1, 2)
+        fixed = self._fixed_cov.get(int(self._detector_of_image[image]))
+        return cov if fixed is None else cov + fixed
 
-    def terms(self):
+    def terms(self, channel=None):
         """
         The fitted visit terms with their 1-sigma uncertainties, as plain numbers.
 
@@ -200,6 +235,12 @@ class JointFitResult:
         first, detector offsets sum to zero over the fitted detectors (zero and
         ``fitted: False`` for the others). A relative fit (no reference) has no
         common terms (``common`` is None).
+
+        Parameters
+        ----------
+        channel : hashable, optional
+            With channels: the rotation and scale of this channel's linear term, and
+            its detectors only (default: the first channel's terms, every detector).
 
         Returns
         -------
@@ -210,39 +251,52 @@ class JointFitResult:
             ``north``, ``err_east``, ``err_north`` (mas; detectors also ``fitted``).
         """
         lay, cov = self._layout, self._cov
+        c = self._channel_names.index(channel) if channel is not None else 0
 
-        def shift(value, rows):
-            c = rows @ cov @ rows.T if rows is not None else np.zeros((2, 2))
-            err = np.sqrt(np.clip(np.diag(c), 0.0, None))
+        def shift(value, rows, extra=None):
+            cv = rows @ cov @ rows.T if rows is not None else np.zeros((2, 2))
+            cv = cv if extra is None else cv + extra
+            err = np.sqrt(np.clip(np.diag(cv), 0.0, None))
             # Plane x grows to the west: east is -x.
             return {"east": 0.0 - 1e3 * float(value[0]), "north": 1e3 * float(value[1]) + 0.0,
                     "err_east": 1e3 * float(err[0]), "err_north": 1e3 * float(err[1])}
 
-        def cols(c):
+        def cols(col):
             rows = np.zeros((2, lay.k))
-            rows[0, c], rows[1, c + 1] = 1.0, 1.0
+            rows[0, col], rows[1, col + 1] = 1.0, 1.0
             return rows
+
+        def variance(name):
+            col = lay.lin_cols[c].get(name)
+            return 0.0 if col is None else max(float(cov[col, col]), 0.0)
 
         common = None
         if lay.absolute:
-            var_rot = var_scale = 0.0
-            n = lay.n_lin
-            if lay.fitgeometry in ("rshift", "rscale"):
-                var_rot = cov[n - 1, n - 1]  # the (-y, x) column: a small rotation, rad
-                var_scale = cov[0, 0] if lay.fitgeometry == "rscale" else 0.0
-            elif lay.fitgeometry == "general":
-                var_rot = (cov[1, 1] + cov[2, 2] - 2 * cov[1, 2]) / 4.0
-                var_scale = (cov[0, 0] + cov[3, 3] + 2 * cov[0, 3]) / 4.0
-            common = {**shift(self.shift, cols(lay.t_col)), "rotation": self.rotation,
-                      "err_rotation": float(np.rad2deg(np.sqrt(max(var_rot, 0.0)))),
-                      "scale": self.scale, "err_scale": float(np.sqrt(max(var_scale, 0.0)))}
+            m = self.image_matrix[list(self._channel_of_image).index(c)] if channel is not None \
+                else self.matrix
+            common = {**shift(self.shift, cols(lay.t_col)), "rotation": _rotation_deg(m),
+                      # the rotation column is a small rotation, rad
+                      "err_rotation": float(np.rad2deg(np.sqrt(variance("rot")))),
+                      "scale": float(np.sqrt(abs(np.linalg.det(m)))),
+                      "err_scale": float(np.sqrt(variance("scale")))}
         dithers = [{"id": str(d), **shift(value, cols(lay.dither_col[k]) if k in lay.dither_col
                                           else None)}
                    for k, (d, value) in enumerate(self.dither_shift.items())]
         detectors = [{"id": str(name), "fitted": bool(self.detector_significant[name]),
-                      **shift(value, lay.detector_rows(k))}
-                     for k, (name, value) in enumerate(self.detector_shift.items())]
+                      **shift(value, lay.detector_rows(k), self._fixed_cov.get(k))}
+                     for k, (name, value) in enumerate(self.detector_shift.items())
+                     if channel is None or self._detector_channel.get(name) == c]
         return {"common": common, "dithers": dithers, "detectors": detectors}
+
+    def detector_covariance(self):
+        """
+        The detector offsets (n, 2) and the covariance (2n, 2n) of the flattened offsets
+        (x0, y0, x1, y1, ...), arcsec, in the order of ``detector_shift`` (what
+        `combine_detector_offsets` takes; fixed offsets are not included).
+        """
+        rows = np.vstack([self._layout.detector_rows(k) for k in range(len(self.detector_shift))])
+        offsets = np.array(list(self.detector_shift.values()), float).reshape(-1, 2)
+        return offsets, rows @ self._cov @ rows.T
 
     def position_sigma(self, image, xy):
         """
@@ -306,48 +360,50 @@ def offset_from_2dhist(xy, ref_xy, searchrad, binsize=None):
     return np.array([dx[near].mean(), dy[near].mean()]), int(near.sum())
 
 
-def _linear_columns(p, fitgeometry):
-    """Design-matrix blocks (2n x k) for the common linear term about the identity."""
-    n = len(p)
-    x, y = p[:, 0], p[:, 1]
-    z = np.zeros(n)
-    if fitgeometry == "shift":
-        return np.zeros((2 * n, 0))
-    if fitgeometry == "rshift":  # small rotation: d(q) = theta * (-y, x)
-        return np.column_stack([np.concatenate([-y, x])])
-    if fitgeometry == "rscale":  # (a-1)*(x, y) + b*(-y, x)
-        return np.column_stack([np.concatenate([x, y]), np.concatenate([-y, x])])
-    # general: (m11-1) x + m12 y, m21 x + (m22-1) y
-    return np.column_stack([np.concatenate([x, z]), np.concatenate([y, z]),
-                            np.concatenate([z, x]), np.concatenate([z, y])])
+#: Linear columns per geometry beyond the shared rotation, and each one's Jacobian at (x, y).
+_EXTRA_COLUMNS = {"shift": (), "rshift": (), "rscale": ("scale",),
+                  "general": ("scale", "shear1", "shear2")}
 
 
-def _matrix_from(params, fitgeometry):
-    if fitgeometry == "shift":
-        return np.eye(2)
-    if fitgeometry == "rshift":
-        t = params[0]
-        return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+def _column_jacobian(name, x, y):
+    return {"rot": (-y, x), "scale": (x, y), "shear1": (x, -y), "shear2": (y, x)}[name]
+
+
+def _step_matrix(sol, cols, fitgeometry):
+    """The 2x2 update of one channel's linear term for a linearised step ``sol``."""
+    theta = sol[cols["rot"]] if "rot" in cols else 0.0
+    if fitgeometry == "rshift":  # stays a pure rotation
+        return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    s = sol[cols["scale"]] if "scale" in cols else 0.0
     if fitgeometry == "rscale":
-        a, b = 1 + params[0], params[1]
-        return np.array([[a, -b], [b, a]])
-    return np.eye(2) + np.array([[params[0], params[1]], [params[2], params[3]]])
+        return np.array([[1 + s, -theta], [theta, 1 + s]])
+    if fitgeometry == "general":
+        e1, e2 = sol[cols["shear1"]], sol[cols["shear2"]]
+        return np.eye(2) + np.array([[s + e1, e2 - theta], [e2 + theta, s - e1]])
+    return np.eye(2)
+
+
+def _rotation_deg(m):
+    return float(np.rad2deg(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
 
 
 class _Model:
-    """Current estimate: common matrix/shift, dither and detector shifts."""
+    """Current estimate: linear term per channel, common shift, dither and detector shifts."""
 
-    def __init__(self, n_dith, n_det):
-        self.matrix = np.eye(2)
+    def __init__(self, n_dith, n_det, n_chan=1):
+        self.matrix = np.repeat(np.eye(2)[None], n_chan, axis=0)
         self.shift = np.zeros(2)
         self.dither = np.zeros((n_dith, 2))
         self.detector = np.zeros((n_det, 2))
 
-    def apply(self, p, dith, det):
-        return p @ self.matrix.T + self.shift + self.dither[dith] + self.detector[det]
+    def linear(self, p, chan):
+        return np.einsum("nij,nj->ni", self.matrix[chan], p)
+
+    def apply(self, p, dith, det, chan):
+        return self.linear(p, chan) + self.shift + self.dither[dith] + self.detector[det]
 
     def copy(self):
-        other = _Model(len(self.dither), len(self.detector))
+        other = _Model(len(self.dither), len(self.detector), len(self.matrix))
         other.matrix, other.shift = self.matrix.copy(), self.shift.copy()
         other.dither, other.detector = self.dither.copy(), self.detector.copy()
         return other
@@ -356,21 +412,35 @@ class _Model:
 @dataclass
 class _Layout:
     """
-    Columns of the unknowns: common linear terms, common shift ``T``, one shift per
-    dither after the first, one per fitted detector. With ``gauge`` the offsets
-    of those detectors sum to zero: the last one carries minus the others' sum
-    (its own columns do not exist), so ``T`` stays their common part.
+    Columns of the unknowns: the linear terms (one rotation shared by the channels
+    whose geometry has one: the telescope's roll; then each channel's scale and
+    shears as its geometry asks), common shift ``T``, one shift per dither after
+    the first, one per fitted detector. With ``gauge`` the offsets of those
+    detectors sum to zero: the last one carries minus the others' sum (its own
+    columns do not exist), so ``T`` stays their common part.
     """
 
-    fitgeometry: str
+    geometries: tuple
     absolute: bool
     n_dith: int
     fitted: tuple = ()
     gauge: tuple = ()
 
     def __post_init__(self):
-        self.n_lin = _N_LIN[self.fitgeometry] if self.absolute else 0
-        col = self.n_lin
+        geoms = self.geometries if self.absolute else ("shift",) * len(self.geometries)
+        self.channel_geometry = geoms
+        self.lin_cols = [{} for _ in geoms]
+        col = 0
+        if any(g != "shift" for g in geoms):
+            for c, g in enumerate(geoms):
+                if g != "shift":
+                    self.lin_cols[c]["rot"] = 0
+            col = 1
+        for c, g in enumerate(geoms):
+            for name in _EXTRA_COLUMNS[g]:
+                self.lin_cols[c][name] = col
+                col += 1
+        self.n_lin = col
         self.t_col = col if self.absolute else None
         col += 2 if self.absolute else 0
         self.dither_col = {}
@@ -385,13 +455,16 @@ class _Layout:
                 col += 2
         self.k = col
 
-    def design(self, xlin, dith, det):
+    def design(self, xlin, dith, det, chan):
         """Jacobian (2, n, k) of the corrected positions of detections at ``xlin = A p``."""
         n = len(xlin)
         jac = np.zeros((2, n, self.k))
-        if self.n_lin:
-            lin = _linear_columns(xlin, self.fitgeometry)
-            jac[0, :, :self.n_lin], jac[1, :, :self.n_lin] = lin[:n], lin[n:]
+        for c, cols in enumerate(self.lin_cols):
+            m = chan == c
+            if cols and m.any():
+                for name, col in cols.items():
+                    jx, jy = _column_jacobian(name, xlin[m, 0], xlin[m, 1])
+                    jac[0, m, col], jac[1, m, col] = jx, jy
         if self.t_col is not None:
             jac[0, :, self.t_col] = jac[1, :, self.t_col + 1] = 1.0
         for cols, ids in ((self.dither_col, dith), (self.detector_col, det)):
@@ -419,8 +492,9 @@ class _Layout:
 
     def update(self, model, sol):
         """Apply the solution ``sol`` (a linearised step) to ``model``."""
-        if self.n_lin:
-            model.matrix = _matrix_from(sol[:self.n_lin], self.fitgeometry) @ model.matrix
+        for c, cols in enumerate(self.lin_cols):
+            if cols:
+                model.matrix[c] = _step_matrix(sol, cols, self.channel_geometry[c]) @ model.matrix[c]
         if self.t_col is not None:
             model.shift = model.shift + sol[self.t_col:self.t_col + 2]
         for d, c in self.dither_col.items():
@@ -433,9 +507,6 @@ class _Layout:
                 model.detector[k] = 0.0
         if self.gauge:
             model.detector[self.gauge[-1]] = -sum(model.detector[k] for k in self.gauge[:-1])
-
-
-_N_LIN = {"shift": 0, "rshift": 1, "rscale": 2, "general": 4}
 
 
 def _centre_gauge(model, gauge):
@@ -463,10 +534,19 @@ class _Observations:
     ref: np.ndarray
     ref_comp: np.ndarray
     n_comp: int
+    comp_chan: np.ndarray = None
+
+    def __post_init__(self):
+        if self.comp_chan is None:
+            self.comp_chan = np.zeros(self.n_comp, int)
+
+    @property
+    def ref_chan(self):
+        return self.comp_chan[self.ref_comp]
 
     def subset(self, keep_det, keep_ref):
         return _Observations(self.det[keep_det], self.det_comp[keep_det], self.ref[keep_ref],
-                             self.ref_comp[keep_ref], self.n_comp)
+                             self.ref_comp[keep_ref], self.n_comp, self.comp_chan)
 
 
 def _source_means(obs, w_det, w_ref, det_values, ref_values):
@@ -486,7 +566,7 @@ def _source_means(obs, w_det, w_ref, det_values, ref_values):
     return sums / wsum[:, None], wsum
 
 
-def _solve(model, layout, obs, p, dith, det, ref_xy, w_det, w_ref):
+def _solve(model, layout, obs, p, dith, det, chan, ref_xy, w_det, w_ref):
     """
     One Gauss-Newton step of the weighted least-squares fit; ``model`` is updated.
 
@@ -495,9 +575,9 @@ def _solve(model, layout, obs, p, dith, det, ref_xy, w_det, w_ref):
     """
     di, ci, ri, rci = obs.det, obs.det_comp, obs.ref, obs.ref_comp
     pts = p[di]
-    v = model.apply(pts, dith[di], det[di])
+    v = model.apply(pts, dith[di], det[di], chan[di])
     q = ref_xy[ri] if len(ri) else np.zeros((0, 2))
-    jac = layout.design(pts @ model.matrix.T, dith[di], det[di])
+    jac = layout.design(model.linear(pts, chan[di]), dith[di], det[di], chan[di])
     k = layout.k
     # Centring on each source's weighted mean eliminates its position (reference sources
     # have no visit terms: zero Jacobian).
@@ -527,7 +607,7 @@ def _solve(model, layout, obs, p, dith, det, ref_xy, w_det, w_ref):
     return cov, lev_det, lev_ref
 
 
-def _residuals(model, obs, p, dith, det, ref_xy, w_det, w_ref):
+def _residuals(model, obs, p, dith, det, chan, ref_xy, w_det, w_ref):
     """
     Residuals from each source's weighted mean position, and their leverages.
 
@@ -535,7 +615,7 @@ def _residuals(model, obs, p, dith, det, ref_xy, w_det, w_ref):
     the residual of an observation with variance ``s^2`` has variance ``s^2 (1 - h)``.
     """
     di, ci, ri, rci = obs.det, obs.det_comp, obs.ref, obs.ref_comp
-    v = model.apply(p[di], dith[di], det[di])
+    v = model.apply(p[di], dith[di], det[di], chan[di])
     q = ref_xy[ri] if len(ri) else np.zeros((0, 2))
     mean, wsum = _source_means(obs, w_det, w_ref, v, q)
     return v - mean[ci], w_det / wsum[ci], q - mean[rci], w_ref / wsum[rci]
@@ -626,6 +706,30 @@ def _components(pred, img, n_img, ref_xy, tol_ref, tol_link, tree):
     return _Observations(det, new[det_label[det]], ref, new[ref_label[ref]], int(good.sum()))
 
 
+def _components_by_channel(pred, img, chan, n_chan, n_img, ref_xy, tol_ref, tol_link, tree):
+    """`_components` within each channel: a source's detections are linked within its channel
+    only, and each channel's source has its own tie to the reference."""
+    if n_chan == 1:
+        return _components(pred, img, n_img, ref_xy, tol_ref, tol_link, tree)
+    det, comp, ref, rcomp, cchan, offset = [], [], [], [], [], 0
+    for c in range(n_chan):
+        idx = np.flatnonzero(chan == c)
+        if not len(idx):
+            continue
+        o = _components(pred[idx], img[idx], n_img, ref_xy, tol_ref, tol_link, tree)
+        det.append(idx[o.det])
+        comp.append(o.det_comp + offset)
+        ref.append(o.ref)
+        rcomp.append(o.ref_comp + offset)
+        cchan.append(np.full(o.n_comp, c))
+        offset += o.n_comp
+
+    def cat(parts):
+        return np.concatenate(parts).astype(int) if parts else np.zeros(0, int)
+
+    return _Observations(cat(det), cat(comp), cat(ref), cat(rcomp), offset, cat(cchan))
+
+
 def _dither_offsets(p, dith, n_dith, searchrad):
     """Start values of the dither terms: 2-D histogram of each dither against the first."""
     out = np.zeros((n_dith, 2))
@@ -639,7 +743,8 @@ def _dither_offsets(p, dith, n_dith, searchrad):
 
 
 def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref_err=None,
-              ref_group=None):
+              ref_group=None, channel_ids=None, channel_fitgeometry=None, detector_offsets=None,
+              detector_offset_cov=None):
     """
     Fit the visit model to every match: image to image, and image to reference.
 
@@ -661,7 +766,8 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
         Per image, detection positions in the visit tangent plane through the
         image's current WCS, arcsec.
     dither_ids, detector_ids : list of hashable
-        Per image, its dither (exposure) and detector.
+        Per image, its dither (exposure) and detector. Images of different
+        channels taken in one exposure share its dither id.
     ref_xy : ndarray (m, 2) or None
         Reference catalog positions in the same plane, arcsec. None: a relative
         fit, the dither shifts only, the first dither fixed.
@@ -673,6 +779,18 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
         The catalog each reference source comes from: the intrinsic scatter is then
         measured per catalog (an older, noisier catalog weighs less), wherever a
         catalog has at least 10 matches.
+    channel_ids : list of hashable, optional
+        Per image, its channel (e.g. its filter: SW and LW images of the same
+        exposures fitted together). Default: one channel.
+    channel_fitgeometry : dict, optional
+        Channel -> its geometry (``params.fitgeometry`` for channels not listed).
+        The rotation is shared by every channel that fits one.
+    detector_offsets : dict, optional
+        Detector -> a known offset (2,), arcsec in the plane, applied as a fixed
+        term (its own offset is then fitted only if still significant).
+    detector_offset_cov : dict, optional
+        Detector -> covariance (2, 2) of that known offset, arcsec^2: added to the
+        uncertainty of the detector's images.
 
     Returns
     -------
@@ -684,8 +802,13 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     n_img = len(positions)
     dith_names = list(dict.fromkeys(dither_ids))
     det_names = list(dict.fromkeys(detector_ids))
-    n_dith, n_det = len(dith_names), len(det_names)
-    geom = params.fitgeometry if absolute else "shift"
+    channel_ids = list(channel_ids) if channel_ids is not None else [None] * n_img
+    chan_names = list(dict.fromkeys(channel_ids))
+    n_dith, n_det, n_chan = len(dith_names), len(det_names), len(chan_names)
+    geoms = tuple((channel_fitgeometry or {}).get(c, params.fitgeometry) for c in chan_names)
+    for g in geoms:
+        if g not in FITGEOMETRIES:
+            raise ValueError(f"fitgeometry must be one of {FITGEOMETRIES}, not {g!r}")
 
     if absolute:
         ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
@@ -702,32 +825,38 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     else:
         groups, ref_var, tree = np.zeros(0, int), np.zeros(0), None
     n_groups = int(groups.max()) + 1 if len(groups) else 1
+    dith_of_img = np.array([dith_names.index(d) for d in dither_ids], int)
+    det_of_img = np.array([det_names.index(k) for k in detector_ids], int)
+    chan_of_img = np.array([chan_names.index(c) for c in channel_ids], int)
+    fixed = np.zeros((n_det, 2))
+    for name, value in (detector_offsets or {}).items():
+        if name in det_names:
+            fixed[det_names.index(name)] = np.asarray(value, float)
     p_list, img_list = [], []
     for i, xy in enumerate(positions):
         xy = np.asarray(xy, float).reshape(-1, 2)
         xy = xy[np.all(np.isfinite(xy), axis=1)]
         xy = xy[_isolated(xy, params.separation)]
-        p_list.append(xy)
+        p_list.append(xy + fixed[det_of_img[i]])
         img_list.append(np.full(len(xy), i))
     p = np.concatenate(p_list) if p_list else np.zeros((0, 2))
     img = np.concatenate(img_list).astype(int) if img_list else np.zeros(0, int)
     if len(p) < params.minobj:
         return JointFitResult(status=f"FAILED: only {len(p)} usable detections "
                                      f"(minobj {params.minobj})")
-    dith_of_img = np.array([dith_names.index(d) for d in dither_ids], int)
-    det_of_img = np.array([det_names.index(k) for k in detector_ids], int)
-    dith, det = dith_of_img[img], det_of_img[img]
+    dith, det, chan = dith_of_img[img], det_of_img[img], chan_of_img[img]
 
-    model = _Model(n_dith, n_det)
+    model = _Model(n_dith, n_det, n_chan)
     if absolute and params.use2dhist:
         offset, npeak = offset_from_2dhist(p, ref_xy, params.searchrad)
         log.debug("2-D histogram offset %.4f, %.4f arcsec (%d in peak)", *offset, npeak)
         model.shift = offset
     elif not absolute:
         model.dither = _dither_offsets(p, dith, n_dith, params.searchrad)
-    # Scatters (arcsec per axis): first guesses, then measured after every solve.
-    sig_int2 = np.full(n_groups, (params.tolerance / 5.0) ** 2)
-    sig_cen2 = (params.tolerance / 10.0) ** 2
+    # Scatters (arcsec per axis), per channel (and reference catalog): first guesses, then
+    # measured after every solve.
+    sig_int2 = np.full((n_chan, n_groups), (params.tolerance / 5.0) ** 2)
+    sig_cen2 = np.full(n_chan, (params.tolerance / 10.0) ** 2)
     tol_ref = params.tolerance if absolute else 0.0
     # The first absolute pass matches to the reference only: the dithers are then within a
     # few mas of each other, and linking detections of different images is safe.
@@ -738,13 +867,15 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     prev, obs = None, None
 
     def weights(o):
-        w_det = np.full(len(o.det), 1.0 / sig_cen2)
-        w_ref = 1.0 / (sig_int2[groups[o.ref]] + ref_var[o.ref]) if len(o.ref) else np.zeros(0)
+        w_det = 1.0 / sig_cen2[chan[o.det]]
+        w_ref = (1.0 / (sig_int2[o.ref_chan, groups[o.ref]] + ref_var[o.ref]) if len(o.ref)
+                 else np.zeros(0))
         return w_det, w_ref
 
     for iteration in range(params.max_iter):
-        pred = model.apply(p, dith, det)
-        obs = _components(pred, img, n_img, ref_xy, tol_ref, tol_link, tree)
+        pred = model.apply(p, dith, det, chan)
+        obs = _components_by_channel(pred, img, chan, n_chan, n_img, ref_xy, tol_ref, tol_link,
+                                     tree)
         n_obs = _n_matched(obs) if absolute else len(obs.det)
         if n_obs < params.minobj:
             what = ("detections matched to the reference" if absolute
@@ -754,33 +885,41 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
                                          "arcsec")
         gauge = fitted if len(fitted) == n_det else ()
         _centre_gauge(model, gauge)
-        layout = _Layout(geom, absolute, n_dith, fitted, gauge)
+        layout = _Layout(geoms, absolute, n_dith, fitted, gauge)
         keep_det, keep_ref = np.ones(len(obs.det), bool), np.ones(len(obs.ref), bool)
         for _ in range(max(params.nclip, 0) + 1):
             o = obs.subset(keep_det, keep_ref)
             w_det, w_ref = weights(o)
-            _, lev_det, lev_ref = _solve(model, layout, o, p, dith, det, ref_xy, w_det, w_ref)
-            r_det, h_det, r_ref, h_ref = _residuals(model, o, p, dith, det, ref_xy, w_det, w_ref)
+            _, lev_det, lev_ref = _solve(model, layout, o, p, dith, det, chan, ref_xy, w_det,
+                                         w_ref)
+            r_det, h_det, r_ref, h_ref = _residuals(model, o, p, dith, det, chan, ref_xy, w_det,
+                                                    w_ref)
             h_det, h_ref = h_det + lev_det, h_ref + lev_ref
             # Variances from the residuals (mean squares: what the covariance needs). The
             # clipping limit of the first pass is wide: the first guesses may be far off.
             limit = params.sigma if iteration else 3.0 * params.sigma
-            ms = _mean_square(r_det, h_det)
-            if ms is not None:
-                sig_cen2 = max(ms, 1e-5**2)
+            c_det = chan[o.det]
+            for c in range(n_chan):
+                ms = _mean_square(r_det[c_det == c], h_det[c_det == c])
+                if ms is not None:
+                    sig_cen2[c] = max(ms, 1e-5**2)
             if absolute and len(r_ref):
-                g_used = groups[o.ref]
-                for g in range(n_groups):
-                    m = g_used == g
-                    if m.sum() < 10:
-                        m = np.ones(len(g_used), bool)
-                    ms = _mean_square(r_ref[m], h_ref[m], 1.0 / np.median(w_ref[m]), limit)
-                    if ms is not None:
-                        sig_int2[g] = max(ms - float(np.median(ref_var[o.ref][m])), 0.0005**2)
+                g_used, c_used = groups[o.ref], o.ref_chan
+                for c in range(n_chan):
+                    for g in range(n_groups):
+                        # Too few of this catalog in this channel: the channel's, then all.
+                        for m in ((c_used == c) & (g_used == g), c_used == c,
+                                  np.ones(len(g_used), bool)):
+                            if m.sum() >= 10:
+                                break
+                        ms = _mean_square(r_ref[m], h_ref[m], 1.0 / np.median(w_ref[m]), limit)
+                        if ms is not None:
+                            sig_int2[c, g] = max(ms - float(np.median(ref_var[o.ref][m])),
+                                                 0.0005**2)
                 w_det, w_ref = weights(o)
             # Clip each residual normalised by the spread expected for its kind (a chi-square
             # cut: a Gaussian core loses ~1% at 3 sigma).
-            new_det = _unclipped(r_det, h_det, sig_cen2, params.sigma)
+            new_det = _unclipped(r_det, h_det, sig_cen2[c_det], params.sigma)
             new_ref = _unclipped(r_ref, h_ref, 1.0 / w_ref, params.sigma)
             full_det, full_ref = keep_det.copy(), keep_ref.copy()
             full_det[keep_det], full_ref[keep_ref] = new_det, new_ref
@@ -796,12 +935,13 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
             # (measured: such images fall within 2 sigma 28% of the time instead of 95%),
             # and an offset fitted where there is none costs less than one omitted.
             fitted = (tuple(range(n_det)) if _detector_offsets_significant(
-                model, obs, p, dith, det, ref_xy, weights(obs), geom, n_dith, n_det,
+                model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms, n_dith, n_det,
                 params.significance) else ())
         # Tighten the matching radii towards 5x the scatter of each kind of observation.
-        s_ref = np.sqrt(float(np.max(sig_int2)) + sig_cen2)
+        s_ref = np.sqrt(float(np.max(sig_int2)) + float(np.max(sig_cen2)))
         tol_ref = float(min(params.tolerance, max(5.0 * s_ref, 0.01))) if absolute else 0.0
-        tol_link = float(min(params.tolerance, max(5.0 * np.sqrt(2 * sig_cen2), 0.002)))
+        tol_link = float(min(params.tolerance,
+                             max(5.0 * np.sqrt(2 * float(np.max(sig_cen2))), 0.002)))
         state = (obs.det.tobytes(), obs.ref.tobytes(), fitted, iteration > 0)
         if state == prev:
             break
@@ -810,13 +950,89 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     # The final step at the solution: its covariance is that of the result.
     gauge = fitted if len(fitted) == n_det else ()
     _centre_gauge(model, gauge)
-    layout = _Layout(geom, absolute, n_dith, fitted, gauge)
+    layout = _Layout(geoms, absolute, n_dith, fitted, gauge)
     w_det, w_ref = weights(obs)
-    cov, _, _ = _solve(model, layout, obs, p, dith, det, ref_xy, w_det, w_ref)
-    r_det, h_det, r_ref, h_ref = _residuals(model, obs, p, dith, det, ref_xy, w_det, w_ref)
-    return _result(model, layout, cov, obs, p, img, dith, det, ref_xy, r_det, h_det,
-                   dith_names, det_names, dith_of_img, det_of_img, fitted, sig_cen2, sig_int2,
-                   absolute)
+    cov, _, _ = _solve(model, layout, obs, p, dith, det, chan, ref_xy, w_det, w_ref)
+    r_det, h_det, r_ref, h_ref = _residuals(model, obs, p, dith, det, chan, ref_xy, w_det, w_ref)
+    fixed_cov = {det_names.index(k): np.asarray(v, float) for k, v in
+                 (detector_offset_cov or {}).items() if k in det_names}
+    return _result(model, layout, cov, obs, p, img, dith, det, chan, ref_xy, r_det, h_det,
+                   (dith_names, det_names, chan_names), (dith_of_img, det_of_img, chan_of_img),
+                   fitted, sig_cen2, sig_int2, absolute, fixed, fixed_cov)
+
+
+def combine_detector_offsets(estimates):
+    """
+    Detector offsets shared by several visits, from each visit's own fit of them.
+
+    A detector's placement error is a property of the instrument, the same in every
+    visit; one visit measures it from ~30 reference galaxies per detector. Each
+    visit's fit (`joint_fit` with ``detector_terms="all"``) gives its detectors'
+    offsets about their mean over that visit (the mean is part of the visit's
+    common shift), with their covariance. The offsets shared by all visits are
+    the generalised least-squares solution of ``y_v = P_v u`` over the visits
+    (``P_v`` takes the detectors of visit ``v`` and centres them), offsets summing
+    to zero. Visits share no sources, so this is the joint least-squares solution
+    of all visits' detections for ``u`` with each visit's own terms profiled out.
+
+    Parameters
+    ----------
+    estimates : list of (list, ndarray, ndarray)
+        Per visit: its detector names (n), their offsets (n, 2) and the covariance
+        (2n, 2n) of the flattened offsets (x0, y0, x1, y1, ...), in one frame
+        common to the visits (the detector frame: offsets rotate with the roll),
+        arcsec.
+
+    Returns
+    -------
+    dict
+        Detector -> (offset (2,), covariance (2, 2)), arcsec, the offsets summing
+        to zero over the detectors. Empty when no visit gave an estimate.
+    """
+    names, u, cov_u = _combine(estimates)
+    return {k: (u[2 * j:2 * j + 2].copy(), cov_u[2 * j:2 * j + 2, 2 * j:2 * j + 2].copy())
+            for j, k in enumerate(names)}
+
+
+def _combine(estimates):
+    """`combine_detector_offsets`' solution: names, offsets (2n,), covariance (2n, 2n)."""
+    names = list(dict.fromkeys(k for est in estimates for k in est[0]))
+    n = len(names)
+    if not n:
+        return names, np.zeros(0), np.zeros((0, 0))
+    normal, rhs = np.zeros((2 * n, 2 * n)), np.zeros(2 * n)
+    for dets, offsets, cov in estimates:
+        m = len(dets)
+        take = np.zeros((2 * m, 2 * n))
+        for j, k in enumerate(dets):
+            take[2 * j, 2 * names.index(k)] = take[2 * j + 1, 2 * names.index(k) + 1] = 1.0
+        centre = np.kron(np.eye(m) - 1.0 / m, np.eye(2))
+        # Weights within the centred subspace only: the visit cannot see its offsets' mean.
+        w = centre @ np.linalg.pinv(centre @ np.asarray(cov, float) @ centre, rcond=1e-10,
+                                    hermitian=True) @ centre
+        normal += take.T @ w @ take
+        rhs += take.T @ w @ np.asarray(offsets, float).ravel()
+    # The common offset of all detectors is not measurable (each visit's common shift takes
+    # it): solved in the subspace of offsets summing to zero.
+    basis = np.linalg.eigh(np.kron(np.eye(n) - 1.0 / n, np.eye(2)))[1][:, 2:]
+    cov_u = basis @ np.linalg.pinv(basis.T @ normal @ basis, hermitian=True) @ basis.T
+    return names, cov_u @ rhs, cov_u
+
+
+def offsets_significant(estimates, significance):
+    """
+    Whether the detector offsets combined from ``estimates`` (as for
+    `combine_detector_offsets`) are significant: their chi-square against their
+    covariance, 2 (n - 1) degrees of freedom, beyond a ``significance``-sigma Gaussian
+    event (the test `joint_fit` applies to one visit's offsets).
+    """
+    from scipy.stats import chi2
+
+    names, u, cov = _combine(estimates)
+    if len(names) < 2:
+        return False
+    value = float(u @ np.linalg.pinv(cov, hermitian=True) @ u)
+    return value > chi2.isf(_two_sided_p(significance), 2 * (len(names) - 1))
 
 
 def _n_matched(obs):
@@ -840,8 +1056,8 @@ def _unclipped(r, h, variance, sigma):
     return np.hypot(r[:, 0], r[:, 1]) / scale <= sigma
 
 
-def _detector_offsets_significant(model, obs, p, dith, det, ref_xy, w, geom, n_dith, n_det,
-                                  significance):
+def _detector_offsets_significant(model, obs, p, dith, det, chan, ref_xy, w, geoms, n_dith,
+                                  n_det, significance):
     """
     Whether the visit's detector offsets are significant: fitted for every detector
     (about their mean), their chi-square against their covariance, 2 (n_det - 1)
@@ -852,8 +1068,8 @@ def _detector_offsets_significant(model, obs, p, dith, det, ref_xy, w, geom, n_d
     probe = model.copy()
     every = tuple(range(n_det))
     _centre_gauge(probe, every)
-    layout = _Layout(geom, True, n_dith, every, every)
-    cov, _, _ = _solve(probe, layout, obs, p, dith, det, ref_xy, *w)
+    layout = _Layout(geoms, True, n_dith, every, every)
+    cov, _, _ = _solve(probe, layout, obs, p, dith, det, chan, ref_xy, *w)
     cols = [c + a for c in layout.detector_col.values() for a in (0, 1)]
     c = cov[np.ix_(cols, cols)]
     if not np.all(np.isfinite(c)):
@@ -863,15 +1079,23 @@ def _detector_offsets_significant(model, obs, p, dith, det, ref_xy, w, geom, n_d
     return value > chi2.isf(_two_sided_p(significance), len(cols))
 
 
-def _result(model, layout, cov, obs, p, img, dith, det, ref_xy, r_det, h_det, dith_names,
-            det_names, dith_of_img, det_of_img, fitted, sig_cen2, sig_int2, absolute):
+def _result(model, layout, cov, obs, p, img, dith, det, chan, ref_xy, r_det, h_det, names,
+            of_image, fitted, sig_cen2, sig_int2, absolute, fixed, fixed_cov):
+    dith_names, det_names, chan_names = names
+    dith_of_img, det_of_img, chan_of_img = of_image
     n_img, n_dith, n_det = len(dith_of_img), len(dith_names), len(det_names)
-    result = JointFitResult(status="SUCCESS", matrix=model.matrix.copy(), shift=model.shift.copy())
+    det_chan = {det_of_img[i]: chan_of_img[i] for i in range(n_img)}
+    result = JointFitResult(status="SUCCESS", matrix=model.matrix[0].copy(),
+                            shift=model.shift.copy())
+    result.channel_matrix = {c: model.matrix[k].copy() for k, c in enumerate(chan_names)}
+    result.image_matrix = [model.matrix[chan_of_img[i]].copy() for i in range(n_img)]
     result.dither_shift = {dith_names[d]: model.dither[d].copy() for d in range(n_dith)}
-    result.detector_shift = {det_names[k]: model.detector[k].copy() for k in range(n_det)}
+    # Fixed offsets were added to the positions before the linear term: A u on the sky.
+    moved = np.array([model.matrix[det_chan.get(k, 0)] @ fixed[k] for k in range(n_det)])
+    result.detector_shift = {det_names[k]: model.detector[k] + moved[k] for k in range(n_det)}
     result.detector_significant = {det_names[k]: k in fitted for k in range(n_det)}
     result.image_shift = [model.shift + model.dither[dith_of_img[i]] + model.detector[det_of_img[i]]
-                          for i in range(n_img)]
+                          + moved[det_of_img[i]] for i in range(n_img)]
     if absolute:
         # Residuals against the reference: each matched detection minus its source's
         # reference position (CEERS' and tweakwcs' RMSE).
@@ -879,7 +1103,7 @@ def _result(model, layout, cov, obs, p, img, dith, det, ref_xy, r_det, h_det, di
         ref_of_comp[obs.ref_comp] = obs.ref
         has = ref_of_comp[obs.det_comp] >= 0
         d = obs.det[has]
-        r = ref_xy[ref_of_comp[obs.det_comp[has]]] - model.apply(p[d], dith[d], det[d])
+        r = ref_xy[ref_of_comp[obs.det_comp[has]]] - model.apply(p[d], dith[d], det[d], chan[d])
     else:
         # Residuals against the other images' detections of the same source.
         has = (1.0 - h_det) > 1e-9
@@ -891,24 +1115,38 @@ def _result(model, layout, cov, obs, p, img, dith, det, ref_xy, r_det, h_det, di
     tot = _stats(r)
     result.nmatch, result.rmse, result.mae = tot["nmatch"], tot["rmse"], tot["mae"]
     result.n_linked = int(len(obs.det))
-    result.sigma_centroid = float(np.sqrt(sig_cen2))
-    result.sigma_reference = [float(s) for s in np.sqrt(sig_int2)] if absolute else []
+    result.channel_sigma_centroid = {c: float(np.sqrt(sig_cen2[k]))
+                                     for k, c in enumerate(chan_names)}
+    result.channel_sigma_reference = {c: [float(v) for v in np.sqrt(sig_int2[k])] if absolute
+                                      else [] for k, c in enumerate(chan_names)}
+    result.sigma_centroid = result.channel_sigma_centroid[chan_names[0]]
+    result.sigma_reference = result.channel_sigma_reference[chan_names[0]]
     result._layout, result._cov = layout, cov
     result._dither_of_image, result._detector_of_image = dith_of_img, det_of_img
-    m = result.matrix
-    result.rotation = float(np.rad2deg(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
-    result.scale = float(np.sqrt(abs(np.linalg.det(m))))
+    result._channel_of_image, result._channel_names = chan_of_img, list(chan_names)
+    result._detector_channel = {det_names[k]: int(c) for k, c in det_chan.items()}
+    result._fixed_cov = fixed_cov
+    result.rotation = _rotation_deg(result.matrix)
+    result.scale = float(np.sqrt(abs(np.linalg.det(result.matrix))))
+    result.channel_scale = {c: float(np.sqrt(abs(np.linalg.det(m))))
+                            for c, m in result.channel_matrix.items()}
     if absolute:
         log.info("Joint fit: %d reference matches, %d linked detections, RMSE %.2f mas, "
-                 "rotation %.5f deg, scale %.7f, shift (%.2f, %.2f) mas, centroid scatter "
-                 "%.2f mas, reference scatter %s mas, detector terms: %s", result.nmatch,
-                 result.n_linked, 1e3 * result.rmse, result.rotation, result.scale,
-                 *(1e3 * result.shift), 1e3 * result.sigma_centroid,
-                 "/".join(f"{1e3 * s:.1f}" for s in result.sigma_reference),
-                 ", ".join(k for k, v in result.detector_significant.items() if v) or "none")
+                 "rotation %.5f deg, scale %s, shift (%.2f, %.2f) mas, centroid scatter "
+                 "%s mas, reference scatter %s mas, detector terms: %s%s", result.nmatch,
+                 result.n_linked, 1e3 * result.rmse, result.rotation,
+                 "/".join(f"{v:.7f}" for v in result.channel_scale.values()),
+                 *(1e3 * result.shift),
+                 "/".join(f"{1e3 * v:.2f}" for v in result.channel_sigma_centroid.values()),
+                 "/".join(f"{1e3 * v:.1f}" for vs in result.channel_sigma_reference.values()
+                          for v in vs),
+                 ", ".join(k for k, v in result.detector_significant.items() if v) or "none",
+                 f" (fixed offsets for {len(fixed_cov) or int(np.any(fixed, axis=1).sum())} "
+                 "detectors)" if np.any(fixed) else "")
     else:
-        log.info("Joint relative fit: %d linked detections, centroid scatter %.2f mas",
-                 result.n_linked, 1e3 * result.sigma_centroid)
+        log.info("Joint relative fit: %d linked detections, centroid scatter %s mas",
+                 result.n_linked,
+                 "/".join(f"{1e3 * v:.2f}" for v in result.channel_sigma_centroid.values()))
     return result
 
 
