@@ -18,7 +18,7 @@ from ._stpipe import get_logger
 from .grouping import group_images
 from .jointfit import JointParameters, joint_fit
 from .judge import judge_images
-from .wcs_utils import bbox_limits, pixel_grid
+from .wcs_utils import bbox_limits, pixel_axes, pixel_grid
 
 __all__ = [
     "ABS_GROUPS",
@@ -27,6 +27,7 @@ __all__ = [
     "RelativeParameters",
     "absolute_align",
     "align_visit",
+    "detector_offset_estimate",
     "relative_align",
     "relative_joint",
     "result_row",
@@ -102,10 +103,16 @@ class AbsoluteParameters:
     significance: float = 3.0
     margin: float = 5.0
     image_minobj: int = 3
+    #: Geometry of long-wavelength images fitted jointly with short-wavelength ones
+    #: (``joint_channels``); empty: ``fitgeometry``.
+    fitgeometry_lw: str = ""
 
     def __post_init__(self):
         _check("abs_", self.fitgeometry, self.minobj, self.searchrad, self.separation,
                self.tolerance, self.nclip, self.sigma)
+        if self.fitgeometry_lw and self.fitgeometry_lw not in MIN_POINTS:
+            raise ValueError(f"abs_fitgeometry_lw must be one of {tuple(MIN_POINTS)} or empty, "
+                             f"not {self.fitgeometry_lw!r}")
         if self.group not in ABS_GROUPS:
             raise ValueError(f"abs_group must be one of {ABS_GROUPS}, not {self.group!r}")
         if self.significance is None or self.significance < 0:
@@ -554,7 +561,8 @@ def _refcat_near(refcat, images, plane, margin):
     return keep, np.column_stack([rx[keep], ry[keep]])
 
 
-def absolute_align(images, refcat, params, group_names, visit_name, runner=None, info=None):
+def absolute_align(images, refcat, params, group_names, visit_name, runner=None, info=None,
+                   shared=None):
     """
     Align images to an absolute reference catalog.
 
@@ -576,7 +584,10 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None,
         fits (`ceers_steps.engine.run_tasks` with the step's ``n_jobs``); serial if None.
     info : dict, optional
         Filled with ``terms`` (`ceers_steps.jointfit.JointFitResult.terms`) by a
-        successful joint fit.
+        successful joint fit (and ``channel_terms``, per filter, for several filters).
+    shared : dict, optional
+        Detector offsets shared by the visits of a run (``joint`` only; see
+        `_absolute_joint`).
 
     Returns
     -------
@@ -593,7 +604,7 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None,
         log.warning("%s: abs_separation %.3g <= sqrt(2) x abs_tolerance %.3g: matches may be "
                     "confused", visit_name, params.separation, params.tolerance)
     if params.group == "joint":
-        return _absolute_joint(images, refcat, params, visit_name, info=info)
+        return _absolute_joint(images, refcat, params, visit_name, info=info, shared=shared)
     if params.group == "visit":
         groups = {visit_name: list(range(len(images)))}
     else:
@@ -741,14 +752,22 @@ def _absolute_tweakwcs(images, refcat, params, group):
     return rows
 
 
-def _absolute_joint(images, refcat, params, visit_name, info=None):
-    """
-    The joint visit fit, then every image judged on its own matches; images that
-    fail are left out and the visit refitted without them (at most three rounds).
-    """
-    from .correctors import StackedJWSTWCSCorrector
+def _is_lw(detector):
+    return str(detector).lower().endswith("long")
 
-    geom = params.fitgeometry
+
+def _detector_axes(im, plane):
+    """
+    The orthogonal 2x2 matrix taking an offset along the image's pixel axes to the
+    visit plane (the roll and parity of the detector on the sky), at its sources' centre.
+    """
+    cat = im.inside_catalog()
+    cx, cy = (float(np.median(cat["x"])), float(np.median(cat["y"]))) if len(cat) else (0.0, 0.0)
+    return pixel_axes(im.model.meta.wcs, plane, cx, cy)
+
+
+def _joint_setup(images, refcat, params, detector_terms=True):
+    """What a joint fit of ``images`` needs: plane, reference, positions, parameters, channels."""
     plane = visit_plane(images)
     near, ref_xy = _refcat_near(refcat, images, plane, params.searchrad + params.margin)
     ref_err = (np.asarray(refcat["ERR"], float)[near] / 1e3 if "ERR" in refcat.colnames
@@ -756,10 +775,79 @@ def _absolute_joint(images, refcat, params, visit_name, info=None):
     ref_group = (np.asarray(refcat["PRIORITY"], int)[near] if "PRIORITY" in refcat.colnames
                  else None)
     positions = [_plane_positions(im, plane) for im in images]
-    jp = JointParameters(fitgeometry=geom, searchrad=params.searchrad, use2dhist=params.use2dhist,
-                         separation=params.separation, tolerance=params.tolerance,
-                         minobj=params.minobj, significance=params.significance)
-    det_group = {im.key.detector: f"{visit_name}_{im.key.detector}" for im in images}
+    jp = JointParameters(fitgeometry=params.fitgeometry, searchrad=params.searchrad,
+                         use2dhist=params.use2dhist, separation=params.separation,
+                         tolerance=params.tolerance, minobj=params.minobj,
+                         significance=params.significance, detector_terms=detector_terms)
+    # Several filters in one fit: channels sharing the exposures' terms (joint_channels).
+    filters = [im.key.filter for im in images]
+    channels = filters if len(set(filters)) > 1 else None
+    geometry = {im.key.filter: (params.fitgeometry_lw or params.fitgeometry)
+                if _is_lw(im.key.detector) else params.fitgeometry for im in images}
+    return plane, ref_xy, ref_err, ref_group, positions, jp, channels, geometry
+
+
+def detector_offset_estimate(images, refcat, params):
+    """
+    One visit's measurement of its detectors' offsets, for `combine_detector_offsets`.
+
+    The joint fit with an offset for every detector; offsets and covariance are
+    turned into each detector's pixel axes, where an instrument's placement error
+    stays the same from visit to visit whatever the roll.
+
+    Parameters
+    ----------
+    images : list of AlignImage
+        One visit (one or several filters).
+    refcat : Table
+    params : AbsoluteParameters
+
+    Returns
+    -------
+    (names, offsets (n, 2), covariance (2n, 2n)) in arcsec, or None when the fit failed.
+    """
+    plane, ref_xy, ref_err, ref_group, positions, jp, channels, geometry = _joint_setup(
+        images, refcat, params, detector_terms="all")
+    fit = joint_fit(positions, [im.key.exposure for im in images],
+                    [im.key.detector for im in images], ref_xy, jp, ref_err=ref_err,
+                    ref_group=ref_group, channel_ids=channels, channel_fitgeometry=geometry)
+    if not fit.success or not any(fit.detector_significant.values()):
+        return None
+    names = list(fit.detector_shift)
+    offsets, cov = fit.detector_covariance()
+    first = {}
+    for im in images:
+        first.setdefault(im.key.detector, im)
+    turn = np.zeros((2 * len(names), 2 * len(names)))
+    for j, name in enumerate(names):
+        turn[2 * j:2 * j + 2, 2 * j:2 * j + 2] = _detector_axes(first[name], plane).T
+    return names, (turn @ offsets.ravel()).reshape(-1, 2), turn @ cov @ turn.T
+
+
+def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
+    """
+    The joint visit fit, then every image judged on its own matches; images that
+    fail are left out and the visit refitted without them (at most three rounds).
+
+    ``shared``: detector -> (offset, covariance) in the detector's pixel axes
+    (`combine_detector_offsets`), applied as fixed terms. Images of several filters
+    (`joint_channels`) are fitted as channels sharing the exposures' terms.
+    """
+    from .correctors import StackedJWSTWCSCorrector
+
+    plane, ref_xy, ref_err, ref_group, positions, jp, channels, geometry = _joint_setup(
+        images, refcat, params)
+    fixed, fixed_cov = None, None
+    if shared:
+        fixed, fixed_cov = {}, {}
+        for im in images:
+            det = im.key.detector
+            if det in shared and det not in fixed:
+                axes = _detector_axes(im, plane)
+                fixed[det] = axes @ shared[det][0]
+                fixed_cov[det] = axes @ shared[det][1] @ axes.T
+    det_group = {im.key.detector: f"{im.key.visit_filter}_{im.key.detector}" for im in images}
+    geom_of = {im.name: geometry[im.key.filter] for im in images}
     rejected = {}
     for _ in range(3):
         kept = [i for i in range(len(images)) if i not in rejected]
@@ -767,11 +855,14 @@ def _absolute_joint(images, refcat, params, visit_name, info=None):
             break
         fit = joint_fit([positions[i] for i in kept], [images[i].key.exposure for i in kept],
                         [images[i].key.detector for i in kept], ref_xy, jp, ref_err=ref_err,
-                        ref_group=ref_group)
+                        ref_group=ref_group,
+                        channel_ids=[channels[i] for i in kept] if channels else None,
+                        channel_fitgeometry=geometry, detector_offsets=fixed,
+                        detector_offset_cov=fixed_cov)
         if not fit.success:
             break
-        after = [positions[i] @ fit.matrix.T + shift
-                 for i, shift in zip(kept, fit.image_shift, strict=True)]
+        after = [positions[i] @ m.T + shift
+                 for i, m, shift in zip(kept, fit.image_matrix, fit.image_shift, strict=True)]
         verdicts = judge_images(after, ref_xy, params.tolerance, params.image_minobj,
                                 n_sources=[len(images[i].catalog) for i in kept],
                                 offset_test=True, separation=params.separation)
@@ -787,11 +878,12 @@ def _absolute_joint(images, refcat, params, visit_name, info=None):
         log.warning("%s: joint absolute alignment failed: %s; WCS left unchanged",
                     visit_name, status)
         rows = []
-        for stage, group, g in (("relative", lambda im: visit_name, "shift"),
-                                ("absolute", lambda im: det_group[im.key.detector], geom)):
+        for stage, group, g in (("relative", lambda im: im.key.visit_filter, lambda im: "shift"),
+                                ("absolute", lambda im: det_group[im.key.detector],
+                                 lambda im: geom_of[im.name])):
             for i, im in enumerate(images):
                 st = f"FAILED: {rejected[i]}" if i in rejected else status
-                rows.append(result_row(stage, group(im), im.name, st, g))
+                rows.append(result_row(stage, group(im), im.name, st, g(im)))
         for i in rejected:
             images[i].status["rejected"] = rejected[i]
         return rows
@@ -816,10 +908,12 @@ def _absolute_joint(images, refcat, params, visit_name, info=None):
         # detector terms in the frame of its first image (a tweakwcs group fit).
         rel_frame[i] = tweakwcs_frame(im, plane, np.eye(2), fit.dither_shift[im.key.exposure],
                                       "shift", frame=corr)
+        matrix = fit.image_matrix[index[i]]
         if first_kept[det] == i and det in fit.detector_stats:
-            abs_frame[det] = tweakwcs_frame(im, plane, fit.matrix,
-                                            fit.shift + fit.detector_shift[det], geom, frame=corr)
-        corr.set_correction(matrix=fit.matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
+            abs_frame[det] = tweakwcs_frame(im, plane, matrix,
+                                            fit.shift + fit.detector_shift[det], geom_of[im.name],
+                                            frame=corr)
+        corr.set_correction(matrix=matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
         new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
     errors = {i: _uncertainty(fit, index[i], images[i], plane) for i in kept}
     log.info("%s: uncertainty of the aligned images (1-sigma, mas, centre / worst corner): %s",
@@ -832,16 +926,19 @@ def _absolute_joint(images, refcat, params, visit_name, info=None):
         log.warning("%s: %s; WCS left unchanged", visit_name, status)
     elif info is not None:
         info["terms"] = fit.terms()
+        if channels:
+            info["channel_terms"] = {c: fit.terms(channel=c) for c in dict.fromkeys(
+                channels[i] for i in kept)}
     rows = []
     for i, im in enumerate(images):
         if i in rejected:
-            rows.append(result_row("relative", visit_name, im.name, f"FAILED: {rejected[i]}",
-                                   "shift"))
+            rows.append(result_row("relative", im.key.visit_filter, im.name,
+                                   f"FAILED: {rejected[i]}", "shift"))
             continue
         if status == "SUCCESS":
             im.set_wcs(new_wcs[i][0].wcs)
         st = fit.image_stats[index[i]]
-        rows.append(result_row("relative", visit_name, im.name, status, "shift",
+        rows.append(result_row("relative", im.key.visit_filter, im.name, status, "shift",
                                nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
                                mae=st["mae"], xshift=rel_frame[i]["xshift"],
                                yshift=rel_frame[i]["yshift"], **errors[i]))
@@ -852,9 +949,10 @@ def _absolute_joint(images, refcat, params, visit_name, info=None):
             im = images[i]
             if i in rejected or frame is None:
                 reason = rejected.get(i, "every image of this detector failed its judgement")
-                rows.append(result_row("absolute", name, im.name, f"FAILED: {reason}", geom))
+                rows.append(result_row("absolute", name, im.name, f"FAILED: {reason}",
+                                       geom_of[im.name]))
                 continue
-            rows.append(result_row("absolute", name, im.name, status, geom,
+            rows.append(result_row("absolute", name, im.name, status, geom_of[im.name],
                                    nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
                                    mae=st["mae"], detector_term=bool(fit.detector_significant[det]),
                                    **frame, **errors[i]))
@@ -992,7 +1090,7 @@ def tweakwcs_frame(im, plane, matrix, shift, fitgeom, frame=None):
 
 
 def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", runner=None,
-                info=None):
+                info=None, shared=None):
     """
     Align all images of one visit and filter: relative per group, then absolute.
 
@@ -1016,6 +1114,14 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     info : dict, optional
         Filled with the joint fit's ``terms`` when one succeeded (the visit terms with
         their uncertainties, `ceers_steps.jointfit.JointFitResult.terms`).
+    shared : dict, optional
+        Detector -> (offset, covariance) in the detector's pixel axes, arcsec: offsets
+        measured over several visits (`ceers_steps.jointfit.combine_detector_offsets`),
+        fixed in the joint fit.
+
+    With ``abs_group="joint"`` and a reference catalog, ``images`` may hold several
+    filters of one visit (short and long wavelength of the same exposures): they are
+    fitted together, sharing the common and dither terms.
 
     Returns
     -------
@@ -1047,5 +1153,5 @@ def align_visit(images, refcat=None, rel=None, abs_=None, group_by="detector", r
     if refcat is not None:
         detector_groups, _ = group_images(keys, "detector")
         rows += absolute_align(images, refcat, abs_, detector_groups, visit_name, runner=runner,
-                               info=info)
+                               info=info, shared=shared)
     return rows

@@ -186,6 +186,12 @@ def _align_parser():
     p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
     p.add_argument("--no-report", action="store_true",
                    help="do not write <visit>_<filter>_alignment_report.html and the DS9 regions")
+    p.add_argument("--joint-channels", action="store_true",
+                   help="with --all: fit the filters of a visit that share exposures (NIRCam SW "
+                        "and LW) together, sharing pointing and dither terms")
+    p.add_argument("--shared-detector-terms", action="store_true",
+                   help="with --all: measure detector offsets once from all visits, fixed in "
+                        "every visit's fit (the run becomes one task)")
     return p
 
 
@@ -194,7 +200,9 @@ def _options(args):
 
     return SurveyOptions(params=args.params, params_dirs=args.params_dir or [],
                          abs_refcat=args.abs_refcat, save_results=args.save_results,
-                         report=not args.no_report, n_jobs=args.n_jobs, scheduler=args.scheduler)
+                         report=not args.no_report, n_jobs=args.n_jobs, scheduler=args.scheduler,
+                         joint_channels=args.joint_channels,
+                         shared_detector_terms=args.shared_detector_terms)
 
 
 def _say(text, error=False):
@@ -217,8 +225,8 @@ def align_main(argv=None):
         return _align_all(args)
     if not args.visit or not args.filter:
         parser.error("VISIT and FILTER are required (or --all)")
-    if args.resume:
-        parser.error("--resume goes with --all")
+    if args.resume or args.joint_channels or args.shared_detector_terms:
+        parser.error("--resume, --joint-channels and --shared-detector-terms go with --all")
     _log_once()
     visit, filter_name = args.visit.strip().lower(), args.filter.strip().lower()
     if not re.fullmatch(r"jw\d{11}", visit):

@@ -12,6 +12,15 @@ already lists every one of its images is complete (the table is written last,
 completely or not at all) and ``--resume`` leaves it alone. The survey ends with
 ``survey_summary.ecsv`` (one row per image) and ``survey_index.html`` (a link to
 every group's report).
+
+Groups may be fitted together (`fit_units`): with ``joint_channels`` the filters of
+one visit that share exposures (NIRCam's SW and LW images taken at the same time),
+with ``shared_detector_terms`` every group of the run (detector offsets measured once
+from all visits). Such a unit runs as one task (`align_unit`): each group's catalogs
+with its own parameter file's detection settings, then one `CeersTweakRegStep` over
+the unit with the fit parameters of its first short-wavelength group (the long-
+wavelength group's ``abs_fitgeometry`` as ``abs_fitgeometry_lw``); outputs per group
+as before. ``--resume`` redoes a unit unless all its groups are complete.
 """
 
 import logging
@@ -21,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Group", "GroupOutcome", "SurveyOptions", "align_group", "default_parameter_dirs",
-           "discover_groups", "group_complete", "load_parameters", "run_survey", "select_images",
-           "survey_summary"]
+__all__ = ["Group", "GroupOutcome", "SurveyOptions", "align_group", "align_unit",
+           "default_parameter_dirs", "discover_groups", "fit_units", "group_complete",
+           "load_parameters", "run_survey", "select_images", "survey_summary"]
 
 from .results import results_paths
 
@@ -249,6 +258,8 @@ class SurveyOptions:
     report: bool = True
     n_jobs: int | None = None
     scheduler: str = ""
+    joint_channels: bool = False
+    shared_detector_terms: bool = False
 
 
 @dataclass
@@ -314,7 +325,6 @@ def align_group(group, out_dir, steps, source, options, say):
     """
     from ._stpipe import AllImagesFailedError
     from .pipeline import CeersAlignPipeline
-    from .refcat import named_catalog, refcat_paths
     from .results import format_summary
 
     start = time.perf_counter()
@@ -327,20 +337,9 @@ def align_group(group, out_dir, steps, source, options, say):
     say(f"ceers-align: {visit} {filter_name}: {len(group.images)} images on "
         f"{len(group.selected)} detectors; parameters: {source}")
     steps.setdefault("tweakreg", {})
-    if options.abs_refcat:
-        steps["tweakreg"]["abs_refcat"] = options.abs_refcat
-    if not steps["tweakreg"].get("abs_refcat"):
-        say("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
-            error=True)
-    steps["tweakreg"]["save_wcs"] = True
-    if not options.report:
-        steps["tweakreg"]["save_report"] = False
-    spec = steps["tweakreg"].get("abs_refcat") or ""
-    for refcat in [] if named_catalog(spec) else refcat_paths(spec):
-        if not refcat.is_file():
-            message = f"reference catalog not found: {refcat}; nothing written"
-            say(f"ceers-align: {message}", error=True)
-            return outcome("FAILED", message)
+    message = _tweakreg_options(steps["tweakreg"], options, say)
+    if message:
+        return outcome("FAILED", message)
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,6 +366,165 @@ def align_group(group, out_dir, steps, source, options, say):
         done.report = str(report)
         say(f"ceers-align: report {report} (open it in a browser)")
     return done
+
+
+def _tweakreg_options(tweakreg, options, say):
+    """The options every run takes (refcat, WCS models, report); a message when it cannot run."""
+    from .refcat import named_catalog, refcat_paths
+
+    if options.abs_refcat:
+        tweakreg["abs_refcat"] = options.abs_refcat
+    if not tweakreg.get("abs_refcat"):
+        say("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
+            error=True)
+    tweakreg["save_wcs"] = True
+    if not options.report:
+        tweakreg["save_report"] = False
+    spec = tweakreg.get("abs_refcat") or ""
+    for refcat in [] if named_catalog(spec) else refcat_paths(spec):
+        if not refcat.is_file():
+            message = f"reference catalog not found: {refcat}; nothing written"
+            say(f"ceers-align: {message}", error=True)
+            return message
+    return None
+
+
+def _is_lw_group(group):
+    return all(str(det).endswith("long") for det in group.selected)
+
+
+def _exposures(group):
+    """Exposure names (``jw<visit>_<group>_<exposure>``) of a group's files."""
+    return {"_".join(p.name.split("_")[:3]) for p in group.images}
+
+
+def fit_units(groups, joint_channels=False, shared_detector_terms=False):
+    """
+    The groups fitted together: every group with ``shared_detector_terms``; the groups
+    of one visit that share exposures with ``joint_channels``; else each alone.
+
+    Returns
+    -------
+    list of list of Group
+    """
+    if shared_detector_terms:
+        return [list(groups)] if groups else []
+    if not joint_channels:
+        return [[g] for g in groups]
+    units = []
+    for g in groups:
+        for unit in units:
+            if any(o.visit == g.visit and _exposures(o) & _exposures(g) for o in unit):
+                unit.append(g)
+                break
+        else:
+            units.append([g])
+    return units
+
+
+def align_unit(groups, out_dir, options, say):
+    """
+    Align groups fitted together (`fit_units`): each group's catalogs with its own
+    detection parameters, then one `CeersTweakRegStep` over all their images.
+
+    The fit parameters are those of the first short-wavelength group's parameter file;
+    with ``joint_channels`` the long-wavelength group's ``abs_fitgeometry`` becomes
+    ``abs_fitgeometry_lw``. Outputs (catalogs, associations, WCS models, results and
+    report per visit and filter) are those of `align_group`.
+
+    Returns
+    -------
+    list of GroupOutcome
+        One per group, in order.
+    """
+    from ._stpipe import AllImagesFailedError
+    from .catalog_step import CatalogStep
+    from .engine import worker_pool
+    from .inputs import load_inputs
+    from .results import format_summary
+    from .tweakreg_step import CeersTweakRegStep
+
+    start = time.perf_counter()
+    n = sum(len(g.images) for g in groups)
+
+    def outcomes(status, message=""):
+        return [GroupOutcome(g.visit, g.filter, status, message, len(g.images),
+                             seconds=time.perf_counter() - start) for g in groups]
+
+    loaded = [load_parameters(options.params, g.visit, g.filter,
+                              options.params_dirs or default_parameter_dirs()) for g in groups]
+    lead = next((k for k, g in enumerate(groups) if not _is_lw_group(g)), 0)
+    tweakreg = dict(loaded[lead][0].get("tweakreg", {}))
+    what = [f"{g.name} ({len(g.images)} images; parameters: {source})"
+            for g, (_, source) in zip(groups, loaded, strict=True)]
+    say(f"ceers-align: fitted together: {', '.join(what)}; fit parameters of {groups[lead].name}")
+    if options.joint_channels:
+        tweakreg["joint_channels"] = True
+        lw = [k for k, g in enumerate(groups) if _is_lw_group(g)]
+        lw_geometry = loaded[lw[0]][0].get("tweakreg", {}).get("abs_fitgeometry") if lw else None
+        if lw_geometry:
+            tweakreg["abs_fitgeometry_lw"] = lw_geometry
+    if options.shared_detector_terms:
+        tweakreg["shared_detector_terms"] = True
+    message = _tweakreg_options(tweakreg, options, say)
+    if message:
+        return outcomes("FAILED", message)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for g in groups:
+        for path in _write_detector_associations(g.selected, g.visit, g.filter, out_dir):
+            say(f"  association {path}")
+    engine = {"n_jobs": options.n_jobs, "scheduler": options.scheduler}
+    try:
+        with worker_pool(options.n_jobs, options.scheduler or None, n_tasks=n):
+            catalogs = []
+            for g, (steps, _) in zip(groups, loaded, strict=True):
+                catalog = CatalogStep(**{**steps.get("catalog", {}), **engine},
+                                      output_dir=str(out_dir))
+                catalogs += catalog.make_catalogs(load_inputs([str(p) for p in g.images]))
+            inputs = load_inputs([str(p) for g in groups for p in g.images])
+            step = CeersTweakRegStep(**{**tweakreg, **engine}, output_dir=str(out_dir))
+            step.remember_inputs(inputs)
+            step.align(inputs, catalogs=catalogs, save=options.save_results, stream=True,
+                       copy_inputs=False)
+    except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
+        say(f"ceers-align: {exc}", error=True)
+        return outcomes("FAILED", str(exc))
+    if step.results is not None:
+        say(format_summary(step.results))
+    done = outcomes("COMPLETE")
+    for g, result in zip(groups, done, strict=True):
+        results, text = results_paths(out_dir, g.name)
+        say(f"ceers-align: {g.name}: results in {results} and {text}")
+        result.results = str(results)
+        report = getattr(step, "report_paths", {}).get(g.name)
+        if report is not None:
+            result.report = str(report)
+            say(f"ceers-align: report {report} (open it in a browser)")
+    return done
+
+
+def _unit_task(unit, out_dir, options):
+    """Groups fitted together, isolated like `_group_task`; a list of outcomes."""
+    if len(unit) == 1 and not (options.joint_channels or options.shared_detector_terms):
+        return [_group_task(unit[0], out_dir, options)]
+    lines = []
+
+    def say(text, error=False):
+        lines.append((text, error))
+
+    start = time.perf_counter()
+    try:
+        results = align_unit(unit, out_dir, options, say)
+    except Exception as exc:  # noqa: BLE001 - one unit must never stop the others
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        results = [GroupOutcome(g.visit, g.filter, "FAILED", f"{type(exc).__name__}: {text}",
+                                len(g.images), seconds=time.perf_counter() - start)
+                   for g in unit]
+        lines.append((f"ceers-align: {' + '.join(g.name for g in unit)}: FAILED: "
+                      f"{results[0].message}", True))
+    results[0].lines = lines
+    return results
 
 
 def _group_task(group, out_dir, options):
@@ -414,22 +572,25 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
 
     out_dir = Path(out_dir)
     todo, outcomes = [], {}
-    for group in groups:
-        if resume and group_complete(out_dir, group):
-            outcomes[group.name] = GroupOutcome(
-                group.visit, group.filter, "SKIPPED", "complete outputs found (--resume)",
-                len(group.images), results=str(results_paths(out_dir, group.name)[0]))
-            log.info("%s: complete outputs found: not redone (--resume)", group.name)
+    for unit in fit_units(groups, options.joint_channels, options.shared_detector_terms):
+        # A unit is fitted as a whole: redone unless every group of it is complete.
+        if resume and all(group_complete(out_dir, group) for group in unit):
+            for group in unit:
+                outcomes[group.name] = GroupOutcome(
+                    group.visit, group.filter, "SKIPPED", "complete outputs found (--resume)",
+                    len(group.images), results=str(results_paths(out_dir, group.name)[0]))
+                log.info("%s: complete outputs found: not redone (--resume)", group.name)
         else:
-            todo.append(group)
+            todo.append(unit)
     parallel = bool(scheduler) or effective_jobs(n_jobs, len(todo)) > 1
     inner = SurveyOptions(**{**options.__dict__, "n_jobs": 1 if parallel else options.n_jobs,
                              "scheduler": "" if parallel else options.scheduler})
-    results = run_tasks(_group_task, [(g, out_dir, inner) for g in todo], n_jobs=n_jobs,
+    results = run_tasks(_unit_task, [(unit, out_dir, inner) for unit in todo], n_jobs=n_jobs,
                         scheduler=scheduler or None, label="Survey groups",
-                        names=[g.name for g in todo])
-    for result in results:
-        outcomes[result.name] = result
+                        names=[" + ".join(g.name for g in unit) for unit in todo])
+    for unit_results in results:
+        for result in unit_results:
+            outcomes[result.name] = result
     ordered = [outcomes[g.name] for g in groups]
     from .report import report_path
 

@@ -32,7 +32,7 @@ from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
 from scipy.special import erf
 
 from .fileio import write_association
-from .wcs_utils import tangent_plane, world_to_pixel_exact
+from .wcs_utils import pixel_axes, tangent_plane, world_to_pixel_exact
 
 __all__ = [
     "DETECTOR_GEOMETRY",
@@ -319,6 +319,9 @@ def make_visit(
     visit_id="jw01345001001",
     group="02201",
     artifacts=False,
+    center=None,
+    dither_shift=None,
+    detector_offsets_pixel=None,
 ):
     """
     Build a synthetic visit with a known WCS error.
@@ -358,6 +361,17 @@ def make_visit(
         Add the nuisances of real cal files (`add_nircam_artifacts`: reference-pixel
         border, hot and warm pixels, cosmic-ray residuals, snowballs, 1/f striping,
         saturated stars with spikes, NaN patches); a dict gives its keyword arguments.
+    center : tuple, optional
+        (RA, Dec) of the tangent plane in which the errors are injected, deg; by
+        default the mean of the image centres. Give another visit's ``center`` (and
+        its ``visit_shift``, ``visit_rotation``, ``dither_shift``) to make images of
+        the same exposures in another channel (NIRCam's SW and LW).
+    dither_shift : array (n_dithers, 2), optional
+        The per-dither errors, arcsec (drawn with ``dither_error`` by default).
+    detector_offsets_pixel : dict, optional
+        Detector -> placement error (2,), arcsec along the detector's pixel axes: an
+        instrument's error, the same in every visit whatever its roll (turned onto
+        the sky through each detector's true WCS). Replaces ``detector_error``.
 
     Returns
     -------
@@ -387,6 +401,8 @@ def make_visit(
     cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
     centers = np.array([w(cx, cy, with_bounding_box=False) for w, _ in truths.values()])
     ra0, dec0 = float(np.mean(centers[:, 0])), float(np.mean(centers[:, 1]))
+    if center is not None:
+        ra0, dec0 = (float(c) for c in center)
     plane = tangent_plane(ra0, dec0)
 
     if real:
@@ -404,8 +420,13 @@ def make_visit(
     src_dec = np.asarray(refcat["DEC"]) + off[:, 1] / 3600.0
     bright = np.asarray(refcat["MAG"]) < mag_limit
 
-    dither_shift = rng.normal(0.0, dither_error, size=(n_dithers, 2))
+    drawn = rng.normal(0.0, dither_error, size=(n_dithers, 2))
+    dither_shift = drawn if dither_shift is None else np.asarray(dither_shift, float)
     detector_shift = {det: rng.normal(0.0, detector_error, size=2) for det in detectors}
+    if detector_offsets_pixel is not None:
+        detector_shift = {det: pixel_axes(truths[det, 0][0], plane, cx, cy)
+                          @ np.asarray(detector_offsets_pixel.get(det, (0.0, 0.0)), float)
+                          for det in detectors}
     matrix = rotation_matrix(visit_rotation)
 
     images = []

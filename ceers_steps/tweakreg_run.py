@@ -172,34 +172,41 @@ class TweakRegRun:
             if not im.status.get("unusable"):
                 group.append(im)
         tables, used_refcats, visit_info = {}, {}, {}
-        for visit_filter, group in by_visit.items():
-            visit_rows = []
+        units = self._fit_units(by_visit, refcat, not_run)
+        unit_images = [[im for vf in unit for im in by_visit[vf]] for unit in units]
+        unit_refs = []
+        for unit, group in zip(units, unit_images, strict=True):
             ref_used = None
-            info = visit_info.setdefault(visit_filter, {})
+            if group and not not_run and refcat is not None:
+                ref_used = self._refcat_at_epoch(refcat, group, " + ".join(unit))
+                for vf in unit:
+                    used_refcats[vf] = ref_used
+            unit_refs.append(ref_used)
+        shared = (self._shared_offsets(unit_images, unit_refs, abs_)
+                  if self.pars.shared_detector_terms and self._joint_possible(refcat) else None)
+        for unit, group, ref_used in zip(units, unit_images, unit_refs, strict=True):
+            unit_rows, info = [], {}
             if group and not_run:
-                visit_rows = [result_row("relative", visit_filter, im.name, f"FAILED: {not_run}",
-                                         self.pars.fitgeometry) for im in group]
+                unit_rows = [result_row("relative", im.key.visit_filter, im.name,
+                                        f"FAILED: {not_run}", self.pars.fitgeometry)
+                             for im in group]
             elif group:
-                log.info("Aligning %s: %d images", visit_filter, len(group))
-                if refcat is not None:
-                    ref_used = self._refcat_at_epoch(refcat, group, visit_filter)
-                    used_refcats[visit_filter] = ref_used
-                visit_rows = align_visit(group, ref_used, rel, abs_, group_by=self._relative_runs,
-                                         runner=self.pars._run_tasks, info=info)
-            rows += visit_rows
-            failed_here = [failed_row[im.name] for im in images
-                           if im.status.get("unusable") and im.key.visit_filter == visit_filter]
-            meta = {"visit_filter": visit_filter, "abs_refcat": self.pars.abs_refcat,
-                    "abs_group": self.pars.abs_group}
-            if ref_used is not None:
-                meta.update(abs_refcat_catalogs=ref_used.meta.get("catalogs"),
-                            abs_refcat_epoch=ref_used.meta.get("epoch"),
-                            abs_refcat_sources=len(ref_used))
-            if info.get("terms"):
-                meta["fit_terms"] = info["terms"]
-            tables[visit_filter] = results_table(failed_here + visit_rows, meta=meta)
-            log.info("Results for %s: %s", visit_filter, summary_line(tables[visit_filter]))
-            log.debug("Results for %s:\n%s", visit_filter, format_summary(tables[visit_filter]))
+                log.info("Aligning %s: %d images", " + ".join(unit), len(group))
+                unit_rows = align_visit(group, ref_used, rel, abs_, group_by=self._relative_runs,
+                                        runner=self.pars._run_tasks, info=info, shared=shared)
+            rows += unit_rows
+            filter_of = {im.name: im.key.visit_filter for im in group}
+            for visit_filter in unit:
+                visit_rows = [r for r in unit_rows
+                              if filter_of.get(r["image"], visit_filter) == visit_filter]
+                terms = info.get("terms")
+                if info.get("channel_terms"):
+                    terms = info["channel_terms"].get(by_visit[visit_filter][0].key.filter
+                                                      if by_visit[visit_filter] else None)
+                visit_info[visit_filter] = {"terms": terms} if terms else {}
+                tables[visit_filter] = self._visit_table(
+                    visit_filter, images, failed_row, visit_rows, used_refcats.get(visit_filter),
+                    terms, unit, shared)
 
         statuses = self._statuses(images, rows, refcat is not None)
         for im in images:
@@ -286,6 +293,101 @@ class TweakRegRun:
         product = ((inputs.asn or {}).get("products") or [{}])[0].get("name") or "input"
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(product))
         return [(m, replace(k, visit=name, filter="all"), c, e) for m, k, c, e in headers]
+
+    def _visit_table(self, visit_filter, images, failed_row, visit_rows, ref_used, terms, unit,
+                     shared):
+        """The results table of one visit and filter, with what its fit used in its metadata."""
+        failed_here = [failed_row[im.name] for im in images
+                       if im.status.get("unusable") and im.key.visit_filter == visit_filter]
+        meta = {"visit_filter": visit_filter, "abs_refcat": self.pars.abs_refcat,
+                "abs_group": self.pars.abs_group}
+        if ref_used is not None:
+            meta.update(abs_refcat_catalogs=ref_used.meta.get("catalogs"),
+                        abs_refcat_epoch=ref_used.meta.get("epoch"),
+                        abs_refcat_sources=len(ref_used))
+        if terms:
+            meta["fit_terms"] = terms
+        if len(unit) > 1:
+            meta["fitted_with"] = [vf for vf in unit if vf != visit_filter]
+        if shared:
+            # In each detector's pixel axes (x, y), mas: the same in every visit.
+            meta["shared_detector_offsets"] = {
+                det: {"x": 1e3 * float(u[0]), "y": 1e3 * float(u[1]),
+                      "err_x": 1e3 * float(np.sqrt(c[0, 0])), "err_y": 1e3 * float(np.sqrt(c[1, 1]))}
+                for det, (u, c) in shared.items()}
+        table = results_table(failed_here + visit_rows, meta=meta)
+        log.info("Results for %s: %s", visit_filter, summary_line(table))
+        log.debug("Results for %s:\n%s", visit_filter, format_summary(table))
+        return table
+
+    def _joint_possible(self, refcat):
+        return refcat is not None and self.pars.abs_group == "joint"
+
+    def _fit_units(self, by_visit, refcat, not_run):
+        """
+        The visits and filters fitted together: each alone, or with ``joint_channels``
+        the filters of one visit that share exposures (NIRCam's SW and LW images of one
+        exposure, taken at the same time).
+        """
+        for flag in ("joint_channels", "shared_detector_terms"):
+            if getattr(self.pars, flag) and not self._joint_possible(refcat):
+                log.warning("%s needs abs_group = joint and an abs_refcat: each visit and "
+                            "filter is fitted alone", flag)
+        names = list(by_visit)
+        if not (self.pars.joint_channels and self._joint_possible(refcat)) or not_run:
+            return [[vf] for vf in names]
+        root = {vf: vf for vf in names}
+
+        def find(vf):
+            while root[vf] != vf:
+                vf = root[vf]
+            return vf
+
+        exposures = {vf: {im.key.exposure for im in by_visit[vf]} for vf in names}
+        visit = {vf: by_visit[vf][0].key.visit if by_visit[vf] else None for vf in names}
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if visit[a] is not None and visit[a] == visit[b] and exposures[a] & exposures[b]:
+                    root[find(b)] = find(a)
+        units = {}
+        for vf in names:
+            units.setdefault(find(vf), []).append(vf)
+        for unit in units.values():
+            if len(unit) > 1:
+                log.info("Fitting %s together: they share %d exposures (joint_channels)",
+                         " + ".join(unit), len(set.intersection(*(exposures[vf] for vf in unit))))
+        return list(units.values())
+
+    def _shared_offsets(self, unit_images, unit_refs, abs_):
+        """
+        Detector offsets measured once from every visit of the run (`shared_detector_terms`):
+        each visit's joint fit with an offset per detector, combined
+        (`ceers_steps.jointfit.combine_detector_offsets`). None (each visit fits its own,
+        as without the option) with fewer than two visits measured, or when the combined
+        offsets are not significant (``abs_significance``).
+        """
+        from .alignment import detector_offset_estimate
+        from .jointfit import combine_detector_offsets, offsets_significant
+
+        estimates = [detector_offset_estimate(group, ref, abs_)
+                     for group, ref in zip(unit_images, unit_refs, strict=True)
+                     if group and ref is not None]
+        estimates = [e for e in estimates if e is not None]
+        if len(estimates) < 2:
+            log.warning("shared_detector_terms: %d visit(s) measured their detector offsets, "
+                        "2 are needed: each visit fits its own", len(estimates))
+            return None
+        shared = combine_detector_offsets(estimates)
+        if not offsets_significant(estimates, abs_.significance):
+            log.info("Detector offsets from %d visits are not significant (abs_significance "
+                     "%.3g): each visit tests its own", len(estimates), abs_.significance)
+            return None
+        log.info("Detector offsets shared by %d visits (each detector's pixel axes x, y, mas): %s",
+                 len(estimates), ", ".join(
+                     f"{det} {1e3 * u[0]:+.2f}±{1e3 * np.sqrt(c[0, 0]):.2f} "
+                     f"{1e3 * u[1]:+.2f}±{1e3 * np.sqrt(c[1, 1]):.2f}"
+                     for det, (u, c) in shared.items()))
+        return shared
 
     def _nothing_to_do(self, images, refcat):
         """jwst's rule: without a reference catalog, one exposure cannot be aligned."""

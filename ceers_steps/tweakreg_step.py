@@ -104,6 +104,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_sigma = float(min=0.0, default=0.7)  # Absolute [detector/visit]: clipping limit in units of the fit RMSE
         abs_significance = float(min=0.0, default=3.0)  # Joint fit: fit detector offsets when jointly above this many sigma
         abs_image_minobj = integer(min=1, default=3)  # Absolute: matches each image needs of its own after the fit [and more than chance gives] to be called aligned
+        joint_channels = boolean(default=False)  # Joint fit: the filters of one visit that share exposures [NIRCam SW and LW] in one fit, sharing the common shift, rotation and dither terms; results per visit and filter as before
+        abs_fitgeometry_lw = option('', 'shift', 'rshift', 'rscale', 'general', default='')  # Joint channels: geometry of the long-wavelength images [CEERS: rscale]; empty = abs_fitgeometry
+        shared_detector_terms = boolean(default=False)  # Joint fit: detector offsets measured once from all visits of the run [in each detector's pixel axes], then fixed in every visit's fit
         abs_mag_min = float(default=None)  # Use only reference sources at least this faint [needs a MAG column]
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright [needs a MAG column]
         save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf [default: when saving results]
@@ -137,7 +140,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             separation=self.abs_separation, tolerance=self.abs_tolerance,
             fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
             group=self.abs_group, significance=self.abs_significance,
-            image_minobj=self.abs_image_minobj)
+            image_minobj=self.abs_image_minobj, fitgeometry_lw=self.abs_fitgeometry_lw)
 
     def _run_tasks(self, func, tasks, label, names=None):
         from .engine import run_tasks

@@ -11,6 +11,7 @@ __all__ = [
     "alignment_accuracy",
     "angular_separation_mas",
     "bbox_limits",
+    "pixel_axes",
     "pixel_grid",
     "sky_difference_mas",
     "tangent_plane",
@@ -189,3 +190,16 @@ def alignment_accuracy(models, true_wcss, n=16):
         per.append(float(np.sqrt(np.mean(d**2))))
         worst = max(worst, float(d.max()))
     return float(np.median(per)), worst
+
+
+def pixel_axes(wcs, plane, x, y):
+    """
+    The orthogonal 2x2 matrix taking an offset along a detector's pixel axes (x, y) at
+    pixel ``(x, y)`` to the tangent ``plane`` (tweakwcs corrector, arcsec): the
+    detector's roll and parity on the sky, without its scale or distortion.
+    """
+    ra, dec = wcs(np.array([x, x + 1.0, x]), np.array([y, y, y + 1.0]), with_bounding_box=False)
+    px, py = plane.world_to_tanp(ra, dec)
+    jac = np.array([[px[1] - px[0], px[2] - px[0]], [py[1] - py[0], py[2] - py[0]]])
+    u, _, vt = np.linalg.svd(jac)  # the polar decomposition's rotation (or reflection) part
+    return u @ vt

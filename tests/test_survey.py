@@ -129,3 +129,62 @@ def test_resume_after_a_kill_redoes_only_unfinished_groups(survey, tmp_path, cap
     summary = Table.read(out / "survey_summary.ecsv")
     assert len(summary) == 16 and set(summary["status"]) == {"COMPLETE"}
     assert np.all(np.isfinite(summary["rmse"]))
+
+
+def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
+    """
+    Two visits, each with SW (F200W) and LW (F444W) images of the same exposures: the
+    same pointing and dither errors in both channels, and the same 25 mas detector
+    placement errors (in each detector's pixel axes) in both visits. ``--joint-channels
+    --shared-detector-terms``: one run; each visit's two filters fitted together, the
+    detector offsets measured once from both visits; results per visit and filter.
+    """
+    from ceers_steps.synthetic import make_visit
+
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    rng = np.random.default_rng(5)
+    offsets = {det: rng.normal(0, 0.025, 2) for det in ("nrca1", "nrcb1", "nrcalong", "nrcblong")}
+    truth = {}
+    for visit_id, shift in (("jw01345001001", (0.45, -0.25)), ("jw01345002001", (-0.30, 0.35))):
+        # One seed: the same sky and reference catalog in every visit and channel; each
+        # visit its own pointing and dither errors, shared by its two channels.
+        dithers = rng.normal(0, 0.02, (2, 2))
+        sw = make_visit(detectors=("nrca1", "nrcb1"), n_dithers=2, shape=(1024, 1024), noise=0.02,
+                        use_real=False, seed=21, visit_id=visit_id, filter_name="F200W",
+                        visit_shift=shift, dither_shift=dithers, detector_offsets_pixel=offsets)
+        lw = make_visit(detectors=("nrcalong", "nrcblong"), n_dithers=2, shape=(1024, 1024),
+                        noise=0.02, use_real=False, seed=21, visit_id=visit_id,
+                        filter_name="F444W", visit_shift=shift, center=sw.center,
+                        dither_shift=dithers, detector_offsets_pixel=offsets)
+        for image in sw.images + lw.images:
+            image.model.save(cal / image.model.meta.filename)
+            truth[image.model.meta.filename] = image.true_wcs
+        refcat = tmp_path / "refcat.ecsv"
+        sw.refcat.write(refcat, overwrite=True)
+    (tmp_path / "no_params").mkdir()
+    out = tmp_path / "out"
+    code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
+                       str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
+                       "--joint-channels", "--shared-detector-terms", "--no-report"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = Table.read(out / "survey_summary.ecsv")
+    assert len(summary) == 16 and set(summary["status"]) == {"COMPLETE"}
+    for visit_id in ("jw01345001001", "jw01345002001"):
+        for filt, other in (("f200w", "f444w"), ("f444w", "f200w")):
+            table = Table.read(out / f"{visit_id}_{filt}_tweakreg_results.ecsv")
+            assert table.meta["fitted_with"] == [f"{visit_id}_{other}"]
+            shared = table.meta["shared_detector_offsets"]
+            # Corrections summing to zero over the detectors (each visit's common shift takes
+            # the mean): minus the injected errors about their mean, within 4 sigma + 1 mas.
+            mean = np.mean(list(offsets.values()), axis=0)
+            for det, value in offsets.items():
+                got = shared[det]
+                for axis, name in enumerate(("x", "y")):
+                    err = got[f"err_{name}"]
+                    assert abs(got[name] + 1e3 * (value - mean)[axis]) < 4 * err + 1.0
+    for name, true_wcs in truth.items():
+        with asdf.open(out / "tweakreg_wcs" / name.replace("_cal.fits", "_tweakreg.asdf")) as af:
+            err = angular_separation_mas(*af["wcs"](511.5, 511.5), *true_wcs(511.5, 511.5))
+        assert err < 6.0, (name, err)
