@@ -37,7 +37,10 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
       detector when the detector offsets are significant; per-dither shifts
       replace the relative fit, and each image's uncertainty is in the results
       (``err_center``, ``err_corner``, mas). Without ``abs_refcat`` the relative
-      alignment (``group_by`` detector, ``fitgeometry`` shift) is the same model's;
+      alignment (``group_by`` detector, ``fitgeometry`` shift) is the same model's.
+      ``joint_channels`` fits a visit's filters that share exposures (SW and LW)
+      together, ``shared_detector_terms`` measures detector offsets once from every
+      visit of the run;
     - ``detector``: one tweakwcs fit per relative group, as CEERS did;
     - ``visit``: one rigid tweakwcs fit of all images, as jwst does.
 
