@@ -12,6 +12,7 @@ passed / failed / skipped, wall time.
     python tools/jwst_versions.py 1.7.2 1.12.5         # some of them
     python tools/jwst_versions.py 1.7.2 --reuse        # keep an existing environment
     python tools/jwst_versions.py 1.7.2 -- -k apply    # arguments after -- go to pytest
+    python tools/jwst_versions.py 1.7.2 1.12.5 --jobs 2  # two versions at once (CI)
 
 Exit status 1 when a version fails to install or has a failing test. Only the standard
 library is used: the script runs before anything is installed.
@@ -56,6 +57,9 @@ def _parser():
     p.add_argument("--reuse", action="store_true",
                    help="keep an environment that already has this jwst (default: make it afresh)")
     p.add_argument("--json", help="also write the table rows to this JSON file")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="versions installed and tested at once (default 1); each suite is mostly "
+                        "one process, so 2 on a 2-core machine nearly halves the wall time")
     return p
 
 
@@ -99,9 +103,13 @@ def run_version(version, envs_dir, reuse, pytest_args):
             return {**row, "result": "install failed", "install_s": time.perf_counter() - start}
     row["install_s"] = time.perf_counter() - start
     junit = Path(envs_dir) / f"jwst-{version}.xml"
+    # Each version's own temporary and artifact folders: suites may run at the same time.
+    basetemp = Path(envs_dir).resolve() / f"jwst-{version}-tmp"
+    env_vars = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+                "CEERS_TEST_ARTIFACTS": str(Path(envs_dir).resolve() / f"jwst-{version}-artifacts")}
     start = time.perf_counter()
     status = _run([python, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                   *pytest_args], log, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                   f"--basetemp={basetemp}", *pytest_args], log, env=env_vars)
     row["test_s"] = time.perf_counter() - start
     if not junit.exists():
         return {**row, "result": f"pytest exited {status} without results"}
@@ -138,16 +146,21 @@ def main(argv=None):
               f"(listed: {', '.join(PINS)})", file=sys.stderr)
         return 2
     Path(args.envs_dir).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for version in versions:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(version):
         print(f"== jwst {version}", flush=True)
         row = run_version(version, args.envs_dir, args.reuse, pytest_args)
-        rows.append(row)
-        print(table([row]).splitlines()[-1], f"(log: {row['log']})", flush=True)
+        lines = [f"{table([row]).splitlines()[-1]} (log: {row['log']})"]
         if row["result"] != "pass":
             # CI shows only this output: the end of the log says what failed.
             tail = Path(row["log"]).read_text(encoding="utf-8", errors="replace").splitlines()
-            print("\n".join(tail[-80:]), flush=True)
+            lines += tail[-80:]
+        print("\n".join(lines), flush=True)
+        return row
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        rows = list(pool.map(one, versions))
     print()
     print(table(rows))
     if args.json:
