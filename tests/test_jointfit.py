@@ -312,8 +312,9 @@ def test_joint_channels_improve_the_long_wavelength_images():
 def test_shared_detector_offsets_from_several_visits():
     """
     Five visits with the same 30 mas detector offsets: each visit measures them from its
-    own ~35 reference sources per detector; combined they are ~sqrt(5) better, and fixed
-    in each visit's fit they bring every image closer to the truth than its visit alone.
+    own ~35 reference sources per detector; combined they are ~sqrt(5) better (measured:
+    1.34 -> 0.50 mas rms), and fixed in each visit's fit they bring the images closer to the
+    truth than their visit alone (median 1.12 -> 0.89 mas).
     """
     from ceers_steps.jointfit import combine_detector_offsets, offsets_significant
 
