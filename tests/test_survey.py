@@ -188,3 +188,16 @@ def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
         with asdf.open(out / "tweakreg_wcs" / name.replace("_cal.fits", "_tweakreg.asdf")) as af:
             err = angular_separation_mas(*af["wcs"](511.5, 511.5), *true_wcs(511.5, 511.5))
         assert err < 6.0, (name, err)
+    # --resume: a unit is fitted as a whole, so it is redone unless all its groups are
+    # complete (here the unit is the whole run: shared detector terms).
+    args = ["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat", str(refcat),
+            "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2", "--joint-channels",
+            "--shared-detector-terms", "--no-report", "--resume"]
+    results = sorted(out.glob("*_tweakreg_results.ecsv"))
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    assert align_main(args) == 0
+    assert "SKIPPED" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps
+    (out / "jw01345002001_f444w_tweakreg_results.ecsv").unlink()
+    assert align_main(args) == 0
+    assert all(p.exists() and p.stat().st_mtime_ns != stamps[p] for p in results)
