@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
-from scipy.stats import poisson
 
 from .jointfit import _isolated, _robust_sigma
 
@@ -71,6 +70,14 @@ class ImageVerdict:
     radius: float
     offset: np.ndarray
     scatter: float
+
+
+def _poisson():
+    # scipy.stats takes ~0.3 s to import: paid by the runs that judge images, not by every
+    # process that imports the steps (strun, the CLI, workers).
+    from scipy.stats import poisson
+
+    return poisson
 
 
 def _density(ref_xy):
@@ -144,7 +151,7 @@ def judge_images(positions, ref_xy, tolerance, min_matches, n_sources=None, offs
         n = len(r)
         # Matches a WCS that is wrong altogether would still get by chance, and their spread.
         chance = len(pos[i]) * density * np.pi * radius**2
-        need = max(min_matches, int(poisson.isf(CHANCE_PROBABILITY, chance)) + 1)
+        need = max(min_matches, int(_poisson().isf(CHANCE_PROBABILITY, chance)) + 1)
         offset = r.mean(axis=0) if n else np.zeros(2)
         scatter = scatters[i]
         reason = None
