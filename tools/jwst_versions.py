@@ -41,7 +41,9 @@ PINS = {
     # astropy < 6.1: gwcs 0.19 calls astropy's isiterable, whose deprecation warning would be
     # logged at every WCS evaluation.
     "1.12.5": ["numpy<2", "astropy<6.1", "pytest<8"],
-    "1.14.1": ["numpy<2"],
+    # astropy < 6.1 for the same reason as 1.12.5 (gwcs 0.21), and astropy 7 renames units
+    # formats gwcs 0.21 still uses: each WCS evaluation logged deprecation warnings.
+    "1.14.1": ["numpy<2", "astropy<6.1"],
     "1.15.1": ["numpy<2"],
     # jwst 1.16's resample calls drizzle 1.x's tdriz (3 return values); pip would pick drizzle 3.
     "1.16.1": ["drizzle<2"],
