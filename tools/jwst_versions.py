@@ -44,7 +44,9 @@ PINS = {
     # astropy < 6.1 for the same reason as 1.12.5 (gwcs 0.21), and astropy 7 renames units
     # formats gwcs 0.21 still uses: each WCS evaluation logged deprecation warnings.
     "1.14.1": ["numpy<2", "astropy<6.1"],
-    "1.15.1": ["numpy<2"],
+    # astropy < 6.1 as for 1.14.1 (gwcs 0.22); drizzle < 2 as for 1.16.1 (resample calls
+    # drizzle 1.x's tdriz, 3 return values).
+    "1.15.1": ["numpy<2", "astropy<6.1", "drizzle<2"],
     # jwst 1.16's resample calls drizzle 1.x's tdriz (3 return values); pip would pick drizzle 3.
     "1.16.1": ["drizzle<2"],
     "3.0.0": [],
