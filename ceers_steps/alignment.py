@@ -28,6 +28,7 @@ __all__ = [
     "absolute_align",
     "align_visit",
     "detector_offset_estimate",
+    "is_long_wavelength",
     "relative_align",
     "relative_joint",
     "result_row",
@@ -752,7 +753,8 @@ def _absolute_tweakwcs(images, refcat, params, group):
     return rows
 
 
-def _is_lw(detector):
+def is_long_wavelength(detector):
+    """Whether a NIRCam detector name is a long-wavelength one (``nrcalong``, ``nrcblong``)."""
     return str(detector).lower().endswith("long")
 
 
@@ -783,7 +785,7 @@ def _joint_setup(images, refcat, params, detector_terms=True):
     filters = [im.key.filter for im in images]
     channels = filters if len(set(filters)) > 1 else None
     geometry = {im.key.filter: (params.fitgeometry_lw or params.fitgeometry)
-                if _is_lw(im.key.detector) else params.fitgeometry for im in images}
+                if is_long_wavelength(im.key.detector) else params.fitgeometry for im in images}
     return plane, ref_xy, ref_err, ref_group, positions, jp, channels, geometry
 
 

@@ -390,7 +390,9 @@ def _tweakreg_options(tweakreg, options, say):
 
 
 def _is_lw_group(group):
-    return all(str(det).endswith("long") for det in group.selected)
+    from .alignment import is_long_wavelength
+
+    return all(is_long_wavelength(det) for det in group.selected)
 
 
 def _exposures(group):

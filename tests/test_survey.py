@@ -201,3 +201,10 @@ def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
     (out / "jw01345002001_f444w_tweakreg_results.ecsv").unlink()
     assert align_main(args) == 0
     assert all(p.exists() and p.stat().st_mtime_ns != stamps[p] for p in results)
+    # A unit's aligned images written into the input folder: new files, inputs untouched.
+    before = {p.name: p.read_bytes() for p in cal.glob("*_cal.fits")}
+    assert align_main(["--all", "--input-dir", str(cal), "--output-dir", str(cal),
+                       "--abs-refcat", str(refcat), "--params-dir", str(tmp_path / "no_params"),
+                       "--n-jobs", "2", "--joint-channels", "--no-report", "--save-results"]) == 0
+    assert {p.name: p.read_bytes() for p in cal.glob("*_cal.fits")} == before
+    assert len(list(cal.glob("*_tweakreg.fits"))) == len(before)
