@@ -134,6 +134,20 @@ def builtin_files(tmp_path_factory):
             "digests": {p.name: file_digest(p) for p in paths}}
 
 
+def local_cluster(tmp_path):
+    """A two-worker dask LocalCluster for tests, its HTTP server on a free port.
+
+    ``dashboard_address=None`` still binds port 8787; when another process holds it (another
+    suite running at the same time), distributed retries on another port and leaks the first
+    socket, which pytest's unraisable-exception check turns into a failure.
+    """
+    import dask.distributed
+
+    return dask.distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                         dashboard_address=":0",
+                                         local_directory=str(tmp_path / "dask-scratch"))
+
+
 def library_of(visit, subset=None):
     """Fresh copies of a visit's models (or of a subset) in a ModelLibrary."""
     from ceers_steps.compat import make_library

@@ -134,14 +134,12 @@ def visit24(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore:Creating scratch directories is taking:UserWarning")
 def test_dask_local_cluster_gives_the_local_results(visit24, tmp_path):
     """dask.distributed with a LocalCluster: the same WCSs as the local run, 24 images."""
-    distributed = pytest.importorskip("dask.distributed")
-    from conftest import accuracy
+    pytest.importorskip("dask.distributed")
+    from conftest import accuracy, local_cluster
 
     local, local_rows = _run_align(visit24["paths"], visit24["refcat"], tmp_path / "local",
                                    n_jobs=2)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None,
-                                  local_directory=str(tmp_path / "dask-scratch")) as cluster:
+    with local_cluster(tmp_path) as cluster:
         remote, remote_rows = _run_align(visit24["paths"], visit24["refcat"], tmp_path / "dask",
                                          scheduler=cluster.scheduler_address)
     assert len(remote) == 24

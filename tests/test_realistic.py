@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from conftest import accuracy, file_digest, run_cli
+from conftest import accuracy, file_digest, local_cluster, run_cli
 
 from ceers_steps import detection
 from ceers_steps._stpipe import AllImagesFailedError
@@ -249,15 +249,13 @@ def test_one_bad_image_fails_alone_locally(damaged_visit, tmp_path, n_jobs):
 
 @pytest.mark.filterwarnings("ignore:Creating scratch directories is taking:UserWarning")
 def test_one_bad_image_fails_alone_on_dask(damaged_visit, tmp_path):
-    distributed = pytest.importorskip("dask.distributed")
+    pytest.importorskip("dask.distributed")
     models, table = _align(damaged_visit, tmp_path / "serial", n_jobs=1)
     try:
         serial = _check_isolated(damaged_visit, tmp_path / "serial", models, table)
     finally:
         _close(models)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None,
-                                  local_directory=str(tmp_path / "dask-scratch")) as cluster:
+    with local_cluster(tmp_path) as cluster:
         models, table = _align(damaged_visit, tmp_path / "dask", scheduler=cluster.scheduler_address)
     try:
         remote = _check_isolated(damaged_visit, tmp_path / "dask", models, table)
