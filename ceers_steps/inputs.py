@@ -252,19 +252,28 @@ def trusted_assignment(model):
             model._validate_on_assignment = previous
 
 
-def _open_model(path):
+def _open_model(path, validate=True):
     """
     ``datamodels.open`` that raises OSError naming the file, and closes at once
     (quietly) the file handle a failed open leaves behind (a truncated FITS file).
+
+    ``validate=False`` skips asdf's schema validation of the file's ASDF tree, for a
+    file an earlier open in the same run has validated (a third of a reopen's time).
     """
+    import contextlib
     import gc
     import warnings
+
+    import asdf
 
     from .compat import datamodels
 
     error = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (
+            contextlib.nullcontext() if validate else asdf.config_context()) as config:
         warnings.simplefilter("ignore", ResourceWarning)
+        if not validate:
+            config.validate_on_read = False
         try:
             return datamodels.open(path)
         except Exception as exc:  # noqa: BLE001 - any failure to open is this file's
@@ -273,7 +282,7 @@ def _open_model(path):
     raise OSError(error)
 
 
-def open_image(image, copy=True, require_wcs=True):
+def open_image(image, copy=True, require_wcs=True, validated=False):
     """
     Open an `InputImage` as an `ImageModel`, checking it is a 2-D image with a WCS.
 
@@ -286,13 +295,16 @@ def open_image(image, copy=True, require_wcs=True):
         False, as jwst 3.x steps do inside a pipeline.
     require_wcs : bool
         Refuse an image without ``meta.wcs`` (not for steps that provide one).
+    validated : bool
+        The file was opened (so validated) earlier in this run: reopen it without
+        validating its ASDF tree again.
     """
     from .compat import datamodels
 
     if image.model is not None:
         model = copy_sharing_pixels(image.model) if copy else image.model
     else:
-        model = _open_model(image.path)
+        model = _open_model(image.path, validate=not validated)
     if not isinstance(model, datamodels.ImageModel):
         kind = type(model).__name__
         model.close()

@@ -227,7 +227,8 @@ def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_pat
     from .inputs import InputImage, open_image
     from .wcs_io import save_wcs_model
 
-    model = open_image(InputImage(path=Path(path)))
+    # Detection opened (and validated) this file earlier in the run.
+    model = open_image(InputImage(path=Path(path)), validated=True)
     try:
         finish_aligned_model(model, wcs, wcs_name, status, sip)
         if catalog_path:
