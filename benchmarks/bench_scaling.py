@@ -21,6 +21,14 @@ Reports wall seconds, seconds per image, peak memory of the whole process tree
 (sum of the processes' proportional set sizes, PSS, sampled every 50 ms: pages
 shared between forked workers are counted once) and accuracy of the written
 ``*_tweakreg.fits`` against the truth (median per-image RMS / worst point, mas).
+
+Where the time goes: each ceers_align run's phases, from the time stamps of its own log
+lines (start-up: process start, imports and the parameter file, to the first line of work;
+detection; fit: reference catalog, matching and fits; writing: aligned images and WCS
+models; report: alignment report and results tables; exit). And the per-image floor
+measured in this process on the same files, serially: ``datamodels.open`` + the CEERS
+detection (`ceers_steps.catalogs.build_catalog`, SEP) + ``model.save`` of a copy, the
+read + detect + write that no aligner of these files can avoid.
 """
 
 import argparse
@@ -71,7 +79,7 @@ def _pss_mib(pid):
 def run_measured(cmd, cwd, env):
     """Run a command; return (seconds, peak MiB of the process tree, returncode, stderr tail)."""
     peak = [0.0]
-    t0 = time.perf_counter()
+    t0, epoch0 = time.perf_counter(), time.time()
     with open(Path(cwd) / "run.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         done = threading.Event()
@@ -87,8 +95,63 @@ def run_measured(cmd, cwd, env):
         done.set()
         thread.join()
     seconds = time.perf_counter() - t0
-    tail = (Path(cwd) / "run.log").read_text()[-1500:]
-    return seconds, peak[0], rc, tail
+    text = (Path(cwd) / "run.log").read_text()
+    return seconds, peak[0], rc, text[-1500:], phases(text, epoch0, epoch0 + seconds)
+
+
+#: Log lines that end each phase of a ceers_align run (the first one starts the work).
+PHASES = (("start-up", "CEERS alignment of"), ("detection", "Detection: "),
+          ("fit", "Results for"), ("writing", "Writing aligned images: "),
+          ("report", "Step ceers_align done"))
+
+
+def phases(log_text, t_start, t_end):
+    """Seconds per phase of a ceers_align run, from its log's time stamps (local time)."""
+    from datetime import datetime
+
+    stamps = []
+    for line in log_text.splitlines():
+        try:
+            when = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        stamps.append((when, line))
+    out, last = {}, t_start
+    for name, marker in PHASES:
+        # The last line carrying the marker: "Detection: 24/24 done" ends detection.
+        hits = [when for when, line in stamps if marker in line and
+                (not marker.endswith(": ") or " done" in line)]
+        if not hits:
+            return None
+        out[name] = hits[-1] - last
+        last = hits[-1]
+    out["exit"] = t_end - last
+    return out
+
+
+def floor(paths, out_dir):
+    """Per-image seconds of open + CEERS detection + save, serially, on ``paths``."""
+    from ceers_steps.catalogs import build_catalog
+    from ceers_steps.compat import datamodels
+    from ceers_steps.pipeline import CeersAlignPipeline
+
+    params = CeersAlignPipeline.from_config_file(str(PARAMS)).catalog.detection_parameters()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spent = {"read": 0.0, "detect": 0.0, "write": 0.0}
+    for path in paths:
+        t0 = time.perf_counter()
+        model = datamodels.open(str(path))
+        t1 = time.perf_counter()
+        build_catalog(model, params)
+        t2 = time.perf_counter()
+        model.save(str(out_dir / Path(path).name))
+        model.close()
+        t3 = time.perf_counter()
+        spent["read"] += t1 - t0
+        spent["detect"] += t2 - t1
+        spent["write"] += t3 - t2
+    shutil.rmtree(out_dir)
+    return {k: v / len(paths) for k, v in spent.items()}
 
 
 def make_data(n, directory, real):
@@ -160,11 +223,12 @@ def main():
         if n in args.jwst_sizes:
             runs.append(("jwst TweakRegStep", [strun, "tweakreg", str(asn),
                                                f"--abs_refcat={refcat}", *JWST_ARGS], jwst_env))
-        times = {}
+        times, profile = {}, {}
         for name, cmd, run_env in runs:
             out = d / name.replace(" ", "_")
             out.mkdir()
-            seconds, peak, rc, tail = run_measured([*cmd, f"--output_dir={out}"], out, run_env)
+            seconds, peak, rc, tail, spent = run_measured([*cmd, f"--output_dir={out}"], out,
+                                                          run_env)
             if rc != 0:
                 print(f"{name} failed (exit {rc}):\n{tail}")
                 continue
@@ -174,9 +238,19 @@ def main():
             rows.append(row)
             print(f"{n:>6} {name:>16} {seconds:>8.1f} {seconds / n:>8.2f} {peak:>9.0f} "
                   f"{median:>10.2f} {worst:>9.2f}", flush=True)
+            if spent and name.startswith("ceers_align"):
+                profile[name] = spent
+                print(f"{'':>6} {'phases':>16} " + ", ".join(
+                    f"{k} {v:.1f} s" for k, v in spent.items()), flush=True)
         if "jwst TweakRegStep" in times and "ceers_align" in times:
             print(f"{n:>6} {'jwst / ceers_align':>16} "
                   f"{times['jwst TweakRegStep'] / times['ceers_align']:>8.1f}x", flush=True)
+        cal = sorted((d / "data").glob("*_cal.fits"))
+        least = floor(cal, d / "floor")
+        print(f"{n:>6} {'floor per image':>16} read {least['read']:.3f} s + detect "
+              f"{least['detect']:.3f} s + write {least['write']:.3f} s = "
+              f"{sum(least.values()):.3f} s (open + CEERS detection + save, serial)", flush=True)
+        rows.append((n, "floor", least, profile))
         if not args.keep:
             shutil.rmtree(d)
     (work / "scaling.json").write_text(json.dumps(rows, indent=1))
