@@ -17,7 +17,7 @@ from astropy.table import Table
 from ._stpipe import get_logger
 from .grouping import group_images
 from .jointfit import JointParameters, joint_fit
-from .judge import judge_images
+from .judge import judge_images, screen_images
 from .wcs_utils import bbox_limits, pixel_axes, pixel_grid
 
 __all__ = [
@@ -810,20 +810,79 @@ def detector_offset_estimate(images, refcat, params):
     """
     plane, ref_xy, ref_err, ref_group, positions, jp, channels, geometry = _joint_setup(
         images, refcat, params, detector_terms="all")
-    fit = joint_fit(positions, [im.key.exposure for im in images],
-                    [im.key.detector for im in images], ref_xy, jp, ref_err=ref_err,
-                    ref_group=ref_group, channel_ids=channels, channel_fitgeometry=geometry)
-    if not fit.success or not any(fit.detector_significant.values()):
+    # The images the visit fit itself would keep: one without matches (an empty catalog)
+    # leaves its detector's offset unconstrained.
+    fit, rejected = _judged_fit(images, positions, ref_xy, jp, params, ref_err=ref_err,
+                                ref_group=ref_group, channels=channels, geometry=geometry)
+    if fit is None or not fit.success or not any(fit.detector_significant.values()):
         return None
     names = list(fit.detector_shift)
     offsets, cov = fit.detector_covariance()
+    if not (np.all(np.isfinite(offsets)) and np.all(np.isfinite(cov))):
+        return None
     first = {}
-    for im in images:
-        first.setdefault(im.key.detector, im)
+    for i, im in enumerate(images):
+        if i not in rejected:
+            first.setdefault(im.key.detector, im)
     turn = np.zeros((2 * len(names), 2 * len(names)))
     for j, name in enumerate(names):
         turn[2 * j:2 * j + 2, 2 * j:2 * j + 2] = _detector_axes(first[name], plane).T
     return names, (turn @ offsets.ravel()).reshape(-1, 2), turn @ cov @ turn.T
+
+
+def _judged_fit(images, positions, ref_xy, jp, params, ref_err=None, ref_group=None,
+                channels=None, geometry=None, fixed=None, fixed_cov=None):
+    """
+    The joint fit, then every image judged on its own matches; images that fail are
+    left out and the visit refitted without them (at most three rounds).
+
+    Returns
+    -------
+    fit : JointFit or None
+        The last fit (of the images kept), None when images were still being rejected
+        after three rounds (nothing is trusted).
+    rejected : dict
+        Image index -> the reason it was left out.
+    """
+    # Out before the first fit: images without a usable source (in a fit of several
+    # channels, a channel with none would leave its own terms unconstrained), and images
+    # whose catalog matches the reference nowhere (their chance matches would pull the
+    # terms they share with good images, which the judgement would then fail too).
+    empty = [i for i in range(len(images)) if len(positions[i]) == 0]
+    verdicts = judge_images([positions[i] for i in empty], ref_xy, params.tolerance,
+                            params.image_minobj,
+                            n_sources=[len(images[i].catalog) for i in empty],
+                            separation=params.separation) if empty else []
+    rejected = {i: v.reason for i, v in zip(empty, verdicts, strict=True)}
+    rest = [i for i in range(len(images)) if i not in rejected]
+    screened = screen_images([positions[i] for i in rest], ref_xy, params.searchrad,
+                             params.image_minobj, separation=params.separation)
+    rejected.update({i: v.reason for i, v in zip(rest, screened, strict=True) if not v.ok})
+    fit = None
+    for _ in range(3):
+        kept = [i for i in range(len(images)) if i not in rejected]
+        if not kept:
+            break
+        fit = joint_fit([positions[i] for i in kept], [images[i].key.exposure for i in kept],
+                        [images[i].key.detector for i in kept], ref_xy, jp, ref_err=ref_err,
+                        ref_group=ref_group,
+                        channel_ids=[channels[i] for i in kept] if channels else None,
+                        channel_fitgeometry=geometry, detector_offsets=fixed,
+                        detector_offset_cov=fixed_cov)
+        if not fit.success:
+            break
+        after = [positions[i] @ m.T + shift
+                 for i, m, shift in zip(kept, fit.image_matrix, fit.image_shift, strict=True)]
+        verdicts = judge_images(after, ref_xy, params.tolerance, params.image_minobj,
+                                n_sources=[len(images[i].catalog) for i in kept],
+                                offset_test=True, separation=params.separation)
+        new = {i: v.reason for i, v in zip(kept, verdicts, strict=True) if not v.ok}
+        if not new:
+            break
+        rejected.update(new)
+    else:
+        fit = None  # still rejecting after three rounds: nothing is trusted
+    return fit, rejected
 
 
 def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
@@ -850,30 +909,9 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
                 fixed_cov[det] = axes @ shared[det][1] @ axes.T
     det_group = {im.key.detector: f"{im.key.visit_filter}_{im.key.detector}" for im in images}
     geom_of = {im.name: geometry[im.key.filter] for im in images}
-    rejected = {}
-    for _ in range(3):
-        kept = [i for i in range(len(images)) if i not in rejected]
-        if not kept:
-            break
-        fit = joint_fit([positions[i] for i in kept], [images[i].key.exposure for i in kept],
-                        [images[i].key.detector for i in kept], ref_xy, jp, ref_err=ref_err,
-                        ref_group=ref_group,
-                        channel_ids=[channels[i] for i in kept] if channels else None,
-                        channel_fitgeometry=geometry, detector_offsets=fixed,
-                        detector_offset_cov=fixed_cov)
-        if not fit.success:
-            break
-        after = [positions[i] @ m.T + shift
-                 for i, m, shift in zip(kept, fit.image_matrix, fit.image_shift, strict=True)]
-        verdicts = judge_images(after, ref_xy, params.tolerance, params.image_minobj,
-                                n_sources=[len(images[i].catalog) for i in kept],
-                                offset_test=True, separation=params.separation)
-        new = {i: v.reason for i, v in zip(kept, verdicts, strict=True) if not v.ok}
-        if not new:
-            break
-        rejected.update(new)
-    else:
-        fit = None  # still rejecting after three rounds: nothing is trusted
+    fit, rejected = _judged_fit(images, positions, ref_xy, jp, params, ref_err=ref_err,
+                                ref_group=ref_group, channels=channels, geometry=geometry,
+                                fixed=fixed, fixed_cov=fixed_cov)
     if fit is None or not fit.success or len(rejected) == len(images):
         status = ("FAILED: images kept failing their judgement after three fits" if fit is None
                   else fit.status if not fit.success else "FAILED: every image failed its judgement")

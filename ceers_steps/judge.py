@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .jointfit import _isolated, _robust_sigma
+from .jointfit import _isolated, _robust_sigma, offset_from_2dhist
 
 __all__ = ["CHANCE_PROBABILITY", "MIN_RADIUS", "OFFSET_SIGMA", "SCATTER_FACTOR", "ImageVerdict",
-           "judge_images"]
+           "judge_images", "screen_images"]
 
 #: An image's mean residual beyond this many standard errors is an outlier (joint fit).
 OFFSET_SIGMA = 5.0
@@ -95,6 +95,71 @@ def _matches(xy, tree, ref_xy, radius):
     dist, idx = tree.query(xy, distance_upper_bound=radius)
     ok = np.isfinite(dist)
     return ref_xy[idx[ok]] - xy[ok]
+
+
+def screen_images(positions, ref_xy, searchrad, min_matches, separation=0.0):
+    """
+    Before any fit: whether each image's catalog matches the reference catalog at all.
+
+    A fit of several images moves every image by shared terms (the common shift, a
+    dither's, a detector's, a channel's): an image whose catalog matches nothing (a
+    frame of artefacts, a wrong WCS far beyond ``searchrad``) pulls those terms with
+    its chance matches, and the judgement after the fit then fails the images that
+    share them too. Each image on its own: the peak of its 2-D histogram of offsets
+    to the reference within ``searchrad`` (`ceers_steps.jointfit.offset_from_2dhist`)
+    must hold more detections than chance puts in the highest of the histogram's
+    windows with probability ``CHANCE_PROBABILITY`` (Poisson, mean = detections x
+    reference density x window area, over the number of windows searched).
+
+    Parameters
+    ----------
+    positions : list of ndarray (n_i, 2)
+        Per image, its detections through its current WCS, in a tangent plane, arcsec.
+    ref_xy : ndarray (m, 2)
+        Reference sources in the same plane, arcsec.
+    searchrad : float
+        The largest offset searched, arcsec.
+    min_matches : int
+        Detections an image needs at its offset in any case.
+    separation : float
+        Detections and reference sources closer than this to another of their own set
+        count for nothing (the fits' confusion rule), arcsec.
+
+    Returns
+    -------
+    list of ImageVerdict
+        ``nmatch``: detections at the best offset; ``radius``: half the window's
+        side; ``offset``: the best offset; ``scatter``: NaN. An image without a
+        usable detection is ``ok`` here (`judge_images` gives its reason).
+    """
+    ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
+    ref_xy = ref_xy[_isolated(ref_xy, separation)]
+    density = _density(ref_xy)
+    binsize = searchrad / 25.0  # offset_from_2dhist's bins; its peak window is 3 x 3 bins
+    window = (3.0 * binsize) ** 2
+    n_windows = (2.0 * searchrad / binsize) ** 2
+    out = []
+    for p in positions:
+        p = np.asarray(p, float).reshape(-1, 2)
+        p = p[np.all(np.isfinite(p), axis=1)]
+        p = p[_isolated(p, separation)]
+        if len(p) == 0 or len(ref_xy) == 0:
+            out.append(ImageVerdict(ok=len(ref_xy) > 0 or len(p) == 0, reason=None if len(ref_xy)
+                                    else "no reference source", nmatch=0,
+                                    radius=1.5 * binsize, offset=np.zeros(2), scatter=np.nan))
+            continue
+        offset, npeak = offset_from_2dhist(p, ref_xy, searchrad, binsize)
+        chance = len(p) * density * window
+        need = max(min_matches,
+                   int(_poisson().isf(CHANCE_PROBABILITY / n_windows, chance)) + 1)
+        reason = None
+        if npeak < need:
+            reason = (f"its catalog matches the reference catalog at no offset within "
+                      f"{searchrad:g} arcsec ({npeak} detections at the best one, {need} needed "
+                      "to tell a match from chance)")
+        out.append(ImageVerdict(ok=reason is None, reason=reason, nmatch=npeak,
+                                radius=1.5 * binsize, offset=offset, scatter=np.nan))
+    return out
 
 
 def judge_images(positions, ref_xy, tolerance, min_matches, n_sources=None, offset_test=False,

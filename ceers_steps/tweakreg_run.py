@@ -369,10 +369,19 @@ class TweakRegRun:
         from .alignment import detector_offset_estimate
         from .jointfit import combine_detector_offsets, offsets_significant
 
-        estimates = [detector_offset_estimate(group, ref, abs_)
-                     for group, ref in zip(unit_images, unit_refs, strict=True)
-                     if group and ref is not None]
-        estimates = [e for e in estimates if e is not None]
+        estimates = []
+        for group, ref in zip(unit_images, unit_refs, strict=True):
+            if not group or ref is None:
+                continue
+            try:
+                estimate = detector_offset_estimate(group, ref, abs_)
+            except Exception as exc:  # noqa: BLE001 - one visit's failure leaves it out only
+                names = " + ".join(dict.fromkeys(im.key.visit_filter for im in group))
+                log.warning("shared_detector_terms: %s: detector offsets not measured (%s: %s); "
+                            "the other visits still share theirs", names, type(exc).__name__, exc)
+                continue
+            if estimate is not None:
+                estimates.append(estimate)
         if len(estimates) < 2:
             log.warning("shared_detector_terms: %d visit(s) measured their detector offsets, "
                         "2 are needed: each visit fits its own", len(estimates))
