@@ -154,7 +154,27 @@ def test_image_10_arcmin_off_is_not_called_aligned(work, capsys):
     assert st.pop(bad) == "FAILED"
     assert set(st.values()) == {"COMPLETE"}
     rows = _results(work)
-    assert all("matches of its own" in r["status"] for r in rows if r["image"] == work.names[1])
+    # Out before the fit: its catalog matches the reference nowhere within abs_searchrad.
+    assert all("matches the reference catalog at no offset" in r["status"]
+               for r in rows if r["image"] == work.names[1])
+
+
+def test_frame_of_artifacts_fails_alone(work, capsys):
+    """
+    An image whose pixels do not belong to its WCS (here its frame rolled by 300 x 200
+    pixels): its sources match the reference only by chance. It is left out before the
+    fit, so its chance matches cannot pull the dither and detector terms it shares with
+    the good images; those stay COMPLETE within 10 mas of the truth.
+    """
+    _edit(work.path(2), lambda m: setattr(m, "data", np.roll(m.data, (300, 200), axis=(0, 1))))
+    work.snapshot()
+    code = work.align()
+    st = work.verify(code, 0)
+    assert st.pop(exposure_base(work.names[2])) == "FAILED"
+    assert set(st.values()) == {"COMPLETE"}
+    rows = _results(work)
+    assert all("matches the reference catalog at no offset" in r["status"]
+               for r in rows if r["image"] == work.names[2])
 
 
 @pytest.mark.parametrize("abs_group", ["detector", "visit"])

@@ -131,13 +131,13 @@ def test_resume_after_a_kill_redoes_only_unfinished_groups(survey, tmp_path, cap
     assert np.all(np.isfinite(summary["rmse"]))
 
 
-def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
+def _two_channel_visits(tmp_path):
     """
-    Two visits, each with SW (F200W) and LW (F444W) images of the same exposures: the
-    same pointing and dither errors in both channels, and the same 25 mas detector
-    placement errors (in each detector's pixel axes) in both visits. ``--joint-channels
-    --shared-detector-terms``: one run; each visit's two filters fitted together, the
-    detector offsets measured once from both visits; results per visit and filter.
+    Two visits, each with SW (F200W, nrca1 + nrcb1) and LW (F444W) images of the same
+    exposures (2 dithers), 1024 x 1024: the same pointing and dither errors in both
+    channels, and the same 25 mas detector placement errors (in each detector's pixel
+    axes) in both visits. Returns the cal folder, the reference catalog, the detector
+    errors and the true WCS per file name.
     """
     from ceers_steps.synthetic import make_visit
 
@@ -163,6 +163,18 @@ def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
         refcat = tmp_path / "refcat.ecsv"
         sw.refcat.write(refcat, overwrite=True)
     (tmp_path / "no_params").mkdir()
+    return cal, refcat, offsets, truth
+
+
+def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
+    """
+    Two visits, each with SW (F200W) and LW (F444W) images of the same exposures: the
+    same pointing and dither errors in both channels, and the same 25 mas detector
+    placement errors (in each detector's pixel axes) in both visits. ``--joint-channels
+    --shared-detector-terms``: one run; each visit's two filters fitted together, the
+    detector offsets measured once from both visits; results per visit and filter.
+    """
+    cal, refcat, offsets, truth = _two_channel_visits(tmp_path)
     out = tmp_path / "out"
     code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
                        str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
@@ -208,3 +220,41 @@ def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
                        "--n-jobs", "2", "--joint-channels", "--no-report", "--save-results"]) == 0
     assert {p.name: p.read_bytes() for p in cal.glob("*_cal.fits")} == before
     assert len(list(cal.glob("*_tweakreg.fits"))) == len(before)
+
+
+def test_a_ruined_channel_fails_alone(tmp_path, capsys):
+    """
+    Visit 1's LW images ruined (nrcalong blank: no source; nrcblong's frames rolled
+    by 300 x 200 pixels: sources matching the reference only by chance), with
+    ``--joint-channels --shared-detector-terms``: those four images FAILED with their
+    reasons, every other image COMPLETE within 6 mas of the truth. Before, the blank
+    channel stopped the whole survey (a NaN covariance in the shared-offsets estimate)
+    and the rolled one failed every SW image of its visit.
+    """
+    from ceers_steps.compat import datamodels
+
+    cal, refcat, _, truth = _two_channel_visits(tmp_path)
+    ruined = sorted(cal.glob("jw01345001001_*long_cal.fits"))
+    for path in ruined:
+        with datamodels.open(path) as m:
+            m.data = (np.zeros_like(m.data) if "nrcalong" in path.name
+                      else np.roll(m.data, (300, 200), axis=(0, 1)))
+            m.save(path)
+    out = tmp_path / "out"
+    code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
+                       str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
+                       "--joint-channels", "--shared-detector-terms", "--no-report"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = Table.read(out / "survey_summary.ecsv")
+    status = dict(zip(summary["image"], summary["status"], strict=True))
+    for path in ruined:
+        reason = status.pop(path.name)
+        assert reason.startswith("FAILED"), reason
+        assert ("no sources in its catalog" in reason if "nrcalong" in path.name
+                else "matches the reference catalog at no offset" in reason), reason
+    assert len(status) == 12 and set(status.values()) == {"COMPLETE"}, status
+    for name in status:
+        with asdf.open(out / "tweakreg_wcs" / name.replace("_cal.fits", "_tweakreg.asdf")) as af:
+            err = angular_separation_mas(*af["wcs"](511.5, 511.5), *truth[name](511.5, 511.5))
+        assert err < 6.0, (name, err)
