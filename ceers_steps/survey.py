@@ -221,14 +221,22 @@ def discover_groups(input_dir, suffix="cal"):
     groups : list of Group
         Sorted by visit and filter.
     problems : list of (Path, str)
-        Files left out and why (unreadable header, no visit id, no FILTER).
+        Files left out and why (unreadable header, no visit id, no FILTER, the same
+        exposure and detector as a file found before it).
     """
     from astropy.io import fits
 
     from .wcs_io import detector_from_name
 
     found, problems = {}, []
-    for path in sorted(Path(input_dir).glob(f"*_{suffix}.fits")):
+    # A copy of a cal file under another name would enter its visit's fit twice: every
+    # source linked to itself at zero residual, the centroid scatter (and so the reported
+    # uncertainties) underestimated. The first file by name is kept.
+    seen = {}
+    # Files named as the archive names them (jw...) first: of two copies, that one is kept.
+    paths = sorted(Path(input_dir).glob(f"*_{suffix}.fits"),
+                   key=lambda p: (not p.name.startswith("jw"), p.name))
+    for path in paths:
         try:
             header = fits.getheader(path, 0)
         except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the survey
@@ -241,6 +249,14 @@ def discover_groups(input_dir, suffix="cal"):
             continue
         detector = (str(header.get("DETECTOR", "")).strip().lower()
                     or detector_from_name(path.name) or "unknown")
+        exposure = tuple(str(header.get(k, "")).strip() for k in
+                         ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
+        if any(exposure):
+            first = seen.setdefault((visit, filt, detector, exposure), path)
+            if first != path:
+                problems.append((path, f"the same exposure and detector as {first.name} (a "
+                                       "copy?), which is used: no source may count twice"))
+                continue
         found.setdefault((visit, filt), {}).setdefault(detector, []).append(path)
     groups = [Group(v, f, {d: sorted(p) for d, p in sel.items()})
               for (v, f), sel in sorted(found.items())]

@@ -58,6 +58,19 @@ def test_groups_found_by_header(survey):
         ("jw01345002001", "f150w", 4), ("jw01345002001", "f200w", 4)]
 
 
+def test_a_copy_of_a_cal_file_is_left_out(survey, tmp_path):
+    """The same exposure and detector under a second name enters no fit twice."""
+    for path in survey["cal"].glob("*_cal.fits"):
+        (tmp_path / path.name).symlink_to(path)
+    original = sorted(survey["cal"].glob("jw01345001001_*_cal.fits"))[0]
+    (tmp_path / f"copy_{original.name}").symlink_to(original)
+    groups, problems = discover_groups(tmp_path)
+    assert [(p.name, why.split(" (")[0]) for p, why in problems] == [
+        (f"copy_{original.name}", f"the same exposure and detector as {original.name}")]
+    assert sum(len(g.images) for g in groups) == 16
+    assert tmp_path / original.name in [p for g in groups for p in g.images]
+
+
 def test_all_aligns_every_visit_and_filter(survey, tmp_path, capsys):
     out = tmp_path / "out"
     assert align_main(_args(survey, out, "--n-jobs", "2")) == 0
