@@ -179,6 +179,16 @@ def _two_channel_visits(tmp_path):
     return cal, refcat, offsets, truth
 
 
+def _joint_survey(cal, refcat, out, params_dir, capsys):
+    """``ceers-align --all --joint-channels --shared-detector-terms``; its survey summary."""
+    code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
+                       str(refcat), "--params-dir", str(params_dir), "--n-jobs", "2",
+                       "--joint-channels", "--shared-detector-terms", "--no-report"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    return Table.read(out / "survey_summary.ecsv")
+
+
 def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
     """
     Two visits, each with SW (F200W) and LW (F444W) images of the same exposures: the
@@ -189,12 +199,7 @@ def test_joint_channels_with_shared_detector_terms(tmp_path, capsys):
     """
     cal, refcat, offsets, truth = _two_channel_visits(tmp_path)
     out = tmp_path / "out"
-    code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
-                       str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
-                       "--joint-channels", "--shared-detector-terms", "--no-report"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    summary = Table.read(out / "survey_summary.ecsv")
+    summary = _joint_survey(cal, refcat, out, tmp_path / "no_params", capsys)
     assert len(summary) == 16 and set(summary["status"]) == {"COMPLETE"}
     for visit_id in ("jw01345001001", "jw01345002001"):
         for filt, other in (("f200w", "f444w"), ("f444w", "f200w")):
@@ -254,12 +259,7 @@ def test_a_ruined_channel_fails_alone(tmp_path, capsys):
                       else np.roll(m.data, (300, 200), axis=(0, 1)))
             m.save(path)
     out = tmp_path / "out"
-    code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
-                       str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
-                       "--joint-channels", "--shared-detector-terms", "--no-report"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    summary = Table.read(out / "survey_summary.ecsv")
+    summary = _joint_survey(cal, refcat, out, tmp_path / "no_params", capsys)
     status = dict(zip(summary["image"], summary["status"], strict=True))
     for path in ruined:
         reason = status.pop(path.name)
