@@ -838,9 +838,9 @@ def _judged_fit(images, positions, ref_xy, jp, params, ref_err=None, ref_group=N
 
     Returns
     -------
-    fit : JointFit or None
-        The last fit (of the images kept), None when images were still being rejected
-        after three rounds (nothing is trusted).
+    fit : JointFitResult or None
+        The last fit (of the images kept); None when images were still being rejected
+        after three rounds (nothing is trusted) or none was left to fit.
     rejected : dict
         Image index -> the reason it was left out.
     """
@@ -913,8 +913,9 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
                                 ref_group=ref_group, channels=channels, geometry=geometry,
                                 fixed=fixed, fixed_cov=fixed_cov)
     if fit is None or not fit.success or len(rejected) == len(images):
-        status = ("FAILED: images kept failing their judgement after three fits" if fit is None
-                  else fit.status if not fit.success else "FAILED: every image failed its judgement")
+        status = ("FAILED: every image failed its judgement" if len(rejected) == len(images)
+                  else "FAILED: images kept failing their judgement after three fits"
+                  if fit is None else fit.status)
         log.warning("%s: joint absolute alignment failed: %s; WCS left unchanged",
                     visit_name, status)
         rows = []
