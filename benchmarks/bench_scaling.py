@@ -28,7 +28,7 @@ detection; fit: reference catalog, matching and fits; writing: aligned images an
 models; report: alignment report and results tables; exit). And the per-image floor
 measured in this process on the same files, serially: ``datamodels.open`` + the CEERS
 detection (`ceers_steps.catalogs.build_catalog`, SEP) + ``model.save`` of a copy, the
-read + detect + write that no aligner of these files can avoid.
+read + detect + write that every run of these files does through stdatamodels and SEP.
 """
 
 import argparse
@@ -77,7 +77,10 @@ def _pss_mib(pid):
 
 
 def run_measured(cmd, cwd, env):
-    """Run a command; return (seconds, peak MiB of the process tree, returncode, stderr tail)."""
+    """
+    Run a command; return seconds, peak MiB of the process tree, return code, the tail of
+    its log, and its `phases` (None when its log has not every phase's line).
+    """
     peak = [0.0]
     t0, epoch0 = time.perf_counter(), time.time()
     with open(Path(cwd) / "run.log", "w") as log:

@@ -848,16 +848,10 @@ def _judged_fit(images, positions, ref_xy, jp, params, ref_err=None, ref_group=N
     # channels, a channel with none would leave its own terms unconstrained), and images
     # whose catalog matches the reference nowhere (their chance matches would pull the
     # terms they share with good images, which the judgement would then fail too).
-    empty = [i for i in range(len(images)) if len(positions[i]) == 0]
-    verdicts = judge_images([positions[i] for i in empty], ref_xy, params.tolerance,
-                            params.image_minobj,
-                            n_sources=[len(images[i].catalog) for i in empty],
-                            separation=params.separation) if empty else []
-    rejected = {i: v.reason for i, v in zip(empty, verdicts, strict=True)}
-    rest = [i for i in range(len(images)) if i not in rejected]
-    screened = screen_images([positions[i] for i in rest], ref_xy, params.searchrad,
-                             params.image_minobj, separation=params.separation)
-    rejected.update({i: v.reason for i, v in zip(rest, screened, strict=True) if not v.ok})
+    screened = screen_images(positions, ref_xy, params.searchrad, params.image_minobj,
+                             n_sources=[len(im.catalog) for im in images],
+                             separation=params.separation)
+    rejected = {i: v.reason for i, v in enumerate(screened) if not v.ok}
     fit = None
     for _ in range(3):
         kept = [i for i in range(len(images)) if i not in rejected]

@@ -260,7 +260,6 @@ def _open_model(path, validate=True):
     ``validate=False`` skips asdf's schema validation of the file's ASDF tree, for a
     file an earlier open in the same run has validated (a third of a reopen's time).
     """
-    import contextlib
     import gc
     import warnings
 
@@ -269,8 +268,7 @@ def _open_model(path, validate=True):
     from .compat import datamodels
 
     error = None
-    with warnings.catch_warnings(), (
-            contextlib.nullcontext() if validate else asdf.config_context()) as config:
+    with warnings.catch_warnings(), asdf.config_context() as config:
         warnings.simplefilter("ignore", ResourceWarning)
         if not validate:
             config.validate_on_read = False

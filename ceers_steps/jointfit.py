@@ -321,7 +321,7 @@ def _isolated(xy, separation):
     return keep
 
 
-def offset_from_2dhist(xy, ref_xy, searchrad, binsize=None):
+def offset_from_2dhist(xy, ref_xy, searchrad, binsize=None, tree=None):
     """
     The most common offset ``ref - xy`` within ``searchrad`` (a 2-D histogram peak).
 
@@ -333,6 +333,8 @@ def offset_from_2dhist(xy, ref_xy, searchrad, binsize=None):
         Largest offset considered, arcsec.
     binsize : float, optional
         Histogram bin, arcsec; ``searchrad / 25`` by default.
+    tree : cKDTree, optional
+        ``cKDTree(ref_xy)``, for a caller that histograms many catalogs against one reference.
 
     Returns
     -------
@@ -342,7 +344,7 @@ def offset_from_2dhist(xy, ref_xy, searchrad, binsize=None):
         Number of offsets there.
     """
     binsize = binsize or searchrad / 25.0
-    tree = cKDTree(ref_xy)
+    tree = tree if tree is not None else cKDTree(ref_xy)
     lists = tree.query_ball_point(xy, searchrad)
     dx = np.concatenate([ref_xy[idx, 0] - xy[i, 0] for i, idx in enumerate(lists) if idx] or [[]])
     dy = np.concatenate([ref_xy[idx, 1] - xy[i, 1] for i, idx in enumerate(lists) if idx] or [[]])

@@ -97,7 +97,28 @@ def _matches(xy, tree, ref_xy, radius):
     return ref_xy[idx[ok]] - xy[ok]
 
 
-def screen_images(positions, ref_xy, searchrad, min_matches, separation=0.0):
+def _usable(positions, separation):
+    """
+    Each image's finite detections that no other of its own lies within ``separation``
+    of (the fits' confusion rule), and how many of them were finite.
+    """
+    pos = [np.asarray(p, float).reshape(-1, 2) for p in positions]
+    pos = [p[np.all(np.isfinite(p), axis=1)] for p in pos]
+    n_finite = [len(p) for p in pos]
+    return [p[_isolated(p, separation)] for p in pos], n_finite
+
+
+def _unusable_reason(total, n_finite, separation):
+    """Why an image with ``total`` sources (``n_finite`` of them finite) has none usable."""
+    if not total:
+        return "no sources in its catalog"
+    if n_finite:
+        return (f"none of the {total} sources in its catalog is isolated (each has another "
+                f"within {separation:g} arcsec): far too dense a catalog")
+    return f"none of the {total} sources in its catalog is usable (non-finite or outside the image)"
+
+
+def screen_images(positions, ref_xy, searchrad, min_matches, n_sources=None, separation=0.0):
     """
     Before any fit: whether each image's catalog matches the reference catalog at all.
 
@@ -105,11 +126,12 @@ def screen_images(positions, ref_xy, searchrad, min_matches, separation=0.0):
     dither's, a detector's, a channel's): an image whose catalog matches nothing (a
     frame of artefacts, a wrong WCS far beyond ``searchrad``) pulls those terms with
     its chance matches, and the judgement after the fit then fails the images that
-    share them too. Each image on its own: the peak of its 2-D histogram of offsets
-    to the reference within ``searchrad`` (`ceers_steps.jointfit.offset_from_2dhist`)
-    must hold more detections than chance puts in the highest of the histogram's
-    windows with probability ``CHANCE_PROBABILITY`` (Poisson, mean = detections x
-    reference density x window area, over the number of windows searched).
+    share them too. Each image on its own: it needs a usable detection, and the peak
+    of its 2-D histogram of offsets to the reference within ``searchrad``
+    (`ceers_steps.jointfit.offset_from_2dhist`) must hold more detections than chance
+    puts in the highest of the histogram's windows with probability
+    ``CHANCE_PROBABILITY`` (Poisson, mean = detections x reference density x window
+    area, over the number of windows searched).
 
     Parameters
     ----------
@@ -121,6 +143,9 @@ def screen_images(positions, ref_xy, searchrad, min_matches, separation=0.0):
         The largest offset searched, arcsec.
     min_matches : int
         Detections an image needs at its offset in any case.
+    n_sources : list of int, optional
+        Sources in each image's catalog before any cut (for the message when none
+        were usable).
     separation : float
         Detections and reference sources closer than this to another of their own set
         count for nothing (the fits' confusion rule), arcsec.
@@ -129,34 +154,33 @@ def screen_images(positions, ref_xy, searchrad, min_matches, separation=0.0):
     -------
     list of ImageVerdict
         ``nmatch``: detections at the best offset; ``radius``: half the window's
-        side; ``offset``: the best offset; ``scatter``: NaN. An image without a
-        usable detection is ``ok`` here (`judge_images` gives its reason).
+        side; ``offset``: the best offset; ``scatter``: NaN.
     """
     ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
     ref_xy = ref_xy[_isolated(ref_xy, separation)]
+    tree = cKDTree(ref_xy) if len(ref_xy) else None
     density = _density(ref_xy)
     binsize = searchrad / 25.0  # offset_from_2dhist's bins; its peak window is 3 x 3 bins
     window = (3.0 * binsize) ** 2
     n_windows = (2.0 * searchrad / binsize) ** 2
+    pos, n_finite = _usable(positions, separation)
     out = []
-    for p in positions:
-        p = np.asarray(p, float).reshape(-1, 2)
-        p = p[np.all(np.isfinite(p), axis=1)]
-        p = p[_isolated(p, separation)]
-        if len(p) == 0 or len(ref_xy) == 0:
-            out.append(ImageVerdict(ok=len(ref_xy) > 0 or len(p) == 0, reason=None if len(ref_xy)
-                                    else "no reference source", nmatch=0,
-                                    radius=1.5 * binsize, offset=np.zeros(2), scatter=np.nan))
-            continue
-        offset, npeak = offset_from_2dhist(p, ref_xy, searchrad, binsize)
-        chance = len(p) * density * window
-        need = max(min_matches,
-                   int(_poisson().isf(CHANCE_PROBABILITY / n_windows, chance)) + 1)
-        reason = None
-        if npeak < need:
-            reason = (f"its catalog matches the reference catalog at no offset within "
-                      f"{searchrad:g} arcsec ({npeak} detections at the best one, {need} needed "
-                      "to tell a match from chance)")
+    for i, p in enumerate(pos):
+        offset, npeak, reason = np.zeros(2), 0, None
+        if len(p) == 0:
+            total = n_sources[i] if n_sources is not None else n_finite[i]
+            reason = _unusable_reason(total, n_finite[i], separation)
+        elif tree is None:
+            reason = "no reference source"
+        else:
+            offset, npeak = offset_from_2dhist(p, ref_xy, searchrad, binsize, tree=tree)
+            chance = len(p) * density * window
+            need = max(min_matches,
+                       int(_poisson().isf(CHANCE_PROBABILITY / n_windows, chance)) + 1)
+            if npeak < need:
+                reason = (f"its catalog matches the reference catalog at no offset within "
+                          f"{searchrad:g} arcsec ({npeak} detections at the best one, {need} "
+                          "needed to tell a match from chance)")
         out.append(ImageVerdict(ok=reason is None, reason=reason, nmatch=npeak,
                                 radius=1.5 * binsize, offset=offset, scatter=np.nan))
     return out
@@ -193,10 +217,7 @@ def judge_images(positions, ref_xy, tolerance, min_matches, n_sources=None, offs
     ref_xy = np.asarray(ref_xy, float).reshape(-1, 2)
     ref_xy = ref_xy[_isolated(ref_xy, separation)]
     tree = cKDTree(ref_xy) if len(ref_xy) else None
-    pos = [np.asarray(p, float).reshape(-1, 2) for p in positions]
-    pos = [p[np.all(np.isfinite(p), axis=1)] for p in pos]
-    n_finite = [len(p) for p in pos]
-    pos = [p[_isolated(p, separation)] for p in pos]
+    pos, n_finite = _usable(positions, separation)
     # The visit's scatter from every image's matches within the fit's own tolerance.
     wide = [_matches(p, tree, ref_xy, tolerance) if tree is not None else np.zeros((0, 2))
             for p in pos]
@@ -222,14 +243,7 @@ def judge_images(positions, ref_xy, tolerance, min_matches, n_sources=None, offs
         reason = None
         if len(pos[i]) == 0:
             total = n_sources[i] if n_sources is not None else n_finite[i]
-            if not total:
-                reason = "no sources in its catalog"
-            elif n_finite[i]:
-                reason = (f"none of the {total} sources in its catalog is isolated (each has "
-                          f"another within {separation:g} arcsec): far too dense a catalog")
-            else:
-                reason = (f"none of the {total} sources in its catalog is usable "
-                          "(non-finite or outside the image)")
+            reason = _unusable_reason(total, n_finite[i], separation)
         elif n < need:
             rule = (f"abs_image_minobj {min_matches}" if need == min_matches else
                     f"{chance:.1f} expected by chance")

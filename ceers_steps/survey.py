@@ -231,9 +231,9 @@ def discover_groups(input_dir, suffix="cal"):
     found, problems = {}, []
     # A copy of a cal file under another name would enter its visit's fit twice: every
     # source linked to itself at zero residual, the centroid scatter (and so the reported
-    # uncertainties) underestimated. The first file by name is kept.
+    # uncertainties) underestimated. Of two, the first in this order is kept: files named
+    # as the archive names them (jw...) first, then by name.
     seen = {}
-    # Files named as the archive names them (jw...) first: of two copies, that one is kept.
     paths = sorted(Path(input_dir).glob(f"*_{suffix}.fits"),
                    key=lambda p: (not p.name.startswith("jw"), p.name))
     for path in paths:
