@@ -945,9 +945,12 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
                                       "shift", frame=corr)
         matrix = fit.image_matrix[index[i]]
         if first_kept[det] == i and det in fit.detector_stats:
+            # Common + detector terms (with the detector's own rotation about its centre):
+            # the image's total minus its dither's.
             abs_frame[det] = tweakwcs_frame(im, plane, matrix,
-                                            fit.shift + fit.detector_shift[det], geom_of[im.name],
-                                            frame=corr)
+                                            fit.image_shift[index[i]]
+                                            - fit.dither_shift[im.key.exposure],
+                                            geom_of[im.name], frame=corr)
         corr.set_correction(matrix=matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
         new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
     errors = {i: _uncertainty(fit, index[i], images[i], plane) for i in kept}

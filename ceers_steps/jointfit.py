@@ -12,7 +12,11 @@ offsets. This fit has exactly those terms:
 in a tangent plane at the visit centre (arcsec; x west, y north), where ``p``
 is a detection's position through the current WCS. ``A`` is a rotation
 (``rshift``), rotation and scale (``rscale``), a full 2x2 matrix (``general``)
-or the identity (``shift``); ``t`` is zero for the first dither.
+or the identity (``shift``); ``t`` is zero for the first dither. Where the data
+show it, each detector also turns (and, with a scale in the geometry, scales)
+about its own centre ``c``: ``+ E_detector (A p - c)``, with its offset ``u``
+(NIRCam's modules turning against each other; CEERS' per-detector fits of 2022
+differ by 25-140 arcsec in rotation between the modules of a visit).
 
 Its observations are all the matches of the visit, as DES' WCSFit and Rubin's
 gbdes use them: every source has an unknown true position, observed by each of
@@ -92,6 +96,14 @@ class JointParameters:
     detector_terms : bool or "all"
         Fit per-detector offsets when significant (True), never (False), or
         always ("all").
+    detector_rotations : bool
+        Fit each detector's own rotation (and scale, when ``fitgeometry`` has one)
+        about its centre when they are jointly significant (``significance``, all
+        detectors or none, summing to zero: the common terms keep their meaning).
+        Modules A and B of NIRCam can turn against each other: CEERS' per-detector
+        fits (2022 calibration) differ by 25-140 arcsec in rotation between the
+        modules of a visit and by up to 2e-4 in scale between the LW detectors.
+        One channel only: fits of several channels leave them out.
     max_iter : int
         Maximum match-and-fit iterations.
     """
@@ -106,6 +118,7 @@ class JointParameters:
     minobj: int = 20
     significance: float = 3.0
     detector_terms: bool = True
+    detector_rotations: bool = True
     max_iter: int = 10
 
     def __post_init__(self):
@@ -136,6 +149,11 @@ class JointFitResult:
         Detector -> offset (zero where not significant; fixed offsets included), arcsec.
     detector_significant : dict
         Detector -> whether its offset was kept.
+    detector_rotated : bool
+        Whether the detectors' own rotations (and scales) were significant, and fitted.
+    detector_rotation, detector_scale : dict
+        Detector -> its own rotation (deg) and scale about its centre (0 and 1 when
+        not fitted), on top of the common linear term.
     image_shift : list of ndarray
         Total shift of each image (``T + t + u``), arcsec: its aligned positions are
         ``image_matrix[i] @ p + image_shift[i]``.
@@ -167,6 +185,9 @@ class JointFitResult:
     dither_shift: dict = field(default_factory=dict)
     detector_shift: dict = field(default_factory=dict)
     detector_significant: dict = field(default_factory=dict)
+    detector_rotated: bool = False
+    detector_rotation: dict = field(default_factory=dict)
+    detector_scale: dict = field(default_factory=dict)
     image_shift: list = field(default_factory=list)
     image_stats: list = field(default_factory=list)
     dither_stats: dict = field(default_factory=dict)
@@ -282,8 +303,18 @@ class JointFitResult:
         dithers = [{"id": str(d), **shift(value, cols(lay.dither_col[k]) if k in lay.dither_col
                                           else None)}
                    for k, (d, value) in enumerate(self.dither_shift.items())]
+        def own(k, name):
+            # The detector's own rotation (arcsec) and scale, about its centre.
+            rows = lay.rotation_rows(k)
+            err = np.sqrt(np.clip(np.diag(rows @ cov @ rows.T), 0.0, None))
+            return {"rotated": self.detector_rotated,
+                    "rotation": 3600.0 * self.detector_rotation.get(name, 0.0),
+                    "err_rotation": float(np.rad2deg(err[0]) * 3600.0) if len(err) else 0.0,
+                    "scale": self.detector_scale.get(name, 1.0),
+                    "err_scale": float(err[1]) if len(err) > 1 else 0.0}
+
         detectors = [{"id": str(name), "fitted": bool(self.detector_significant[name]),
-                      **shift(value, lay.detector_rows(k), self._fixed_cov.get(k))}
+                      **shift(value, lay.detector_rows(k), self._fixed_cov.get(k)), **own(k, name)}
                      for k, (name, value) in enumerate(self.detector_shift.items())
                      if channel is None or self._detector_channel.get(name) == c]
         return {"common": common, "dithers": dithers, "detectors": detectors}
@@ -390,24 +421,43 @@ def _rotation_deg(m):
 
 
 class _Model:
-    """Current estimate: linear term per channel, common shift, dither and detector shifts."""
+    """
+    Current estimate: linear term per channel, common shift, dither and detector shifts,
+    and each detector's own small rotation (and scale) about its centre.
+    """
 
     def __init__(self, n_dith, n_det, n_chan=1):
         self.matrix = np.repeat(np.eye(2)[None], n_chan, axis=0)
         self.shift = np.zeros(2)
         self.dither = np.zeros((n_dith, 2))
         self.detector = np.zeros((n_det, 2))
+        self.det_rot = np.zeros(n_det)
+        self.det_scale = np.zeros(n_det)
+        self.det_centre = np.zeros((n_det, 2))
 
     def linear(self, p, chan):
         return np.einsum("nij,nj->ni", self.matrix[chan], p)
 
+    def detector_matrix(self, k):
+        """The small linear term (2, 2) of detector ``k`` about its centre."""
+        r, s = self.det_rot[k], self.det_scale[k]
+        return np.array([[s, -r], [r, s]])
+
     def apply(self, p, dith, det, chan):
-        return self.linear(p, chan) + self.shift + self.dither[dith] + self.detector[det]
+        xlin = self.linear(p, chan)
+        out = xlin + self.shift + self.dither[dith] + self.detector[det]
+        if np.any(self.det_rot) or np.any(self.det_scale):
+            d = xlin - self.det_centre[det]
+            r, s = self.det_rot[det][:, None], self.det_scale[det][:, None]
+            out = out + r * np.column_stack([-d[:, 1], d[:, 0]]) + s * d
+        return out
 
     def copy(self):
         other = _Model(len(self.dither), len(self.detector), len(self.matrix))
         other.matrix, other.shift = self.matrix.copy(), self.shift.copy()
         other.dither, other.detector = self.dither.copy(), self.detector.copy()
+        other.det_rot, other.det_scale = self.det_rot.copy(), self.det_scale.copy()
+        other.det_centre = self.det_centre.copy()
         return other
 
 
@@ -427,6 +477,8 @@ class _Layout:
     n_dith: int
     fitted: tuple = ()
     gauge: tuple = ()
+    rotated: tuple = ()
+    centres: np.ndarray = None
 
     def __post_init__(self):
         geoms = self.geometries if self.absolute else ("shift",) * len(self.geometries)
@@ -455,6 +507,14 @@ class _Layout:
             if k != last:
                 self.detector_col[k] = col
                 col += 2
+        # Detector rotations (and scales where the geometry has one) about each detector's
+        # centre, summing to zero over the rotated detectors: the last one carries minus
+        # the others' sum, so the common terms keep their meaning.
+        self.rot_names = ("rot", "scale") if _EXTRA_COLUMNS[geoms[0]] else ("rot",)
+        self.rotation_col = {}
+        for k in self.rotated[:-1]:
+            self.rotation_col[k] = col
+            col += len(self.rot_names)
         self.k = col
 
     def design(self, xlin, dith, det, chan):
@@ -478,7 +538,27 @@ class _Layout:
             for key in self.gauge[:-1]:
                 c = self.detector_col[key]
                 jac[0, m, c] = jac[1, m, c + 1] = -1.0
+        if self.rotated:
+            d = xlin - self.centres[det]
+            cols = {"rot": (-d[:, 1], d[:, 0]), "scale": (d[:, 0], d[:, 1])}
+            last = self.rotated[-1]
+            for key, c in self.rotation_col.items():
+                for j, name in enumerate(self.rot_names):
+                    for m, sign in ((det == key, 1.0), (det == last, -1.0)):
+                        jac[0, m, c + j] = sign * cols[name][0][m]
+                        jac[1, m, c + j] = sign * cols[name][1][m]
         return jac
+
+    def rotation_rows(self, k):
+        """Jacobian (len(rot_names), k) of detector ``k``'s own rotation (and scale)."""
+        rows = np.zeros((len(self.rot_names), self.k))
+        if k in self.rotation_col:
+            rows[:, self.rotation_col[k]:self.rotation_col[k] + len(self.rot_names)] = np.eye(
+                len(self.rot_names))
+        elif self.rotated and k == self.rotated[-1]:
+            for c in self.rotation_col.values():
+                rows[:, c:c + len(self.rot_names)] -= np.eye(len(self.rot_names))
+        return rows
 
     def detector_rows(self, k):
         """Jacobian (2, k) of detector ``k``'s offset."""
@@ -509,6 +589,19 @@ class _Layout:
                 model.detector[k] = 0.0
         if self.gauge:
             model.detector[self.gauge[-1]] = -sum(model.detector[k] for k in self.gauge[:-1])
+        rotated = set(self.rotated)
+        for k in range(len(model.detector)):
+            if k in self.rotation_col:
+                c = self.rotation_col[k]
+                model.det_rot[k] += sol[c]
+                if "scale" in self.rot_names:
+                    model.det_scale[k] += sol[c + 1]
+            elif k not in rotated:
+                model.det_rot[k] = model.det_scale[k] = 0.0
+        if self.rotated:
+            others = list(self.rotation_col)
+            model.det_rot[self.rotated[-1]] = -model.det_rot[others].sum()
+            model.det_scale[self.rotated[-1]] = -model.det_scale[others].sum()
 
 
 def _centre_gauge(model, gauge):
@@ -849,6 +942,9 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     dith, det, chan = dith_of_img[img], det_of_img[img], chan_of_img[img]
 
     model = _Model(n_dith, n_det, n_chan)
+    for k in range(n_det):
+        if np.any(det == k):
+            model.det_centre[k] = p[det == k].mean(axis=0)
     if absolute and params.use2dhist:
         offset, npeak = offset_from_2dhist(p, ref_xy, params.searchrad)
         log.debug("2-D histogram offset %.4f, %.4f arcsec (%d in peak)", *offset, npeak)
@@ -866,6 +962,11 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     fitted = tuple(range(n_det)) if (absolute and params.detector_terms == "all"
                                      and n_det > 1) else ()
     test_terms = absolute and params.detector_terms is True and n_det > 1
+    # A detector turned about an unknown point is turned about its centre and moved: its
+    # rotation comes with its offset, so both need detector terms.
+    test_rotations = (absolute and params.detector_rotations and params.detector_terms
+                      and n_det > 1 and n_chan == 1)
+    rotated = ()
     prev, obs = None, None
 
     def weights(o):
@@ -887,7 +988,7 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
                                          "arcsec")
         gauge = fitted if len(fitted) == n_det else ()
         _centre_gauge(model, gauge)
-        layout = _Layout(geoms, absolute, n_dith, fitted, gauge)
+        layout = _Layout(geoms, absolute, n_dith, fitted, gauge, rotated, model.det_centre)
         keep_det, keep_ref = np.ones(len(obs.det), bool), np.ones(len(obs.ref), bool)
         for _ in range(max(params.nclip, 0) + 1):
             o = obs.subset(keep_det, keep_ref)
@@ -931,20 +1032,24 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
                 break
             keep_det, keep_ref = full_det, full_ref
         obs = obs.subset(keep_det, keep_ref)
+        if test_rotations:
+            rotated = (tuple(range(n_det)) if _detector_rotations_significant(
+                model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms, n_dith,
+                params.significance) else ())
         if test_terms:
             # All detectors or none: a per-detector choice leaves offsets just below the
             # threshold unmodelled, errors of up to ~3.5 sigma the covariance cannot know
             # (measured: such images fall within 2 sigma 28% of the time instead of 95%),
             # and an offset fitted where there is none costs less than one omitted.
-            fitted = (tuple(range(n_det)) if _detector_offsets_significant(
+            fitted = (tuple(range(n_det)) if rotated or _detector_offsets_significant(
                 model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms, n_dith, n_det,
-                params.significance) else ())
+                params.significance, rotated) else ())
         # Tighten the matching radii towards 5x the scatter of each kind of observation.
         s_ref = np.sqrt(float(np.max(sig_int2)) + float(np.max(sig_cen2)))
         tol_ref = float(min(params.tolerance, max(5.0 * s_ref, 0.01))) if absolute else 0.0
         tol_link = float(min(params.tolerance,
                              max(5.0 * np.sqrt(2 * float(np.max(sig_cen2))), 0.002)))
-        state = (obs.det.tobytes(), obs.ref.tobytes(), fitted, iteration > 0)
+        state = (obs.det.tobytes(), obs.ref.tobytes(), fitted, rotated, iteration > 0)
         if state == prev:
             break
         prev = state
@@ -952,7 +1057,7 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
     # The final step at the solution: its covariance is that of the result.
     gauge = fitted if len(fitted) == n_det else ()
     _centre_gauge(model, gauge)
-    layout = _Layout(geoms, absolute, n_dith, fitted, gauge)
+    layout = _Layout(geoms, absolute, n_dith, fitted, gauge, rotated, model.det_centre)
     w_det, w_ref = weights(obs)
     cov, _, _ = _solve(model, layout, obs, p, dith, det, chan, ref_xy, w_det, w_ref)
     r_det, h_det, r_ref, h_ref = _residuals(model, obs, p, dith, det, chan, ref_xy, w_det, w_ref)
@@ -1059,7 +1164,7 @@ def _unclipped(r, h, variance, sigma):
 
 
 def _detector_offsets_significant(model, obs, p, dith, det, chan, ref_xy, w, geoms, n_dith,
-                                  n_det, significance):
+                                  n_det, significance, rotated=()):
     """
     Whether the visit's detector offsets are significant: fitted for every detector
     (about their mean), their chi-square against their covariance, 2 (n_det - 1)
@@ -1070,7 +1175,7 @@ def _detector_offsets_significant(model, obs, p, dith, det, chan, ref_xy, w, geo
     probe = model.copy()
     every = tuple(range(n_det))
     _centre_gauge(probe, every)
-    layout = _Layout(geoms, True, n_dith, every, every)
+    layout = _Layout(geoms, True, n_dith, every, every, rotated, probe.det_centre)
     cov, _, _ = _solve(probe, layout, obs, p, dith, det, chan, ref_xy, *w)
     cols = [c + a for c in layout.detector_col.values() for a in (0, 1)]
     c = cov[np.ix_(cols, cols)]
@@ -1078,6 +1183,30 @@ def _detector_offsets_significant(model, obs, p, dith, det, chan, ref_xy, w, geo
         return False
     u = np.concatenate([probe.detector[k] for k in layout.detector_col])
     value = float(u @ np.linalg.lstsq(c, u, rcond=None)[0])
+    return value > chi2.isf(_two_sided_p(significance), len(cols))
+
+
+def _detector_rotations_significant(model, obs, p, dith, det, chan, ref_xy, w, geoms, n_dith,
+                                    significance):
+    """
+    Whether the detectors' own rotations (and scales) are significant: fitted for
+    every detector about their mean, with every detector's offset, their chi-square
+    against their covariance beyond a ``significance``-sigma Gaussian event.
+    """
+    from scipy.stats import chi2
+
+    probe = model.copy()
+    every = tuple(range(len(model.detector)))
+    _centre_gauge(probe, every)
+    layout = _Layout(geoms, True, n_dith, every, every, every, probe.det_centre)
+    cov, _, _ = _solve(probe, layout, obs, p, dith, det, chan, ref_xy, *w)
+    n = len(layout.rot_names)
+    cols = [c + j for c in layout.rotation_col.values() for j in range(n)]
+    c = cov[np.ix_(cols, cols)]
+    if not np.all(np.isfinite(c)):
+        return False
+    x = np.concatenate([[probe.det_rot[k], probe.det_scale[k]][:n] for k in layout.rotation_col])
+    value = float(x @ np.linalg.lstsq(c, x, rcond=None)[0])
     return value > chi2.isf(_two_sided_p(significance), len(cols))
 
 
@@ -1090,14 +1219,23 @@ def _result(model, layout, cov, obs, p, img, dith, det, chan, ref_xy, r_det, h_d
     result = JointFitResult(status="SUCCESS", matrix=model.matrix[0].copy(),
                             shift=model.shift.copy())
     result.channel_matrix = {c: model.matrix[k].copy() for k, c in enumerate(chan_names)}
-    result.image_matrix = [model.matrix[chan_of_img[i]].copy() for i in range(n_img)]
+    # A detector's own term E about its centre C: (I + E) A p - E C on the sky.
+    own = [model.detector_matrix(k) for k in range(n_det)]
+    result.image_matrix = [(np.eye(2) + own[det_of_img[i]]) @ model.matrix[chan_of_img[i]]
+                           for i in range(n_img)]
     result.dither_shift = {dith_names[d]: model.dither[d].copy() for d in range(n_dith)}
     # Fixed offsets were added to the positions before the linear term: A u on the sky.
     moved = np.array([model.matrix[det_chan.get(k, 0)] @ fixed[k] for k in range(n_det)])
     result.detector_shift = {det_names[k]: model.detector[k] + moved[k] for k in range(n_det)}
     result.detector_significant = {det_names[k]: k in fitted for k in range(n_det)}
     result.image_shift = [model.shift + model.dither[dith_of_img[i]] + model.detector[det_of_img[i]]
-                          + moved[det_of_img[i]] for i in range(n_img)]
+                          + moved[det_of_img[i]]
+                          - own[det_of_img[i]] @ model.det_centre[det_of_img[i]]
+                          for i in range(n_img)]
+    result.detector_rotated = bool(layout.rotated)
+    result.detector_rotation = {det_names[k]: float(np.rad2deg(model.det_rot[k]))
+                                for k in range(n_det)}
+    result.detector_scale = {det_names[k]: 1.0 + float(model.det_scale[k]) for k in range(n_det)}
     if absolute:
         # Residuals against the reference: each matched detection minus its source's
         # reference position (CEERS' and tweakwcs' RMSE).
@@ -1135,7 +1273,7 @@ def _result(model, layout, cov, obs, p, img, dith, det, chan, ref_xy, r_det, h_d
     if absolute:
         log.info("Joint fit: %d reference matches, %d linked detections, RMSE %.2f mas, "
                  "rotation %.5f deg, scale %s, shift (%.2f, %.2f) mas, centroid scatter "
-                 "%s mas, reference scatter %s mas, detector terms: %s%s", result.nmatch,
+                 "%s mas, reference scatter %s mas, detector terms: %s%s%s", result.nmatch,
                  result.n_linked, 1e3 * result.rmse, result.rotation,
                  "/".join(f"{v:.7f}" for v in result.channel_scale.values()),
                  *(1e3 * result.shift),
@@ -1143,6 +1281,9 @@ def _result(model, layout, cov, obs, p, img, dith, det, chan, ref_xy, r_det, h_d
                  "/".join(f"{1e3 * v:.1f}" for vs in result.channel_sigma_reference.values()
                           for v in vs),
                  ", ".join(k for k, v in result.detector_significant.items() if v) or "none",
+                 "; detector rotations (arcsec): " + ", ".join(
+                     f"{k} {3600 * v:+.1f}" for k, v in result.detector_rotation.items())
+                 if result.detector_rotated else "",
                  f" (fixed offsets for {len(fixed_cov) or int(np.any(fixed, axis=1).sum())} "
                  "detectors)" if np.any(fixed) else "")
     else:

@@ -322,6 +322,7 @@ def make_visit(
     center=None,
     dither_shift=None,
     detector_offsets_pixel=None,
+    detector_rotation=0.0,
 ):
     """
     Build a synthetic visit with a known WCS error.
@@ -372,6 +373,10 @@ def make_visit(
         Detector -> placement error (2,), arcsec along the detector's pixel axes: an
         instrument's error, the same in every visit whatever its roll (turned onto
         the sky through each detector's true WCS). Replaces ``detector_error``.
+    detector_rotation : float or dict
+        RMS of each detector's own rotation error about its centre, arcsec (NIRCam's
+        modules turning against each other; CEERS' per-detector fits of 2022 differ by
+        25-140" between modules), or detector -> its rotation. Zero by default.
 
     Returns
     -------
@@ -428,6 +433,18 @@ def make_visit(
                           @ np.asarray(detector_offsets_pixel.get(det, (0.0, 0.0)), float)
                           for det in detectors}
     matrix = rotation_matrix(visit_rotation)
+    # Drawn only when asked: the other errors of a seed stay what they were.
+    if isinstance(detector_rotation, dict):
+        det_rotation = {det: float(detector_rotation.get(det, 0.0)) for det in detectors}
+    elif detector_rotation:
+        det_rotation = {det: float(rng.normal(0.0, detector_rotation)) for det in detectors}
+    else:
+        det_rotation = {det: 0.0 for det in detectors}
+    det_centre = {}
+    for det in detectors:
+        xy = [plane.world_to_tanp(*truths[det, d][0](cx, cy, with_bounding_box=False))
+              for d in range(n_dithers)]
+        det_centre[det] = np.mean(np.array(xy, float), axis=0)
 
     images = []
     for (det, d), (true_wcs, wcsinfo) in truths.items():
@@ -457,7 +474,11 @@ def make_visit(
             record = add_nircam_artifacts(sci, err, dq, rng, noise, detector=det, **kwargs)
 
         shift = dither_shift[d] + detector_shift[det]
-        assigned = apply_correction(true_wcs, wcsinfo, matrix, list(visit_shift + shift), plane)
+        # The detector's own rotation R about its centre c: R (M x + S - c) + c.
+        own = rotation_matrix(det_rotation[det] / 3600.0)
+        total = np.asarray(visit_shift, float) + shift
+        total = own @ total + (np.eye(2) - own) @ det_centre[det]
+        assigned = apply_correction(true_wcs, wcsinfo, own @ matrix, list(total), plane)
 
         # The read-noise variance, by which resample and outlier detection weight ("ivm").
         model = ImageModel(data=sci, err=err, dq=dq, var_rnoise=err.astype(np.float32) ** 2)
@@ -472,6 +493,7 @@ def make_visit(
         "visit_rotation": visit_rotation,
         "dither_shift": dither_shift,
         "detector_shift": detector_shift,
+        "detector_rotation": det_rotation,
         "real": real,
     }
     return SyntheticVisit(images=images, refcat=refcat, center=(ra0, dec0), truth=truth)

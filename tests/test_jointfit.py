@@ -117,15 +117,16 @@ _DITHERS = [(0.0, 0.0), (3.1, 5.7), (6.2, 11.4)]
 
 
 def _visit_scene(seed, detector_error=0.0, intrinsic=0.010, density=0.012, side=63.0,
-                 centroid=(2e-4, 3e-3)):
+                 centroid=(2e-4, 3e-3), rotation=None):
     """
     Reference sources and, per image, detections through a wrong WCS.
 
     Truth: sky = A p + T + t_dither + u_detector. Each source carries a fixed
     intrinsic offset from its reference position (the same in every image); each
     detection has its own centroid error, 0.2-3 mas per axis (log-uniform: bright
-    and faint sources). Returns the fit's inputs and, per image, a function giving
-    the true sky position of a point seen at ``p``.
+    and faint sources). ``rotation``: detector index -> its own rotation error
+    about the centre of its dithers, arcsec. Returns the fit's inputs and, per
+    image, a function giving the true sky position of a point seen at ``p``.
     """
     rng = np.random.default_rng(seed)
     n_src = int(density * 400 * 200)
@@ -137,16 +138,22 @@ def _visit_scene(seed, detector_error=0.0, intrinsic=0.010, density=0.012, side=
     u = rng.normal(0, detector_error, (8, 2)) if detector_error else np.zeros((8, 2))
     positions, dithers, detectors, truths, centres = [], [], [], [], []
     for k, (cx, cy) in enumerate(_SW_CENTRES):
+        own = _rot((rotation or {}).get(k, 0.0) / 3600.0)
+        middle = np.array([cx, cy]) + np.mean(_DITHERS, axis=0)
         for d, (ox, oy) in enumerate(_DITHERS):
             x0, y0 = cx + ox, cy + oy
             inside = (np.abs(sky[:, 0] - x0) < side / 2) & (np.abs(sky[:, 1] - y0) < side / 2)
+            # Seen through a WCS turned by ``own`` about the detector's middle: what the
+            # fit must undo (sky = own^-1 (seen - middle) + middle).
             shift = T + t[d] + u[k]
-            p = (sky[inside] - shift) @ np.linalg.inv(A).T
+            seen = (sky[inside] - middle) @ own.T + middle
+            p = (seen - shift) @ np.linalg.inv(A).T
             err = 10 ** rng.uniform(*np.log10(centroid), inside.sum())
             positions.append(p + rng.normal(0, 1, p.shape) * err[:, None])
             dithers.append(f"d{d}")
             detectors.append(f"k{k}")
-            truths.append(lambda q, shift=shift: q @ A.T + shift)
+            truths.append(lambda q, shift=shift, own=own, middle=middle:
+                          (q @ A.T + shift - middle) @ np.linalg.inv(own).T + middle)
             centres.append(np.array([[x0, y0]]))
     return ref, positions, dithers, detectors, truths, centres
 
@@ -218,6 +225,43 @@ def test_reported_uncertainty_is_honest(detector_error, lowest):
             n += 1
     assert lowest < inside_axis / (2 * n) < 0.98
     assert lowest < inside_2d / n < 0.98
+
+
+def _corner_errors(fit, pos, truths, side=63.0):
+    """Per image, the largest error (mas) of the aligned positions of its footprint's corners."""
+    out = []
+    for i, p in enumerate(pos):
+        c = p.mean(axis=0)
+        corners = c + 0.5 * side * np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]])
+        e = corners @ fit.image_matrix[i].T + fit.image_shift[i] - truths[i](corners)
+        out.append(1e3 * np.hypot(e[:, 0], e[:, 1]).max())
+    return np.array(out)
+
+
+def test_detector_rotations_are_fitted_when_real_only():
+    # NIRCam's modules turned against each other by 100 arcsec (CEERS' 2022 per-detector
+    # fits differ by 25-140"): 15 mas at a detector's corners, which one common rotation
+    # cannot take out.
+    rotation = {k: (50.0 if k < 4 else -50.0) for k in range(8)}
+    ref, pos, dith, det, truths, _ = _visit_scene(seed=21, rotation=rotation)
+    params = JointParameters(separation=0.5, tolerance=0.4)
+    fit = joint_fit(pos, dith, det, ref, params)
+    assert fit.success and fit.detector_rotated
+    for k in range(8):  # own terms about their mean; the fit undoes the error
+        assert 3600 * fit.detector_rotation[f"k{k}"] == pytest.approx(-rotation[k], abs=8.0)
+    assert fit.terms()["detectors"][0]["rotated"]
+    assert _corner_errors(fit, pos, truths).max() < 5.0  # mas (3.7 measured)
+    common = joint_fit(pos, dith, det, ref, JointParameters(separation=0.5, tolerance=0.4,
+                                                             detector_rotations=False))
+    assert not common.detector_rotated
+    assert _corner_errors(common, pos, truths).max() > 10.0  # (14.7 measured)
+    # Without such errors no rotation is fitted (no false positive at 3 sigma) and the
+    # result is the common model's.
+    for seed in (22, 23, 24):
+        ref, pos, dith, det, truths, _ = _visit_scene(seed=seed)
+        fit = joint_fit(pos, dith, det, ref, params)
+        assert fit.success and not fit.detector_rotated
+        assert set(fit.detector_rotation.values()) == {0.0}
 
 
 # --- Channels (SW and LW of the same exposures) and detector offsets shared by visits ------
