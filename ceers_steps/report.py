@@ -296,10 +296,16 @@ def _terms_html(terms):
         if not items:
             continue
         extra = "<th>fitted</th>" if key == "detectors" else ""
+        # The detectors' own rotations, when the fit found them (older results lack the keys).
+        turned = key == "detectors" and any(t.get("rotated") for t in items)
+        extra += "<th>own rotation (arcsec)</th><th>1-sigma</th>" if turned else ""
         out.append(f"<table id='{key}-terms'><tr><th class='text'>{title}</th><th>east (mas)</th>"
                    f"<th>north (mas)</th><th>1-sigma east</th><th>1-sigma north</th>{extra}</tr>")
         for t in items:
             fitted = f"<td>{'yes' if t['fitted'] else 'no'}</td>" if key == "detectors" else ""
+            if turned:
+                fitted += (f"{_num(t['rotation'], '{:.1f}', 'rotation')}"
+                           f"{_num(t['err_rotation'], '{:.1f}')}")
             out.append(f"<tr><td class='text'>{_e(t['id'])}</td>{_num(t['east'], col='east')}"
                        f"{_num(t['north'], col='north')}{_num(t['err_east'])}"
                        f"{_num(t['err_north'])}{fitted}</tr>")
