@@ -4,6 +4,7 @@ Usage:
     python benchmarks/bench_alignment.py [--case sw|sw-det|lw] [--seeds 1 2 3]
         [--modes joint detector visit] [--jwst] [--oracle] [--real|--builtin]
         [--frames clean|realistic|both] [--detector-rotation ARCSEC]
+        [--no-detector-rotations]
 
 Builds synthetic visits from the real CEERS WCS models and HST catalog (or the
 built-in NIRCam-like WCS): 3 dithers x 8 SW detectors (or 2 LW detectors), a
@@ -174,6 +175,9 @@ def main():
                         help="also give each detector its own rotation error about its centre, "
                              "drawn with this rms (CEERS' 2022 per-detector fits differ by "
                              "25-140 arcsec between NIRCam's modules)")
+    parser.add_argument("--no-detector-rotations", action="store_true",
+                        help="the joint fit without the detectors' own rotation terms "
+                             "(abs_detector_rotations False: the model before them)")
     parser.add_argument("--frames", choices=("clean", "realistic", "both"), default="clean",
                         help="render clean frames, frames with real cal-file nuisances, or both")
     add_truth_options(parser)
@@ -184,6 +188,8 @@ def main():
     lw = args.case == "lw"
     detectors = LW_DETECTORS if lw else SW_DETECTORS
     params = CEERS_LW if lw else CEERS_SW
+    if args.no_detector_rotations:
+        params = dict(params, abs_detector_rotations=False)
     use_real = truth_choice(args)
     print(f"case {args.case}: {len(detectors)} detectors x 3 dithers, CEERS parameters {params}"
           + (f", detector rotations {args.detector_rotation:g} arcsec rms"

@@ -107,6 +107,8 @@ class AbsoluteParameters:
     #: Geometry of long-wavelength images fitted jointly with short-wavelength ones
     #: (``joint_channels``); empty: ``fitgeometry``.
     fitgeometry_lw: str = ""
+    #: Joint fit: test each detector's own rotation (and scale) about its centre.
+    detector_rotations: bool = True
 
     def __post_init__(self):
         _check("abs_", self.fitgeometry, self.minobj, self.searchrad, self.separation,
@@ -780,7 +782,8 @@ def _joint_setup(images, refcat, params, detector_terms=True):
     jp = JointParameters(fitgeometry=params.fitgeometry, searchrad=params.searchrad,
                          use2dhist=params.use2dhist, separation=params.separation,
                          tolerance=params.tolerance, minobj=params.minobj,
-                         significance=params.significance, detector_terms=detector_terms)
+                         significance=params.significance, detector_terms=detector_terms,
+                         detector_rotations=params.detector_rotations)
     # Several filters in one fit: channels sharing the exposures' terms (joint_channels).
     filters = [im.key.filter for im in images]
     channels = filters if len(set(filters)) > 1 else None

@@ -106,6 +106,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_nclip = integer(min=0, default=1)  # Absolute [detector/visit]: clipping iterations
         abs_sigma = float(min=0.0, default=0.7)  # Absolute [detector/visit]: clipping limit in units of the fit RMSE
         abs_significance = float(min=0.0, default=3.0)  # Joint fit: fit detector offsets when jointly above this many sigma
+        abs_detector_rotations = boolean(default=True)  # Joint fit: fit each detector's own rotation [and scale with rscale] about its centre, with its offset, when jointly above abs_significance [NIRCam's modules turned against each other]
         abs_image_minobj = integer(min=1, default=3)  # Absolute: matches each image needs of its own after the fit [and more than chance gives] to be called aligned
         joint_channels = boolean(default=False)  # Joint fit: the filters of one visit that share exposures [NIRCam SW and LW] in one fit, sharing the common shift, rotation and dither terms; results per visit and filter as before
         abs_fitgeometry_lw = option('', 'shift', 'rshift', 'rscale', 'general', default='')  # Joint channels: geometry of the long-wavelength images [CEERS: rscale]; empty = abs_fitgeometry
@@ -143,7 +144,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             separation=self.abs_separation, tolerance=self.abs_tolerance,
             fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
             group=self.abs_group, significance=self.abs_significance,
-            image_minobj=self.abs_image_minobj, fitgeometry_lw=self.abs_fitgeometry_lw)
+            image_minobj=self.abs_image_minobj, fitgeometry_lw=self.abs_fitgeometry_lw,
+            detector_rotations=self.abs_detector_rotations)
 
     def _run_tasks(self, func, tasks, label, names=None):
         from .engine import run_tasks

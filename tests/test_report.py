@@ -129,6 +129,14 @@ def test_turned_modules_show_in_the_detector_terms(turned_module_visit, tmp_path
     html = (tmp_path / f"{VF}_alignment_report.html").read_text()
     section = html[html.index("id='detectors-terms'"):]
     assert "own rotation (arcsec)" in section[:section.index("</tr>")]
+    # Switched off, the model is the common one: the turns stay in the images.
+    off = tmp_path / "off"
+    step = CeersTweakRegStep(abs_refcat=str(v["refcat"]), output_dir=str(off),
+                             abs_detector_rotations=False)
+    models = models_of(step.run(library_of(v["visit"])))
+    assert alignment_accuracy(models, [im.true_wcs for im in v["visit"].images])[1] > 10.0
+    table = Table.read(off / f"{VF}_tweakreg_results.ecsv")
+    assert not any(t["rotated"] for t in table.meta["fit_terms"]["detectors"])
 
 
 def test_report_off_writes_nothing(builtin_visit, tmp_path):
