@@ -174,7 +174,7 @@ def main():
     parser.add_argument("--detector-rotation", type=float, default=0.0, metavar="ARCSEC",
                         help="also give each detector its own rotation error about its centre, "
                              "drawn with this rms (CEERS' 2022 per-detector fits differ by "
-                             "25-140 arcsec between NIRCam's modules)")
+                             "26 arcsec median, up to 148, between NIRCam's modules)")
     parser.add_argument("--no-detector-rotations", action="store_true",
                         help="the joint fit without the detectors' own rotation terms "
                              "(abs_detector_rotations False: the model before them)")

@@ -16,7 +16,8 @@ or the identity (``shift``); ``t`` is zero for the first dither. Where the data
 show it, each detector also turns (and, with a scale in the geometry, scales)
 about its own centre ``c``: ``+ E_detector (A p - c)``, with its offset ``u``
 (NIRCam's modules turning against each other; CEERS' per-detector fits of 2022
-differ by 25-140 arcsec in rotation between the modules of a visit).
+differ in rotation between the modules of a visit by 26 arcsec median, up to 148:
+`benchmarks/bench_ceers_turns.py`).
 
 Its observations are all the matches of the visit, as DES' WCSFit and Rubin's
 gbdes use them: every source has an unknown true position, observed by each of
@@ -101,8 +102,8 @@ class JointParameters:
         about its centre when they are jointly significant (``significance``, all
         detectors or none, summing to zero: the common terms keep their meaning).
         Modules A and B of NIRCam can turn against each other: CEERS' per-detector
-        fits (2022 calibration) differ by 25-140 arcsec in rotation between the
-        modules of a visit and by up to 2e-4 in scale between the LW detectors.
+        fits (2022 calibration) differ by 26 arcsec median, up to 148, in rotation between the
+        modules of a visit and by up to 2.3e-4 in scale between the LW detectors.
         One channel only: fits of several channels leave them out.
     max_iter : int
         Maximum match-and-fit iterations.

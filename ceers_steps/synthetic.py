@@ -376,7 +376,7 @@ def make_visit(
     detector_rotation : float or dict
         RMS of each detector's own rotation error about its centre, arcsec (NIRCam's
         modules turning against each other; CEERS' per-detector fits of 2022 differ by
-        25-140" between modules), or detector -> its rotation. Zero by default.
+        26" median, up to 148", between modules), or detector -> its rotation. Zero by default.
 
     Returns
     -------

@@ -240,7 +240,7 @@ def _corner_errors(fit, pos, truths, side=63.0):
 
 def test_detector_rotations_are_fitted_when_real_only():
     # NIRCam's modules turned against each other by 100 arcsec (CEERS' 2022 per-detector
-    # fits differ by 25-140"): 15 mas at a detector's corners, which one common rotation
+    # fits differ by 26" median, up to 148"): 15 mas at a detector's corners, which one common rotation
     # cannot take out.
     rotation = {k: (50.0 if k < 4 else -50.0) for k in range(8)}
     ref, pos, dith, det, truths, _ = _visit_scene(seed=21, rotation=rotation)
