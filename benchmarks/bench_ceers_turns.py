@@ -21,6 +21,7 @@ from pathlib import Path
 import asdf
 import numpy as np
 
+from ceers_steps.jointfit import _rotation_deg
 from ceers_steps.synthetic import ceers_data_dir
 
 
@@ -50,7 +51,7 @@ def main():
             m = correction_matrix(af["wcs"])
         if m is None:
             continue
-        rotation = np.rad2deg(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])) * 3600.0
+        rotation = _rotation_deg(m) * 3600.0
         turns[visit, group][detector] = (rotation, np.sqrt(abs(np.linalg.det(m))) - 1.0)
     sw_ab, sw_about, lw_rot, lw_scale = [], [], [], []
     for fits in turns.values():

@@ -1034,16 +1034,16 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
             keep_det, keep_ref = full_det, full_ref
         obs = obs.subset(keep_det, keep_ref)
         if test_rotations:
-            rotated = (tuple(range(n_det)) if _detector_rotations_significant(
-                model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms, n_dith,
-                params.significance) else ())
+            rotated = (tuple(range(n_det)) if _detector_terms_significant(
+                "rotations", model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms,
+                n_dith, params.significance) else ())
         if test_terms:
             # All detectors or none: a per-detector choice leaves offsets just below the
             # threshold unmodelled, errors of up to ~3.5 sigma the covariance cannot know
             # (measured: such images fall within 2 sigma 28% of the time instead of 95%),
             # and an offset fitted where there is none costs less than one omitted.
-            fitted = (tuple(range(n_det)) if rotated or _detector_offsets_significant(
-                model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms, n_dith, n_det,
+            fitted = (tuple(range(n_det)) if rotated or _detector_terms_significant(
+                "offsets", model, obs, p, dith, det, chan, ref_xy, weights(obs), geoms, n_dith,
                 params.significance, rotated) else ())
         # Tighten the matching radii towards 5x the scatter of each kind of observation.
         s_ref = np.sqrt(float(np.max(sig_int2)) + float(np.max(sig_cen2)))
@@ -1164,49 +1164,34 @@ def _unclipped(r, h, variance, sigma):
     return np.hypot(r[:, 0], r[:, 1]) / scale <= sigma
 
 
-def _detector_offsets_significant(model, obs, p, dith, det, chan, ref_xy, w, geoms, n_dith,
-                                  n_det, significance, rotated=()):
+def _detector_terms_significant(terms, model, obs, p, dith, det, chan, ref_xy, w, geoms, n_dith,
+                                significance, rotated=()):
     """
-    Whether the visit's detector offsets are significant: fitted for every detector
-    (about their mean), their chi-square against their covariance, 2 (n_det - 1)
-    degrees of freedom, beyond a ``significance``-sigma Gaussian event.
-    """
-    from scipy.stats import chi2
-
-    probe = model.copy()
-    every = tuple(range(n_det))
-    _centre_gauge(probe, every)
-    layout = _Layout(geoms, True, n_dith, every, every, rotated, probe.det_centre)
-    cov, _, _ = _solve(probe, layout, obs, p, dith, det, chan, ref_xy, *w)
-    cols = [c + a for c in layout.detector_col.values() for a in (0, 1)]
-    c = cov[np.ix_(cols, cols)]
-    if not np.all(np.isfinite(c)):
-        return False
-    u = np.concatenate([probe.detector[k] for k in layout.detector_col])
-    value = float(u @ np.linalg.lstsq(c, u, rcond=None)[0])
-    return value > chi2.isf(_two_sided_p(significance), len(cols))
-
-
-def _detector_rotations_significant(model, obs, p, dith, det, chan, ref_xy, w, geoms, n_dith,
-                                    significance):
-    """
-    Whether the detectors' own rotations (and scales) are significant: fitted for
-    every detector about their mean, with every detector's offset, their chi-square
-    against their covariance beyond a ``significance``-sigma Gaussian event.
+    Whether the visit's detector ``terms`` are significant: every detector's offset
+    (and, for ``"rotations"``, its own rotation and scale) fitted about their mean,
+    the chi-square of the tested terms against their covariance (``"offsets"``:
+    2 (n_det - 1) degrees of freedom, the detectors' rotations as in ``rotated``)
+    beyond a ``significance``-sigma Gaussian event.
     """
     from scipy.stats import chi2
 
     probe = model.copy()
     every = tuple(range(len(model.detector)))
     _centre_gauge(probe, every)
-    layout = _Layout(geoms, True, n_dith, every, every, every, probe.det_centre)
+    turned = every if terms == "rotations" else rotated
+    layout = _Layout(geoms, True, n_dith, every, every, turned, probe.det_centre)
     cov, _, _ = _solve(probe, layout, obs, p, dith, det, chan, ref_xy, *w)
-    n = len(layout.rot_names)
-    cols = [c + j for c in layout.rotation_col.values() for j in range(n)]
+    if terms == "rotations":
+        n = len(layout.rot_names)
+        cols = [c + j for c in layout.rotation_col.values() for j in range(n)]
+        x = np.concatenate([[probe.det_rot[k], probe.det_scale[k]][:n]
+                            for k in layout.rotation_col])
+    else:
+        cols = [c + a for c in layout.detector_col.values() for a in (0, 1)]
+        x = np.concatenate([probe.detector[k] for k in layout.detector_col])
     c = cov[np.ix_(cols, cols)]
     if not np.all(np.isfinite(c)):
         return False
-    x = np.concatenate([[probe.det_rot[k], probe.det_scale[k]][:n] for k in layout.rotation_col])
     value = float(x @ np.linalg.lstsq(c, x, rcond=None)[0])
     return value > chi2.isf(_two_sided_p(significance), len(cols))
 

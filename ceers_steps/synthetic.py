@@ -440,11 +440,10 @@ def make_visit(
         det_rotation = {det: float(rng.normal(0.0, detector_rotation)) for det in detectors}
     else:
         det_rotation = {det: 0.0 for det in detectors}
-    det_centre = {}
-    for det in detectors:
-        xy = [plane.world_to_tanp(*truths[det, d][0](cx, cy, with_bounding_box=False))
-              for d in range(n_dithers)]
-        det_centre[det] = np.mean(np.array(xy, float), axis=0)
+    # Each detector's centre in the plane: the mean of its images' centres (computed above).
+    centre_xy = np.column_stack(plane.world_to_tanp(centers[:, 0], centers[:, 1]))
+    det_centre = {det: np.mean([xy for (k, _), xy in zip(truths, centre_xy, strict=True)
+                                if k == det], axis=0) for det in detectors}
 
     images = []
     for (det, d), (true_wcs, wcsinfo) in truths.items():
