@@ -41,6 +41,7 @@ __all__ = [
     "add_nircam_artifacts",
     "SyntheticVisit",
     "ceers_data_dir",
+    "ceers_data_missing_reason",
     "make_crowded_frame",
     "make_visit",
     "nircam_like_wcs",
@@ -79,17 +80,29 @@ def ceers_data_dir():
     """
     The folder of real CEERS data, or None when it is absent.
 
-    ``$CEERS_DATA_DIR`` when set, otherwise ``../shared/ceers`` relative to the
-    project root (the folder holding ``ceers_steps``) or the working directory.
+    ``$CEERS_DATA_DIR`` when set (and then only it: pointing it at an empty folder
+    makes a machine with the data behave as a clean clone with nothing beside it),
+    otherwise ``../shared/ceers`` relative to the project root (the folder holding
+    ``ceers_steps``) or the working directory.
     """
     env = os.environ.get(_CEERS_ENV)
-    candidates = [Path(env)] if env else []
-    root = Path(__file__).resolve().parent.parent
-    candidates += [root.parent / "shared" / "ceers", Path.cwd().parent / "shared" / "ceers"]
+    if env:
+        candidates = [Path(env).expanduser()]
+    else:
+        root = Path(__file__).resolve().parent.parent
+        candidates = [root.parent / "shared" / "ceers", Path.cwd().parent / "shared" / "ceers"]
     for path in candidates:
         if (path / "tweakreg_wcs").is_dir():
             return path
     return None
+
+
+def ceers_data_missing_reason():
+    """Why `ceers_data_dir` found nothing: the places it looked, for a skip or an error."""
+    env = os.environ.get(_CEERS_ENV)
+    if env:
+        return f"real CEERS data not found: ${_CEERS_ENV}={env} has no tweakreg_wcs/ folder"
+    return f"real CEERS data not found: set ${_CEERS_ENV} or provide ../shared/ceers"
 
 
 def _attitude(ra, dec, pa_v3, v2_0=_V2_0, v3_0=_V3_0):
@@ -387,9 +400,7 @@ def make_visit(
     rng = np.random.default_rng(seed)
     data_dir = ceers_data_dir() if use_real in (None, True) else None
     if use_real and data_dir is None:
-        raise FileNotFoundError(
-            f"real CEERS data not found: set ${_CEERS_ENV} or provide ../shared/ceers"
-        )
+        raise FileNotFoundError(ceers_data_missing_reason())
     real = data_dir is not None
     lw = all(d in LW_DETECTORS for d in detectors)
     filter_name = filter_name or ("F444W" if lw else "F200W")

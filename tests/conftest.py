@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ceers_steps.synthetic import ceers_data_dir, oracle_floor  # noqa: F401 - used by tests
+from ceers_steps.synthetic import ceers_data_dir, ceers_data_missing_reason, oracle_floor  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -32,12 +32,23 @@ def _collect_dropped_models():
             gc.collect()
 
 
+def pytest_collection_modifyitems(config, items):
+    """
+    Mark every test that needs the real data (the `ceers_dir` fixture, directly or through
+    another fixture) ``ceers_data``: CI runs the README's command with no data beside the
+    clone, then ``pytest -m "ceers_data or slow"`` with the data.
+    """
+    for item in items:
+        if "ceers_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ceers_data)
+
+
 @pytest.fixture(scope="session")
 def ceers_dir():
     """The real CEERS data folder; tests that need it skip when it is absent."""
     path = ceers_data_dir()
     if path is None:
-        pytest.skip("real CEERS data not found: set CEERS_DATA_DIR or provide ../shared/ceers")
+        pytest.skip(ceers_data_missing_reason())
     return path
 
 
