@@ -66,6 +66,13 @@ DUPLICATE_RADIUS_MAS = 1.0
 #: Stars move at most ~10"/yr (Barnard's star 10.4"/yr); catalogs of stars move at least
 #: ~0.1 mas/yr somewhere. Proper motions outside this range are in the wrong unit.
 _PM_PLAUSIBLE = (1e-3, 2e4)
+#: Measured proper motions in mas/yr: even a source that does not move (a quasar) is
+#: measured at ~0.2-1 mas/yr per axis by Gaia at the magnitudes of a NIRCam field, and
+#: field stars move 2-50 mas/yr. A median |pm| below this, in columns without a unit,
+#: is a catalog in arcsec/yr (or deg/yr), whose motion would be ignored ~1000-fold.
+PM_MEDIAN_MIN = 0.1
+#: ... judged from at least this many sources with a proper motion.
+PM_MIN_SOURCES = 3
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
         "==": operator.eq, "!=": operator.ne}
@@ -156,6 +163,47 @@ def _float_column(path, table, name, unit):
     return np.asarray(values, float)
 
 
+def _check_proper_motions(path, table, names, out):
+    """
+    Refuse proper motions in the wrong unit; find rows whose own motion is absurd.
+
+    - Columns without a unit whose median |pm| (over sources with one) is below
+      `PM_MEDIAN_MIN` mas/yr: arcsec/yr or deg/yr taken for mas/yr (refused, naming
+      the file and columns: give the columns a unit or convert them).
+    - Any unit: a catalog whose median |pm| is beyond 20 arcsec/yr is refused (no star
+      moves that fast); single rows beyond it (corrupt entries) are dropped with a warning.
+
+    Returns
+    -------
+    absurd : ndarray of bool
+        The rows to drop.
+    """
+    pm = np.hypot(out["PMRA"], out["PMDEC"])
+    known = np.isfinite(pm) & (pm > 0)
+    cols = f"{names['pmra']}/{names['pmdec']}"
+    unitless = all(getattr(table[names[k]], "unit", None) is None for k in ("pmra", "pmdec"))
+    absurd = np.isfinite(pm) & (pm > _PM_PLAUSIBLE[1])
+    if not known.any():
+        return absurd
+    median = float(np.median(pm[known]))
+    if (np.max(pm[known]) < _PM_PLAUSIBLE[0] or median > _PM_PLAUSIBLE[1]
+            or (unitless and known.sum() >= PM_MIN_SOURCES and median < PM_MEDIAN_MIN)):
+        raise ValueError(
+            f"{path}: proper motions {cols} (no unit, read as mas/yr) have a median |pm| of "
+            f"{median:.3g} mas/yr over {int(known.sum())} sources (range "
+            f"{np.min(pm[known]):.3g}-{np.max(pm[known]):.3g}): implausible for stars in "
+            "mas/yr (measured stars move 1-50 mas/yr; are they arcsec/yr or deg/yr?); give "
+            "them in mas/yr or with a unit (e.g. an ECSV column unit 'mas / yr')"
+            if unitless else
+            f"{path}: proper motions {cols} have a median |pm| of {median:.3g} mas/yr: "
+            "implausible for stars in mas/yr (is the column unit right?)")
+    if absurd.any():
+        log.warning("%s: %d of %d rows have proper motions %s beyond %g mas/yr (no star moves "
+                    "that fast; up to %.3g): those rows are dropped", path, int(absurd.sum()),
+                    len(out), cols, _PM_PLAUSIBLE[1], float(np.max(pm[absurd])))
+    return absurd
+
+
 def _epoch_years(path, table, names, epoch):
     """Epoch of each row as a Julian year: a ``ref_epoch``/``epoch`` column, else ``epoch``."""
     from astropy.time import Time
@@ -241,14 +289,7 @@ def read_refcat_file(path, epoch=None, cuts=(), mag_column=None, mag_min=None, m
     nan = np.full(len(table), np.nan)
     out["PMRA"] = _float_column(path, table, names["pmra"], "mas/yr") if has_pm else nan
     out["PMDEC"] = _float_column(path, table, names["pmdec"], "mas/yr") if has_pm else nan
-    if has_pm:
-        pm = np.hypot(out["PMRA"], out["PMDEC"])
-        pm = pm[np.isfinite(pm) & (pm > 0)]
-        if len(pm) and (np.max(pm) < _PM_PLAUSIBLE[0] or np.median(pm) > _PM_PLAUSIBLE[1]):
-            raise ValueError(
-                f"{path}: proper motions pmra/pmdec range {np.min(pm):.3g}-{np.max(pm):.3g}: "
-                "implausible for stars in mas/yr (deg/yr or arcsec/yr?); give them in mas/yr "
-                "or with a unit")
+    pm_absurd = _check_proper_motions(path, table, names, out) if has_pm else None
     out["PARALLAX"] = _float_column(path, table, names["parallax"], "mas") \
         if "parallax" in names else nan
     for key, unit, col in (("ra_error", "mas", "RA_ERR"), ("dec_error", "mas", "DEC_ERR"),
@@ -267,6 +308,8 @@ def read_refcat_file(path, epoch=None, cuts=(), mag_column=None, mag_min=None, m
         raise ValueError(f"{path}: no reference source has a finite RA and DEC")
     if (np.abs(out["DEC"][keep]) > 90).any():
         raise ValueError(f"{path}: DEC values beyond +-90 deg: not declinations in degrees")
+    if pm_absurd is not None:
+        keep &= ~pm_absurd
     for name, op, value in cuts:
         col = names.get(name.lower())
         if col is None:

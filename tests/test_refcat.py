@@ -229,3 +229,51 @@ def test_several_catalogs_and_cuts_from_the_command_line(small_visit_dir, tmp_pa
     assert counts == [len(t), 0]
     results = Table.read(out / "jw01345001001_f200w_tweakreg_results.ecsv")
     assert set(results["status"]) == {"SUCCESS"}
+
+
+def test_unitless_proper_motions_in_arcsec_per_year_refused(catalogs, tmp_path):
+    """A Gaia-like catalog with pmra/pmdec in arcsec/yr and no unit: refused, file and columns named.
+
+    Read as mas/yr its stars would barely move between 2016 and 2022 (~240 mas off for the
+    ~40 mas/yr of this field's stars); the same catalog in mas/yr or with a unit is read.
+    """
+    t = catalogs["gaia_table"].copy()
+    t["pmra"], t["pmdec"] = t["pmra"] / 1e3, t["pmdec"] / 1e3
+    path = tmp_path / "gaia_arcsec.csv"
+    t.write(path)
+    with pytest.raises(ValueError, match=r"gaia_arcsec.csv: proper motions pmra/pmdec \(no unit, "
+                       r"read as mas/yr\) have a median \|pm\| of 0.0\d+ mas/yr .*arcsec/yr"):
+        read_reference_catalogs(str(path))
+    # in mas/yr without a unit (a CSV as Gaia's archive writes it): read as it is
+    t["pmra"], t["pmdec"] = t["pmra"] * 1e3, t["pmdec"] * 1e3
+    t.write(tmp_path / "gaia_mas.csv")
+    ref = read_reference_catalogs(str(tmp_path / "gaia_mas.csv"))
+    assert np.asarray(ref["PMRA"]) == pytest.approx(np.asarray(catalogs["gaia_table"]["pmra"]))
+    # slow but real: few sources, all slower than 1 mas/yr, still pass as mas/yr
+    slow = t[:2].copy()
+    slow["pmra"], slow["pmdec"] = 0.01, 0.02
+    slow.write(tmp_path / "two_slow.csv")
+    assert len(read_reference_catalogs(str(tmp_path / "two_slow.csv"))) == 2
+
+
+def test_absurd_proper_motions_drop_their_rows_not_the_catalog(builtin_visit, catalogs, tmp_path,
+                                                               caplog):
+    """1% of the rows at 1e7 mas/yr (corrupt entries): those rows are dropped with a warning."""
+    t = catalogs["gaia_table"].copy()
+    bad = np.arange(0, len(t), 100)[: max(1, len(t) // 100)]
+    t["pmra"][bad] = 1e7
+    path = tmp_path / "gaia_corrupt.ecsv"
+    t.write(path)
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ceers_steps"):
+        ref = read_reference_catalogs(str(path))
+    assert len(ref) == len(t) - len(bad)
+    assert any("gaia_corrupt.ecsv" in r.getMessage() and "beyond 20000 mas/yr" in r.getMessage()
+               and "dropped" in r.getMessage() for r in caplog.records)
+    moved = at_epoch(ref, OBSERVED)
+    assert len(moved) == len(t) - len(bad)
+    # the catalog still aligns the visit as well as the clean one
+    v = builtin_visit["visit"]
+    aligned, _ = _align(v, path)
+    assert accuracy(aligned, v)[0] < 5.0
