@@ -8,7 +8,9 @@ ask. They also register the package's logger with stpipe, which (from stpipe
 """
 
 import logging
+import math
 import os
+import re
 from pathlib import Path
 
 from jwst.stpipe import Pipeline as JwstPipeline
@@ -50,6 +52,29 @@ class OfflineMixin:
         """Names of the loggers stpipe configures and records into ``cal_logs``."""
         return _LOGGER_NAMES
 
+    def check_finite_parameters(self):
+        """
+        Refuse NaN or infinite values of the float parameters of this step and its
+        sub-steps, naming the parameter: every rule (``x > 0``...) is false for NaN, so
+        NaN would otherwise pass every check and change results in silence.
+        """
+        for name in re.findall(r"^\s*(\w+)\s*=\s*float(?:_list)?\(", self.spec or "", re.M):
+            value = getattr(self, name, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                        not math.isfinite(v):
+                    where = f"{self.name}." if self.parent is not None else ""
+                    raise ValueError(f"parameter {where}{name} must be a finite number, not {v}")
+        for sub in getattr(self, "step_defs", {}):
+            step = getattr(self, sub, None)
+            if isinstance(step, OfflineMixin) and not step.skip:
+                step.check_finite_parameters()
+
+    def check_parameters(self):
+        """Every parameter checked before the run reads or writes anything (`run` calls it)."""
+        self.check_finite_parameters()
+
     def output_dir_path(self):
         """The step's (or its pipeline's) output directory, else the working directory."""
         return Path(self.search_attr("output_dir") or os.getcwd())
@@ -63,6 +88,7 @@ class OfflineMixin:
         if self.output_dir:
             out = Path(os.path.expandvars(os.path.expanduser(self.output_dir)))
         existed = out is None or out.exists()
+        self.check_parameters()
         try:
             return super().run(*args, **kwargs)
         except BaseException:

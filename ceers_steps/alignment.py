@@ -118,7 +118,8 @@ class AbsoluteParameters:
                              f"not {self.fitgeometry_lw!r}")
         if self.group not in ABS_GROUPS:
             raise ValueError(f"abs_group must be one of {ABS_GROUPS}, not {self.group!r}")
-        if self.significance is None or self.significance < 0:
+        if self.significance is None or not self.significance >= 0 or \
+                not math.isfinite(self.significance):
             raise ValueError(f"abs_significance must be >= 0, not {self.significance}")
         if self.image_minobj is None or self.image_minobj < 1:
             raise ValueError(f"abs_image_minobj must be at least 1, not {self.image_minobj}")

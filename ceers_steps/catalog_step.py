@@ -86,6 +86,11 @@ class CatalogStep(CeersStep):
             spike_elongation=self.spike_elongation,
         )
 
+    def check_parameters(self):
+        """Every parameter checked, naming it, before any image is read or catalog written."""
+        self.check_finite_parameters()
+        self.detection_parameters()
+
     def save_model(self, model, *args, **kwargs):
         """The step's product is the catalogs; images are saved only with ``save_images``."""
         if not self.save_images:

@@ -10,6 +10,7 @@ All pixel coordinates here are 0-based: the centre of the first pixel is
 ``(0, 0)``, as in numpy, SEP, gwcs and jwst's tweakreg catalogs.
 """
 
+import math
 import re
 
 import numpy as np
@@ -208,6 +209,17 @@ class DetectionParameters:
     ):
         if rms not in ("flat", "map"):
             raise ValueError(f"rms must be 'flat' or 'map', not {rms!r}")
+        for name, value in (("detect_thresh", detect_thresh), ("deblend_cont", deblend_cont),
+                            ("clean_param", clean_param), ("border_margin", border_margin),
+                            ("max_masked_fraction", max_masked_fraction),
+                            ("max_flagged_fraction", max_flagged_fraction),
+                            ("sharpness_limit", sharpness_limit), ("psf_fwhm", psf_fwhm),
+                            ("saturation_radius", saturation_radius),
+                            ("spike_length", spike_length), ("spike_elongation", spike_elongation),
+                            ("peakmax", peak_max)):
+            # NaN passes every comparison below and would silently change the catalogs.
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
         if detect_thresh <= 0:
             raise ValueError(f"detect_thresh must be positive, not {detect_thresh}")
         for name, value in (("max_masked_fraction", max_masked_fraction),

@@ -45,6 +45,17 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
 
     step_defs = {"catalog": CatalogStep, "tweakreg": CeersTweakRegStep}
 
+    def check_parameters(self):
+        """
+        The parameters of the pipeline and of both sub-steps checked, naming them, before
+        the catalog step writes anything (a bad tweakreg value would otherwise be found
+        only after every catalog was written).
+        """
+        self.check_finite_parameters()
+        for step in (self.catalog, self.tweakreg):
+            if not step.skip:
+                step.check_parameters()
+
     def _share_engine(self):
         for step in (self.catalog, self.tweakreg):
             if step.n_jobs is None:

@@ -33,6 +33,7 @@ dropped (``"drop"``). Catalogs without proper-motion columns (galaxy
 catalogs such as CEERS' HST F160W one) are taken as fixed.
 """
 
+import math
 import operator
 import re
 import warnings
@@ -233,9 +234,14 @@ def _julian_year(value, what):
     from astropy.time import Time
 
     try:
-        return float(value)
+        year = float(value)
     except (TypeError, ValueError):
         pass
+    else:
+        if not math.isfinite(year):
+            raise ValueError(f"{what}: the epoch must be a finite Julian year (like 2016.0), "
+                             f"not {value!r}")
+        return year
     text = str(value).strip()
     try:
         if text[:1] in "JjBb":

@@ -147,6 +147,23 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
             image_minobj=self.abs_image_minobj, fitgeometry_lw=self.abs_fitgeometry_lw,
             detector_rotations=self.abs_detector_rotations)
 
+    def check_parameters(self):
+        """
+        Every parameter checked, naming it, before anything is read or written (a pipeline
+        calls it before its catalog step writes catalogs).
+        """
+        from .refcat import _julian_year, parse_cuts
+
+        self.check_finite_parameters()
+        self._normalise_lists()
+        self.relative_parameters()
+        self.absolute_parameters()
+        self._check_sip_parameters()
+        detection_parameters(self)
+        if self.abs_refcat_epoch is not None and str(self.abs_refcat_epoch).strip():
+            _julian_year(self.abs_refcat_epoch, "abs_refcat_epoch")
+        parse_cuts(self.abs_cuts)
+
     def _run_tasks(self, func, tasks, label, names=None):
         from .engine import run_tasks
 
