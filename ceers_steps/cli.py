@@ -1,29 +1,24 @@
 """Console commands for the CEERS workflow."""
 
 import argparse
+import contextlib
 import functools
-import logging
 import sys
 from pathlib import Path
 
 __all__ = ["add_version", "align_main", "apply_wcs_main", "convert_cfg_main"]
 
 
-_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+#: The exit stacks of the running commands (`one_line_errors`): `_log_to` enters the
+#: command's logging there, so it ends with the command however the command returns.
+_STACKS = []
 
 
-def _log_once():
-    """
-    Show every log record of a pipeline run as an instance (``pipe.run``) once.
+def _log_to(log_path, verbose):
+    """The command's log to ``log_path``, warnings on the console (`command_logging`)."""
+    from .console import command_logging
 
-    stpipe >= 0.8 configures no handler for an instance's run: one root handler does.
-    Older stpipe (jwst 1.16) puts a handler on its own logger at import and forwards
-    root records to it: a root handler there would print every line twice.
-    """
-    import stpipe  # noqa: F401 - older versions set their handlers up on import
-
-    if not logging.getLogger("stpipe").handlers:
-        logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    return _STACKS[-1].enter_context(command_logging(log_path, verbose=verbose))
 
 
 def _user_error_types():
@@ -42,7 +37,12 @@ def one_line_errors(prog):
         @functools.wraps(main)
         def run(argv=None):
             try:
-                return main(argv)
+                with contextlib.ExitStack() as stack:
+                    _STACKS.append(stack)
+                    try:
+                        return main(argv)
+                    finally:
+                        _STACKS.remove(stack)
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; files being written were not left half-written",
                       file=sys.stderr)
@@ -80,7 +80,9 @@ def _apply_wcs_parser():
     which.add_argument("--all", action="store_true",
                        help="every *_<input suffix>.fits in --input-dir")
     p.add_argument("--input-dir", default="calibrated", help="folder of the images (calibrated)")
-    p.add_argument("--output-dir", default="calibrated", help="folder for the outputs (calibrated)")
+    p.add_argument("--output-dir", default=None,
+                   help="folder for the outputs and ceers-apply-wcs.log (default: the folder of "
+                        "the input images, beside them)")
     p.add_argument("--wcs-dir", default="tweakreg_wcs", help="folder of the WCS models (tweakreg_wcs)")
     p.add_argument("--input-suffix", default="cal", help="suffix of the input images (cal)")
     p.add_argument("--output-suffix", default="tweakreg", help="suffix of the outputs (tweakreg)")
@@ -92,6 +94,9 @@ def _apply_wcs_parser():
     p.add_argument("--n-jobs", type=int, default=None,
                    help="worker processes (default: all cores; 1 = serial)")
     p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
+    from .console import add_verbose
+
+    add_verbose(p)
     return p
 
 
@@ -99,11 +104,6 @@ def _apply_wcs_parser():
 def apply_wcs_main(argv=None):
     """``ceers-apply-wcs``: apply saved WCS models to one image or a folder of images."""
     args = _apply_wcs_parser().parse_args(argv)
-    if args.input_suffix == args.output_suffix and Path(args.input_dir).resolve() == \
-            Path(args.output_dir).resolve():
-        print("ceers-apply-wcs: input and output suffix are the same in the same folder: "
-              "that would overwrite the inputs", file=sys.stderr)
-        return 2
     input_dir = Path(args.input_dir)
     if args.image:
         image = Path(args.image)
@@ -113,17 +113,33 @@ def apply_wcs_main(argv=None):
         if not images:
             print(f"ceers-apply-wcs: no *_{args.input_suffix}.fits in {input_dir}", file=sys.stderr)
             return 1
+    # The outputs go beside the inputs unless told otherwise (a different suffix: never over them).
+    out_dir = Path(args.output_dir) if args.output_dir else images[0].parent
+    if args.input_suffix == args.output_suffix and images[0].parent.resolve() == out_dir.resolve():
+        print("ceers-apply-wcs: input and output suffix are the same in the same folder: "
+              "that would overwrite the inputs", file=sys.stderr)
+        return 2
+    if not images[0].exists():
+        print(f"ceers-apply-wcs: image not found: {images[0]}", file=sys.stderr)
+        return 1
     from .apply_wcs_step import ApplyWcsStep
+    from .console import run_step
+    from .wcs_io import exposure_base
 
+    log_path = _log_to(out_dir / "ceers-apply-wcs.log", args.verbose)
     try:
         # Command-line paths are relative to where the command runs.
-        ApplyWcsStep.call([str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
-                          output_dir=args.output_dir, suffix=args.output_suffix,
-                          skip_missing=args.skip_missing, force=args.force, save_results=True,
-                          n_jobs=args.n_jobs, scheduler=args.scheduler)
+        run_step(ApplyWcsStep, [str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
+                 output_dir=str(out_dir), suffix=args.output_suffix,
+                 skip_missing=args.skip_missing, force=args.force, save_results=True,
+                 n_jobs=args.n_jobs, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"ceers-apply-wcs: {exc}", file=sys.stderr)
         return 1
+    written = [out_dir / f"{exposure_base(p.name)}_{args.output_suffix}.fits" for p in images]
+    what = written[0].name if len(written) == 1 else f"<base>_{args.output_suffix}.fits"
+    print(f"ceers-apply-wcs: wrote {len(written)} image{'s' * (len(written) != 1)} ({what}) in "
+          f"{out_dir}; WCS models from {Path(args.wcs_dir)}; log {log_path}")
     return 0
 
 
@@ -192,6 +208,9 @@ def _align_parser():
     p.add_argument("--shared-detector-terms", action="store_true",
                    help="with --all: measure detector offsets once from all visits, fixed in "
                         "every visit's fit (the run becomes one task)")
+    from .console import add_verbose
+
+    add_verbose(p)
     return p
 
 
@@ -221,13 +240,11 @@ def align_main(argv=None):
     if args.all:
         if args.visit or args.filter:
             parser.error("give either VISIT FILTER or --all, not both")
-        _log_once()
         return _align_all(args)
     if not args.visit or not args.filter:
         parser.error("VISIT and FILTER are required (or --all)")
     if args.resume or args.joint_channels or args.shared_detector_terms:
         parser.error("--resume, --joint-channels and --shared-detector-terms go with --all")
-    _log_once()
     visit, filter_name = args.visit.strip().lower(), args.filter.strip().lower()
     if not re.fullmatch(r"jw\d{11}", visit):
         print(f"ceers-align: {args.visit!r} is not a visit id like jw01345001001", file=sys.stderr)
@@ -249,6 +266,8 @@ def align_main(argv=None):
         print(f"ceers-align: no {visit}_*_cal.fits with FILTER {filter_name.upper()} in "
               f"{input_dir}{found}; nothing written", file=sys.stderr)
         return 1
+    log_path = _log_to(out_dir / f"{visit}_{filter_name}_ceers-align.log", args.verbose)
+    print(f"ceers-align: log {log_path}")
     outcome = align_group(Group(visit, filter_name, selected), out_dir, steps, source,
                           _options(args), _say)
     return 0 if outcome.status == "COMPLETE" else 1
@@ -273,6 +292,8 @@ def _align_all(args):
     print(f"ceers-align: {len(groups)} visits and filters, {n} images in {input_dir}: "
           + ", ".join(f"{g.name} ({len(g.images)})" for g in groups))
     out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = _log_to(out_dir / "ceers-align_all.log", args.verbose)
+    print(f"ceers-align: log {log_path}")
     outcomes, summary, index = run_survey(groups, out_dir, _options(args), resume=args.resume,
                                           n_jobs=args.n_jobs, scheduler=args.scheduler)
     for result in outcomes:

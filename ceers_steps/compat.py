@@ -12,8 +12,8 @@ module and never branches on versions itself:
 - tweakwcs' fitting functions and the named reference catalogs, which jwst 1.7-1.14 keep in
   ``jwst.tweakreg`` and newer stacks in ``stcal.tweakreg``;
 - the catalog service query (``get_catalog``), whose signature changed;
-- stpipe: which loggers it routes, how an empty configuration is made, whether
-  ``Step.call`` can leave logging to the caller;
+- stpipe: which loggers it routes, how an empty configuration is made (how the console
+  commands keep stpipe's console handlers out of their way: `ceers_steps.console`);
 - asdf's keyword for reading arrays into memory (``memmap=False``, asdf < 3.1
   ``copy_arrays=True``);
 - pickling of WCS transforms, which astropy < 5.3 cannot do for projections and models with
@@ -31,7 +31,6 @@ __all__ = [
     "HAS_MODEL_LIBRARY",
     "ImageModel",
     "JWST_VERSION",
-    "call_kwargs",
     "catalog_service",
     "datamodels",
     "dqflags",
@@ -107,14 +106,6 @@ def empty_config(cls):
     if hasattr(cls, "step_defs"):
         config["steps"] = Section(config, config.depth + 1, config.main, name="steps")
     return config
-
-
-def call_kwargs():
-    """Keywords for ``Step.call`` that leave logging to the caller, where stpipe can (>= 0.8)."""
-    from stpipe import Step
-
-    return {"configure_log": False} if "configure_log" in inspect.signature(Step.call).parameters \
-        else {}
 
 
 def _container_class():

@@ -4,26 +4,29 @@ Builds a synthetic NIRCam visit (built-in NIRCam-like WCS and a random galaxy
 catalog, or the real CEERS models when ``--real``), writes its cal files, an
 association and a reference catalog, then runs the steps as a user would and
 prints what they produced, how far from the truth, and what it wrote to disk.
-The steps' log goes to ``<output-dir>/demo.log``; the console shows warnings only.
+The steps' log goes to ``<output-dir>/demo.log``; the console shows warnings and the
+demo's own summary only (``--verbose``: the log too).
 """
 
 import argparse
-import logging
 import sys
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from .cli import add_version, one_line_errors
+from .console import add_verbose, command_logging, run_step
 
 __all__ = ["main"]
 
-#: The loggers whose records the demo sends to its log file.
-_LOGGERS = ("stpipe", "jwst", "ceers_steps", "tweakwcs", "stcal", "gwcs")
-
 
 def _parser():
-    p = argparse.ArgumentParser(prog="ceers-demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="ceers-demo",
+        description="Run the package on a small synthetic NIRCam visit made on the fly: build it "
+                    "(cal files, association, reference catalog), run CatalogStep, "
+                    "CeersTweakRegStep and ApplyWcsStep, print the WCS error against the "
+                    "injected truth and what was written. The full log is "
+                    "<output-dir>/demo.log.")
     p.add_argument("--output-dir", default="demo_output", help="where everything is written")
     p.add_argument("--detectors", default="nrca1,nrca3",
                    help="comma-separated NIRCam detectors (default: 2 SW detectors)")
@@ -32,7 +35,9 @@ def _parser():
     p.add_argument("--dithers", type=int, default=3, help="number of dithers (default 3)")
     p.add_argument("--real", action="store_true",
                    help="use the real CEERS WCS models and HST catalog (needs ../shared/ceers)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1,
+                   help="random seed of the synthetic visit: sources, noise, WCS errors (default 1)")
+    add_verbose(p)
     add_version(p)
     return p
 
@@ -46,44 +51,6 @@ def _accuracy(models, visit):
     truth = {exposure_base(im.model.meta.filename): im.true_wcs for im in visit.images}
     models = library_models(models)
     return alignment_accuracy(models, [truth[exposure_base(m.meta.filename)] for m in models])
-
-
-@contextmanager
-def _demo_logging(path):
-    """
-    Steps' records (INFO and up) to ``path``, warnings also to the console, each once;
-    the loggers are left as they were afterwards (``main`` may run inside a larger program).
-    """
-    file_handler = logging.FileHandler(path, "w", "utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - "
-                                                "%(message)s"))
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    saved = []
-    for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.level, logger.propagate))
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-        logger.addHandler(file_handler)
-        logger.addHandler(console)
-    try:
-        yield
-    finally:
-        for logger, level, propagate in saved:
-            logger.removeHandler(file_handler)
-            logger.removeHandler(console)
-            logger.setLevel(level)
-            logger.propagate = propagate
-        file_handler.close()
-
-
-def _call(step_class, *args, **kwargs):
-    """``step_class.call`` with the demo's logging (stpipe >= 0.8 can leave it to us)."""
-    from .compat import call_kwargs
-
-    return step_class.call(*args, **kwargs, **call_kwargs())
 
 
 def _footprint(folder):
@@ -119,7 +86,7 @@ def main(argv=None):
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _demo_logging(out / "demo.log"):
+    with command_logging(out / "demo.log", verbose=args.verbose):
         print(f"Building a synthetic visit: {len(detectors)} detectors x {args.dithers} dithers, "
               f"{args.size} x {args.size} pixels ...")
         try:
@@ -133,19 +100,19 @@ def main(argv=None):
         print(f"  {len(paths)} cal files, association {asn}, reference catalog {refcat}")
 
         print("Running CatalogStep (SEP, CEERS recipe) ...")
-        _call(CatalogStep, str(asn), output_dir=str(out / "catalogs"))
+        run_step(CatalogStep, str(asn), output_dir=str(out / "catalogs"))
         cat_asn = out / "catalogs" / "asn_cat_asn.json"
         print(f"  catalogs and association with tweakreg_catalog members: {cat_asn}")
 
         print("Running CeersTweakRegStep (relative + joint absolute fit to the reference catalog) ...")
-        aligned = _call(CeersTweakRegStep, str(cat_asn), abs_refcat=str(refcat), save_wcs=True,
+        aligned = run_step(CeersTweakRegStep, str(cat_asn), abs_refcat=str(refcat), save_wcs=True,
                         save_report=True, output_dir=str(out / "aligned"))
         before = _accuracy([im.model for im in visit.images], visit)
         after = _accuracy(aligned, visit)
         print(f"  results tables, WCS models and the alignment report in {out / 'aligned'}")
 
         print("Running ApplyWcsStep (saved WCS models back onto the untouched cal files) ...")
-        reapplied = _call(ApplyWcsStep, [str(p) for p in paths],
+        reapplied = run_step(ApplyWcsStep, [str(p) for p in paths],
                           wcs_dir=str((out / "aligned" / "tweakreg_wcs").resolve()))
         again = _accuracy(reapplied, visit)
 

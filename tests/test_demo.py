@@ -6,9 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
-
-from ceers_steps.demo import main
+from conftest import clean_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,18 +19,15 @@ def _jwst_version():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    import contextlib
-    import io
-
+    """``ceers-demo`` as a user runs it (a console command): its folder and its stdout."""
     out = tmp_path_factory.mktemp("demo") / "demo_output"
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        assert main(["--output-dir", str(out)]) == 0
-    return out, buffer.getvalue()
+    proc = run_cli(["ceers-demo", "--output-dir", str(out)], cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout, proc.stdout + proc.stderr
 
 
 def test_demo_aligns_to_truth(demo):
-    out, text = demo
+    out, text, _ = demo
     rows = {name: (float(a), float(b)) for name, a, b in
             re.findall(r"^\s+(as assigned \(injected error\)|after ceers_tweak|after apply_wcs)"
                        r"\s+([\d.]+)\s+([\d.]+)$", text, re.M)}
@@ -46,7 +41,7 @@ def test_demo_aligns_to_truth(demo):
 
 
 def test_demo_is_small_and_says_what_it_wrote(demo):
-    out, text = demo
+    out, text, _ = demo
     files = [p for p in out.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     assert size < 150 * 2**20
@@ -57,7 +52,7 @@ def test_demo_is_small_and_says_what_it_wrote(demo):
 
 def test_demo_log_has_each_line_once(demo):
     """Every log record appears once, in demo.log; the console shows the summary only."""
-    out, text = demo
+    out, text, _ = demo
     log = (out / "demo.log").read_text()
     records = [line.split(" - ", 1)[1] for line in log.splitlines()
                if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - ", line)]
@@ -87,7 +82,7 @@ def test_stage3_readme_command_runs_offline_to_a_mosaic(demo):
         pytest.skip("this jwst's resample asks CRDS for a drizpars reference file (and for the "
                     "CRDS context even when it is overridden): stage 3 needs CRDS here")
 
-    out, _ = demo
+    out, _, _ = demo
     env = clean_env()
     env.pop("CRDS_PATH", None)
     env.pop("CRDS_SERVER_URL", None)
@@ -112,3 +107,100 @@ def test_stage3_readme_command_runs_offline_to_a_mosaic(demo):
         assert i2d.meta.cal_step.tweakreg == "COMPLETE"
         assert (i2d.data[i2d.data == i2d.data] != 0).any()
     assert len(list((out / "stage3").glob("*_crf.fits"))) == 6
+
+
+# --- The console: warnings and a summary; the full log in the output folder ---------------------
+
+def _console_lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_demo_console_is_short(demo):
+    """``ceers-demo``: <= 25 lines, no log records on the console; the log file has them."""
+    out, _, console = demo
+    assert len(_console_lines(console)) <= 25, console
+    assert " - INFO - " not in console and "parameters are" not in console
+    log = (out / "demo.log").read_text()
+    assert "CatalogStep parameters are" in log or "Step CatalogStep running" in log
+
+
+@pytest.fixture(scope="module")
+def demo_files(demo, tmp_path_factory):
+    """A copy of the demo's cal files and reference catalog, with its saved WCS models."""
+    import shutil
+
+    out, _, _ = demo
+    work = tmp_path_factory.mktemp("console")
+    shutil.copytree(out / "calibrated", work / "cal")
+    return work, work / "cal", out / "aligned" / "tweakreg_wcs"
+
+
+@pytest.mark.parametrize("args", [["jw01345001001", "f200w"], ["--all"]], ids=["group", "all"])
+def test_ceers_align_console_is_short(demo_files, args):
+    """``ceers-align VISIT FILTER`` and ``--all`` on the demo's files: <= 25 lines, a log file."""
+    work, cal, _ = demo_files
+    out = work / f"align_{args[0]}"
+    proc = run_cli(["ceers-align", *args, "--input-dir", str(cal), "--output-dir", str(out),
+                    "--abs-refcat", str(cal / "refcat.ecsv")], cwd=work)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    assert len(_console_lines(console)) <= 25, console
+    assert " - INFO - " not in console
+    logs = list(out.glob("*.log"))
+    assert len(logs) == 1 and f"ceers-align: log {logs[0]}" in proc.stdout
+    assert " - INFO - " in logs[0].read_text()
+
+
+def test_ceers_apply_wcs_writes_beside_the_input_and_says_so(demo_files, tmp_path):
+    """``--image`` from another folder: the output goes beside the input (no ./calibrated)."""
+    _, cal, wcs_dir = demo_files
+    image = sorted(cal.glob("*_cal.fits"))[0]
+    proc = run_cli(["ceers-apply-wcs", "--image", str(image), "--wcs-dir", str(wcs_dir)],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = cal / image.name.replace("_cal.fits", "_tweakreg.fits")
+    assert written.exists() and not (tmp_path / "calibrated").exists()
+    assert proc.stdout.splitlines() == [
+        f"ceers-apply-wcs: wrote 1 image ({written.name}) in {cal}; WCS models from {wcs_dir}; "
+        f"log {cal / 'ceers-apply-wcs.log'}"]
+    assert proc.stderr == ""
+    # --all: one summary line; --verbose: the log on the console too.
+    proc = run_cli(["ceers-apply-wcs", "--all", "--input-dir", str(cal), "--output-dir",
+                    str(tmp_path / "all"), "--wcs-dir", str(wcs_dir)], cwd=tmp_path)
+    assert proc.returncode == 0 and len(_console_lines(proc.stdout + proc.stderr)) == 1
+    assert len(list((tmp_path / "all").glob("*_tweakreg.fits"))) == 6
+    proc = run_cli(["ceers-apply-wcs", "--image", str(image), "--output-dir",
+                    str(tmp_path / "verbose"), "--wcs-dir", str(wcs_dir), "--verbose"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0 and " - INFO - " in proc.stderr
+
+
+def test_failures_are_named_on_the_quiet_console(demo_files, tmp_path):
+    """Each failed image is named on the console with its reason (the log is not needed)."""
+    import shutil
+
+    _, cal, wcs_dir = demo_files
+    bad_cal = tmp_path / "cal"
+    shutil.copytree(cal, bad_cal, ignore=shutil.ignore_patterns("*_tweakreg.fits", "*.log"))
+    images = sorted(bad_cal.glob("*_cal.fits"))
+    data = images[1].read_bytes()
+    images[1].write_bytes(data[: len(data) // 2])
+    proc = run_cli(["ceers-align", "--all", "--input-dir", str(bad_cal), "--output-dir",
+                    str(tmp_path / "out"), "--abs-refcat", str(bad_cal / "refcat.ecsv")],
+                   cwd=tmp_path)
+    console = proc.stdout + proc.stderr
+    named = [line for line in console.splitlines() if images[1].name in line]
+    assert named and any("cannot be read" in line for line in named), console
+    # A missing WCS model: the image and the missing file named.
+    models = tmp_path / "models"
+    shutil.copytree(wcs_dir, models)
+    missing = sorted(models.glob("*.asdf"))[0]
+    missing.unlink()
+    proc = run_cli(["ceers-apply-wcs", "--all", "--input-dir", str(cal), "--output-dir",
+                    str(tmp_path / "applied"), "--wcs-dir", str(models)], cwd=tmp_path)
+    assert proc.returncode == 1 and missing.name in proc.stderr, proc.stderr
+    proc = run_cli(["ceers-apply-wcs", "--all", "--input-dir", str(cal), "--output-dir",
+                    str(tmp_path / "applied"), "--wcs-dir", str(models), "--skip-missing"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0
+    assert any(missing.name in line and "unchanged" in line for line in proc.stderr.splitlines())
