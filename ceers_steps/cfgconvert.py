@@ -10,6 +10,7 @@ reported, never silently dropped; any other key is an error.
 """
 
 import configparser
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +78,20 @@ class CfgSection:
 
 def _convert_value(path, section, key, raw, kind):
     try:
-        if kind is int:
+        if kind in (int, float):
             value = float(raw)
+            if not math.isfinite(value):
+                # 1e400 overflows to inf (and int(inf) would raise OverflowError)
+                raise ValueError(f"{path} [{section}]: {key} = {raw!r} is not a finite number")
+        if kind is int:
             if value != int(value):
                 raise ValueError
             return int(value)
         if kind is float:
-            return float(raw)
-    except ValueError:
+            return value
+    except (ValueError, OverflowError) as exc:
+        if str(exc).startswith(str(path)):
+            raise
         raise ValueError(f"{path} [{section}]: {key} = {raw!r} is not a {kind.__name__}") from None
     value = raw.strip().lower()
     if key == "abs_fitgeom" and value not in _FITGEOMETRIES:
@@ -134,7 +141,8 @@ def read_cfg(path):
         raise FileNotFoundError(f"CEERS cfg file not found: {path}")
     parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
     try:
-        parser.read_string(path.read_text(), source=str(path))
+        # utf-8-sig: a cfg saved by a Windows editor starts with a byte-order mark
+        parser.read_string(path.read_text(encoding="utf-8-sig"), source=str(path))
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a valid CEERS cfg (INI) file: {exc}") from None
     if not parser.sections():

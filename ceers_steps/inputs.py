@@ -68,7 +68,7 @@ class InputSet:
 
 def _read_asn(path):
     try:
-        asn = json.loads(path.read_text())
+        asn = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a valid association (JSON error: {exc})") from None
     try:
@@ -78,10 +78,19 @@ def _read_asn(path):
         raise ValueError(f"{path}: not an association: no products/members") from None
     images = []
     for member in members:
+        if not isinstance(member, dict):
+            raise ValueError(f"{path}: association member {member!r} is not an object with "
+                             "'expname'")
         if str(member.get("exptype", "science")).lower() not in ("science",):
             continue
         if "expname" not in member:
             raise ValueError(f"{path}: association member without 'expname': {member}")
+        for key in ("expname", "tweakreg_catalog"):
+            value = member.get(key)
+            if key in member and not (isinstance(value, str) and (value.strip() or
+                                                                   key != "expname")):
+                raise ValueError(f"{path}: association member key {key!r} must be a file name "
+                                 f"(a string), not {value!r}")
         member_path = (path.parent / member["expname"]).resolve()
         if not member_path.exists():
             raise FileNotFoundError(f"{path}: member {member['expname']} not found ({member_path})")
@@ -195,7 +204,7 @@ def written_library(asn, outputs=False):
 
     if isinstance(asn, (str, Path)):
         base = Path(asn).resolve().parent
-        asn = json.loads(Path(asn).read_text())
+        asn = json.loads(Path(asn).read_text(encoding="utf-8-sig"))
     else:
         base = Path.cwd()
     asn = json.loads(json.dumps(asn))

@@ -130,7 +130,7 @@ def parse_catfile(catfile):
     if not path.exists():
         raise FileNotFoundError(f"catfile not found: {path}")
     catalogs = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -176,6 +176,11 @@ def read_wcs_model_file(path):
         raise ValueError(f"{path}: cannot be read as an ASDF WCS model: {exc}") from exc
     if not isinstance(wcs, gwcs.WCS):
         raise ValueError(f"{path}: no 'wcs' (gwcs.WCS) in the ASDF tree")
+    for key, value in (("filename", filename), ("exposure", record["exposure"]),
+                       ("status", record["status"])):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path}: {key!r} in the ASDF tree must be a string (the image's "
+                             f"file name), not {value!r}")
     exposure = record["exposure"] or (exposure_base(filename) if filename else None)
     return SavedWcs(path=path, filename=filename, wcsinfo=wcsinfo, wcs=wcs,
                     status=str(record["status"] or "COMPLETE"), reason=record["reason"],

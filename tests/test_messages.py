@@ -65,3 +65,77 @@ def test_ceers_align_bad_parameter_writes_nothing(work, capsys):
     code = work.align("--params", str(cfg))
     work.verify(code, 1, capsys.readouterr().err, names=["abs_searchrad"])
     assert _written(work.root / "out") == []
+
+
+@pytest.mark.parametrize(("line", "key"), [("minobj = 1e400", "minobj"),
+                                           ("detect_thresh = 1e999", "detect_thresh"),
+                                           ("abs_tolerance = -1e400", "abs_tolerance")])
+def test_cfg_number_that_overflows_named_by_file_section_key(work, capsys, line, key):
+    """1e400 is inf (int(inf) an OverflowError): the message names file, section and key."""
+    from ceers_steps.cli import convert_cfg_main
+
+    cfg = work.root / "f200w.cfg"
+    cfg.write_text(f"[{VISIT}]\n{line}\n")
+    work.snapshot()
+    code = work.align("--params", str(cfg))
+    work.verify(code, 1, capsys.readouterr().err, names=["f200w.cfg", VISIT, key])
+    code = convert_cfg_main([str(cfg), "--output-dir", str(work.root / "pars")])
+    work.verify(code, 1, capsys.readouterr().err, names=["f200w.cfg", VISIT, key])
+    assert not (work.root / "pars").exists()
+
+
+def test_cfg_with_a_utf8_byte_order_mark_is_read(tmp_path, capsys):
+    """A cfg saved by a Windows editor starts with a BOM: read like any other."""
+    from ceers_steps.cfgconvert import read_cfg
+    from ceers_steps.cli import convert_cfg_main
+
+    cfg = tmp_path / "f200w.cfg"
+    cfg.write_bytes(b"\xef\xbb\xbf" + f"[{VISIT}]\nminobj = 12\nabs_fitgeom = rscale\n".encode())
+    (section,) = read_cfg(cfg)
+    assert section.visit == VISIT
+    assert section.steps["tweakreg"]["minobj"] == 12
+    assert section.steps["tweakreg"]["abs_fitgeometry"] == "rscale"
+    assert convert_cfg_main([str(cfg), "--output-dir", str(tmp_path / "pars")]) == 0, \
+        capsys.readouterr().err
+    assert len(list((tmp_path / "pars").glob("*.asdf"))) == 1
+
+
+def test_association_expname_that_is_not_a_string_named(work):
+    """``"expname": 12345`` in an association: the association and the key are named."""
+    import json
+
+    from ceers_steps import CeersAlignPipeline
+
+    asn = work.cal / "bad_asn.json"
+    members = [{"expname": work.names[0], "exptype": "science"},
+               {"expname": 12345, "exptype": "science"}]
+    asn.write_text(json.dumps({"asn_id": "x", "products": [{"name": "x", "members": members}]}))
+    work.snapshot()
+    with pytest.raises(ValueError, match=r"bad_asn.json: association member key 'expname' must "
+                       r"be a file name \(a string\), not 12345"):
+        CeersAlignPipeline.call(str(asn), output_dir=str(work.root / "out"),
+                                steps={"tweakreg": {"abs_refcat": str(work.refcat)}})
+    work.verify(0, 0)
+
+
+def test_wcs_model_filename_that_is_not_a_string_named(work, capsys):
+    """``filename: 12345`` in a saved WCS model: ceers-apply-wcs names the model file and key."""
+    import asdf
+
+    from ceers_steps.cli import apply_wcs_main
+    from ceers_steps.wcs_io import exposure_base
+
+    assert work.align() == 0
+    wcs_dir = work.root / "out" / "tweakreg_wcs"
+    model = wcs_dir / f"{exposure_base(work.names[0])}_tweakreg.asdf"
+    with asdf.open(model) as af:
+        tree = {k: v for k, v in af.tree.items() if not k.startswith("asdf_")}
+        tree["filename"] = 12345
+        asdf.AsdfFile(tree).write_to(work.root / "edited.asdf")
+    (work.root / "edited.asdf").replace(model)
+    work.snapshot()
+    capsys.readouterr()
+    code = apply_wcs_main(["--image", str(work.path(0)), "--output-dir",
+                           str(work.root / "applied"), "--wcs-dir", str(wcs_dir)])
+    work.verify(code, 1, capsys.readouterr().err,
+                names=[model.name, "'filename'", "must be a string"], out=work.root / "applied")
