@@ -5,8 +5,12 @@ point stay fast and importing :mod:`ceers_steps` does not pull in ``jwst``.
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+try:  # the version is pyproject.toml's, read from the installed package's metadata
+    __version__ = version("ceers-steps")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "CatalogStep": "ceers_steps.catalog_step",

@@ -255,7 +255,7 @@ class GradeLimits:
     scatter_poor, scatter_check : float
         Residual RMS above this factor times the visit's median image RMS.
     offset_chi2_poor, offset_chi2_check : float
-        The image's mean residual, n |mean|^2 / rms_visit^2 (chi-square, 2 dof
+        The image's mean residual, ``n |mean|^2 / rms_visit^2`` (chi-square, 2 dof
         when the image fits the visit model): 30 (p ~ 3e-7) and 13.8 (p = 0.001).
     offset_min : float
         Mean residuals below this (mas) are never flagged, however significant.
