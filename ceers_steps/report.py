@@ -217,7 +217,8 @@ def _residual_scatter(residuals, colours, mag_label):
 
 
 def _rms_bars(residuals, grades):
-    fig = _figure(11, 3.8, bottom=0.3, top=0.9)
+    # The legend sits right of the axes, never over a bar.
+    fig = _figure(11, 3.8, bottom=0.3, top=0.9, right=0.84)
     ax = fig.subplots()
     pos = np.arange(len(residuals))
     before = [r.rms("before") for r in residuals]
@@ -229,7 +230,7 @@ def _rms_bars(residuals, grades):
     ax.set_xticks(pos, [_short(r.name) for r in residuals], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("RMS per axis (mas)")
     ax.set_title("per-image residual RMS of the matched sources", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
 
@@ -249,9 +250,11 @@ def _short(name):
 _CSS = """
 body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.6em}
-table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0;display:block;max-width:100%;
+overflow-x:auto}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-td.text,th.text{text-align:left}td.reason{text-align:left;min-width:18em}
+td.text,th.text{text-align:left}td.reason{text-align:left;min-width:12em}
+td.nofit{color:#777;font-style:italic;text-align:left}
 .good{color:#1a7f37;font-weight:bold}.check{color:#b58100;font-weight:bold}
 .poor{color:#c62828;font-weight:bold}
 img{max-width:100%;border:1px solid #eee}
@@ -278,6 +281,29 @@ def _table_html(title, ident, items):
     return f"<h2>{_e(title)}</h2><table id='{ident}'>{rows}</table>"
 
 
+def _parameters_html(parameters):
+    """
+    The step parameters used, without jwst's star-finder parameters that did nothing here
+    (at jwst's defaults, or unset): listed by name below the table instead.
+    """
+    from .jwstpars import IGNORED, MAPPED
+
+    shown, idle = {}, []
+    for name, value in parameters.items():
+        if (name in IGNORED and value == IGNORED[name]) or (name in MAPPED and value is None):
+            idle.append(name)
+        elif name in IGNORED:
+            shown[name] = f"{value} (not used: jwst's star finder; detection is SEP)"
+        else:
+            shown[name] = value
+    out = _table_html("Parameters", "parameters", shown)
+    if idle:
+        out += ("<p id='parameters-not-used'>Not listed: jwst's star-finder parameters unset or at "
+                "jwst's defaults, which did nothing here (detection is SEP with the CEERS "
+                f"recipe): {_e(', '.join(idle))}.</p>")
+    return out
+
+
 def _terms_html(terms):
     out = []
     common = terms.get("common")
@@ -288,6 +314,11 @@ def _terms_html(terms):
                                 ("shift north (mas)", "north", "{:.2f}"),
                                 ("rotation (deg)", "rotation", "{:.6f}"),
                                 ("scale", "scale", "{:.8f}")):
+            # A rotation or scale the fit geometry leaves out has no variance: not fitted.
+            if key in ("rotation", "scale") and float(common["err_" + key]) == 0.0:
+                out.append(f"<tr><td class='text'>{label}</td>"
+                           f"<td class='nofit' data-col='{key}' colspan='2'>not fitted</td></tr>")
+                continue
             out.append(f"<tr><td class='text'>{label}</td>{_num(common[key], fmt, key)}"
                        f"{_num(common['err_' + key], fmt)}</tr>")
         out.append("</table>")
@@ -306,9 +337,13 @@ def _terms_html(terms):
             if turned:
                 fitted += (f"{_num(t['rotation'], '{:.1f}', 'rotation')}"
                            f"{_num(t['err_rotation'], '{:.1f}')}")
-            out.append(f"<tr><td class='text'>{_e(t['id'])}</td>{_num(t['east'], col='east')}"
-                       f"{_num(t['north'], col='north')}{_num(t['err_east'])}"
-                       f"{_num(t['err_north'])}{fitted}</tr>")
+            if key == "detectors" and not t["fitted"]:
+                # An offset the fit did not include is not a measured zero.
+                values = "<td class='nofit' data-col='east' colspan='4'>not fitted</td>"
+            else:
+                values = (f"{_num(t['east'], col='east')}{_num(t['north'], col='north')}"
+                          f"{_num(t['err_east'])}{_num(t['err_north'])}")
+            out.append(f"<tr><td class='text'>{_e(t['id'])}</td>{values}{fitted}</tr>")
         out.append("</table>")
     return "\n".join(out)
 
@@ -431,7 +466,7 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
                      f"src='data:image/png;base64,{_png(fig)}'><figcaption>{_e(caption)}"
                      "</figcaption></figure>")
     if parameters:
-        parts.append(_table_html("Parameters", "parameters", parameters))
+        parts.append(_parameters_html(parameters))
     parts += [_table_html("Software", "versions", software_versions()), "</body></html>"]
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")

@@ -245,14 +245,70 @@ def test_report_in_a_real_browser(small_visit_dir, tmp_path, capsys):
                 assert cell(col).text == f"{value:.2f}"
                 assert float(cell(col).get_attribute("data-value")) == value
             assert cell("grade").text in ("good", "check", "poor")
+        # jwst's star-finder parameters that did nothing are not in the parameters table.
+        listed = {r.find_elements(By.TAG_NAME, "td")[0].text
+                  for r in driver.find_elements(By.CSS_SELECTOR, "#parameters tr")}
+        assert "minobj" in listed and not listed & {"starfinder", "sharplo", "roundhi"}
+        assert "sharplo" in driver.find_element(By.ID, "parameters-not-used").text
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1100, height)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "alignment_report.png"
         assert driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 50_000
+
+        # 800 px wide: the page does not run off the window, and every column of every
+        # table can be brought into view (wide tables scroll sideways inside the page).
+        driver.set_window_size(800, 1000)
+        width = driver.execute_script("return window.innerWidth")
+        assert width <= 800
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+        for table in driver.find_elements(By.TAG_NAME, "table"):
+            for th in table.find_elements(By.CSS_SELECTOR, "tr:first-child > *"):
+                left, right = driver.execute_script(
+                    "const c = arguments[0];"
+                    "c.scrollIntoView({block: 'nearest', inline: 'nearest'});"
+                    "const r = c.getBoundingClientRect(); return [r.left, r.right];", th)
+                assert left >= -0.5 and right <= width + 0.5, (table.get_attribute("id"), th.text,
+                                                               left, right, width)
+            driver.execute_script("arguments[0].scrollLeft = 0", table)
+        assert driver.execute_script("return window.scrollX") == 0
+        driver.execute_script("window.scrollTo(0, 0)")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(800, height)
+        shot = ARTIFACTS / "alignment_report_800px.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 50_000
     finally:
         driver.quit()
+
+
+def test_terms_not_fitted_and_idle_parameters_are_said_so():
+    """Terms the fit left out read "not fitted" (not 0.00); jwst finder parameters that did
+    nothing are named below the parameters table, not listed in it."""
+    from ceers_steps.report import _parameters_html, _terms_html
+
+    zero = {"east": 0.0, "north": 0.0, "err_east": 0.0, "err_north": 0.0}
+    terms = {"common": {"east": 3.2, "north": -1.1, "err_east": 0.4, "err_north": 0.4,
+                        "rotation": 1e-4, "err_rotation": 2e-5, "scale": 1.0, "err_scale": 0.0},
+             "dithers": [{"id": "jw01345001001_02201_00001", **zero}],
+             "detectors": [{"id": "nrca1", **zero, "fitted": False},
+                           {"id": "nrca3", "east": 1.5, "north": -0.7, "err_east": 0.3,
+                            "err_north": 0.3, "fitted": True}]}
+    html = _terms_html(terms)
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"<tr><td class='text'>([^<]+)</td>(.*?)</tr>",
+                                                        html)}
+    assert "not fitted" in rows["scale"] and "not fitted" not in rows["rotation (deg)"]
+    assert "not fitted" in rows["nrca1"] and "0.00" not in rows["nrca1"]
+    assert "not fitted" not in rows["nrca3"] and "1.50" in rows["nrca3"]
+    pars = {"minobj": 20, "starfinder": "iraf", "sharplo": 0.5, "roundhi": 0.5,
+            "snr_threshold": None, "kernel_fwhm": 2.0}
+    html = _parameters_html(pars)
+    table, note = html.split("</table>")
+    assert "minobj" in table and "kernel_fwhm" in table
+    assert "starfinder" not in table and "sharplo" not in table and "snr_threshold" not in table
+    assert "roundhi</td><td class='text'>0.5 (not used" in table  # set away from jwst's 0.2
+    assert "starfinder, sharplo, snr_threshold" in note
 
 
 def test_relative_only_report(builtin_visit, tmp_path):
