@@ -132,7 +132,10 @@ class ImageOutputMixin:
         from .wcs_io import exposure_base
 
         suffix = suffix or self.suffix or "tweakreg"
-        return self.output_dir_path() / f"{exposure_base(filename)}_{suffix}.fits"
+        from .fileio import inside_folder
+
+        out_dir = self.output_dir_path()
+        return inside_folder(out_dir / f"{exposure_base(filename)}_{suffix}.fits", out_dir)
 
     def save_model(self, model, suffix=None, idx=None, output_file=None, force=False, **kwargs):
         """

@@ -36,7 +36,9 @@ def catalog_path_for(filename, output_dir, suffix="cat", fmt="ecsv"):
         if stem.endswith(ext):
             stem = stem[: -len(ext)]
             break
-    return Path(output_dir) / f"{stem}_{suffix}.{fmt}"
+    from .fileio import inside_folder
+
+    return inside_folder(Path(output_dir) / f"{stem}_{suffix}.{fmt}", output_dir)
 
 
 def image_psf_fwhm(model):

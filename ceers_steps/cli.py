@@ -249,6 +249,13 @@ def align_main(argv=None):
     if not re.fullmatch(r"jw\d{11}", visit):
         print(f"ceers-align: {args.visit!r} is not a visit id like jw01345001001", file=sys.stderr)
         return 2
+    from .grouping import UnsafeNameError, name_part
+
+    try:
+        name_part(filter_name, "FILTER", "ceers-align")
+    except UnsafeNameError as exc:
+        print(f"{exc}: not a filter like f200w", file=sys.stderr)
+        return 2
     input_dir, out_dir = Path(args.input_dir), Path(args.output_dir)
     if not input_dir.is_dir():
         print(f"ceers-align: input folder not found: {input_dir}", file=sys.stderr)

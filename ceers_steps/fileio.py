@@ -6,7 +6,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "check_outputs", "fits_safe_path", "write_association", "write_ecsv"]
+__all__ = ["atomic_output", "check_outputs", "fits_safe_path", "inside_folder", "write_association",
+           "write_ecsv"]
 
 
 def _fits_printable(text):
@@ -34,6 +35,29 @@ def fits_safe_path(path, base_dirs=()):
         if _fits_printable(rel):
             return rel
     return None
+
+
+def inside_folder(path, folder):
+    """
+    ``path``, proven to stay inside ``folder`` (an output folder) once resolved.
+
+    Output names carry header values (visit, filter, detector); those are checked
+    where they are read (`ceers_steps.grouping.name_part`), and every writer checks
+    the path it made here as well, so no value can lead a write elsewhere. Both
+    paths are resolved (``..`` and symbolic links) before they are compared.
+
+    Raises
+    ------
+    ValueError
+        Naming the path and the folder.
+    """
+    path, folder = Path(path), Path(folder)
+    target = (folder / path if not path.is_absolute() else path).resolve()
+    root = folder.resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"{path}: refusing to write outside the output folder {folder} "
+                         f"(it resolves to {target})")
+    return path
 
 
 @contextmanager

@@ -30,12 +30,16 @@ _FLAG_STYLE = {"matched": ("circle", "green"), "rejected": ("x point", "red"),
 
 def report_path(output_dir, visit_filter):
     """``<output_dir>/<visit>_<filter>_alignment_report.html``."""
-    return Path(output_dir) / f"{visit_filter}_alignment_report.html"
+    from .fileio import inside_folder
+
+    return inside_folder(Path(output_dir) / f"{visit_filter}_alignment_report.html", output_dir)
 
 
 def regions_dir(output_dir, visit_filter):
     """``<output_dir>/<visit>_<filter>_regions``: one DS9 region file per image."""
-    return Path(output_dir) / f"{visit_filter}_regions"
+    from .fileio import inside_folder
+
+    return inside_folder(Path(output_dir) / f"{visit_filter}_regions", output_dir)
 
 
 def final_rows(table):

@@ -39,8 +39,10 @@ CEERS_HEADER = (
 def results_paths(out_dir, visit_filter):
     """``<visit>_<filter>_tweakreg_results.ecsv`` and ``tweakreg_results_all.<visit>_<filter>.txt``."""
     out_dir = Path(out_dir)
-    return (out_dir / f"{visit_filter}_tweakreg_results.ecsv",
-            out_dir / f"tweakreg_results_all.{visit_filter}.txt")
+    from .fileio import inside_folder
+
+    return (inside_folder(out_dir / f"{visit_filter}_tweakreg_results.ecsv", out_dir),
+            inside_folder(out_dir / f"tweakreg_results_all.{visit_filter}.txt", out_dir))
 
 
 def results_table(rows, meta=None):

@@ -55,9 +55,14 @@ def default_parameter_dirs():
 
 def select_images(input_dir, visit, filter_name, suffix="cal"):
     """
-    The ``<visit>_*_<suffix>.fits`` images in ``input_dir`` whose FILTER header is ``filter_name``.
+    The ``<visit>_*_<suffix>.fits`` images in ``input_dir`` whose filter is ``filter_name``.
 
-    A file whose FITS header cannot be read is reported on stderr and left out.
+    The filter is the one that defines the bandpass (`ceers_steps.grouping.bandpass_filter`:
+    PUPIL when it holds a filter, as F470N behind F444W, else FILTER), read from the FITS
+    header itself. A file whose header cannot be read, or whose FILTER, PUPIL, DETECTOR or
+    visit keys are not valid values (they name output files), is reported on stderr as
+    FAILED with the reason and left out; so is a copy of a file selected before it
+    (`_copy_of`: the same exposure keys, exposure start, time and pointing, or pixels).
 
     Returns
     -------
@@ -68,9 +73,9 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
     """
     from astropy.io import fits
 
-    from .wcs_io import detector_from_name
+    from .grouping import image_key
 
-    selected, others = {}, set()
+    selected, others, seen = {}, set(), {}
     for path in sorted(Path(input_dir).glob(f"{visit}_*_{suffix}.fits")):
         try:
             header = fits.getheader(path, 0)
@@ -78,14 +83,25 @@ def select_images(input_dir, visit, filter_name, suffix="cal"):
             print(f"ceers-align: {path}: FAILED: cannot read its FITS header ({exc}); "
                   "left out", file=sys.stderr)
             continue
-        filt = str(header.get("FILTER", "")).strip().lower()
-        if filt != filter_name:
-            others.add(filt or "<no FILTER>")
+        key = image_key(None, path.name, header=header)
+        if key.problem:
+            print(f"ceers-align: {path}: FAILED: {_after_name(key.problem, path)}; left out",
+                  file=sys.stderr)
             continue
-        detector = (str(header.get("DETECTOR", "")).strip().lower()
-                    or detector_from_name(path.name) or "unknown")
-        selected.setdefault(detector, []).append(path)
+        if key.filter != filter_name:
+            others.add(key.filter if key.filter != "unknown" else "<no FILTER>")
+            continue
+        copy = _copy_of(seen, path, header, visit, key.filter, key.detector)
+        if copy:
+            print(f"ceers-align: {path}: left out: {copy}", file=sys.stderr)
+            continue
+        selected.setdefault(key.detector, []).append(path)
     return selected, others
+
+
+def _after_name(problem, path):
+    """A problem message without the file name it starts with (the caller names the path)."""
+    return "; ".join(p.removeprefix(f"{path.name}: ") for p in problem.split("; "))
 
 
 def _write_detector_associations(selected, visit, filter_name, out_dir):
@@ -94,11 +110,15 @@ def _write_detector_associations(selected, visit, filter_name, out_dir):
 
     from .fileio import write_association
 
+    from .fileio import inside_folder
+    from .grouping import name_part
+
     paths = []
     for detector, images in sorted(selected.items()):
-        name = f"{visit}_{filter_name}_{detector}"
+        name = "_".join(name_part(v, k, "association") for v, k in
+                        ((visit, "visit"), (filter_name, "filter"), (detector, "detector")))
         paths.append(write_association(
-            out_dir / f"{name}_asn.json", name,
+            inside_folder(out_dir / f"{name}_asn.json", out_dir), name,
             [os.path.relpath(p.resolve(), out_dir.resolve()) for p in images],
             asn_id=name, asn_rule="ceers_align", asn_pool="ceers-align", program=visit[2:7]))
     return paths
@@ -181,6 +201,72 @@ def _remove_if_alone(asn_paths, created_dir):
 
 
 
+# --- copies ------------------------------------------------------------------------------------
+
+def _exposure_fingerprints(path, header, visit, filt, detector):
+    """
+    What identifies the exposure and detector a file holds, each with its name for messages:
+    its header keys (VISITGRP, SEQ_ID, ACT_ID, EXPOSURE); its exposure start, exposure time
+    and pointing (EXPSTART, EFFEXPTM, the SCI header's RA_REF and DEC_REF); its pixels (a
+    digest of every 32nd-or-so row of SCI, read through a memory map: ~0.5 MB a file).
+
+    A copy whose header keys were removed still has the same start, time and pointing, or the
+    same pixels. Frames without varying finite pixels (blank, all NaN) have no pixel print.
+    """
+    import hashlib
+
+    import numpy as np
+    from astropy.io import fits
+
+    prints = []
+    exposure = tuple(str(header.get(k, "")).strip() for k in
+                     ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
+    if any(exposure):
+        prints.append((("keys", visit, filt, detector, exposure), "the same exposure and detector"))
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            sci = hdul["SCI"]
+            timing = [header.get("EXPSTART"), header.get("EFFEXPTM"), sci.header.get("RA_REF"),
+                      sci.header.get("DEC_REF")]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                   for v in timing):
+                prints.append((("timing", visit, filt, *(round(float(v), 7) for v in timing)),
+                               "the same exposure start, exposure time and pointing (EXPSTART, "
+                               "EFFEXPTM, RA_REF, DEC_REF)"))
+            data = sci.data
+            if data is not None and data.ndim == 2:
+                sample = np.ascontiguousarray(data[:: max(1, data.shape[0] // 64)], dtype=">f4")
+                finite = sample[np.isfinite(sample)]
+                if finite.size and finite.min() != finite.max():
+                    digest = hashlib.sha256(sample.tobytes()).hexdigest()
+                    prints.append((("pixels", visit, filt, data.shape, digest),
+                                   "the same pixels (SCI)"))
+            del data
+    except Exception:  # noqa: BLE001 - a file whose pixels cannot be read fails in the fit
+        pass
+    return prints
+
+
+def _copy_of(seen, path, header, visit, filt, detector):
+    """
+    Why ``path`` is a copy of a file seen before (its exposure, timing or pixels), naming
+    that file; None when it is not. ``seen`` collects the fingerprints of kept files.
+
+    A copy of a cal file under another name would enter its visit's fit twice: every source
+    linked to itself at zero residual, the centroid scatter (and so the reported
+    uncertainties) underestimated, the true error larger.
+    """
+    prints = _exposure_fingerprints(path, header, visit, filt, detector)
+    for fingerprint, what in prints:
+        first = seen.get(fingerprint)
+        if first is not None and first != path:
+            return (f"{what} as {first.name} (a copy?), which is used: no source may "
+                    "count twice")
+    for fingerprint, _ in prints:
+        seen[fingerprint] = path
+    return None
+
+
 # --- groups -----------------------------------------------------------------------------------
 
 @dataclass
@@ -200,13 +286,10 @@ class Group:
         return [p for det in sorted(self.selected) for p in self.selected[det]]
 
 
-def _visit_of(header, path):
-    """``jw<program><observation><visit>`` from the header, else from the file name."""
-    try:
-        visit = f"jw{int(header['PROGRAM']):05d}{int(header['OBSERVTN']):03d}{int(header['VISIT']):03d}"
-    except (KeyError, ValueError, TypeError):
-        visit = path.name.split("_")[0]
-    return visit.lower() if VISIT_ID.fullmatch(visit.lower()) else None
+def _visit_of(key, path):
+    """The `image_key` visit (header, else file name), else the file name's first field."""
+    visit = key.visit if key.visit != "unknown" else path.name.split("_")[0].lower()
+    return visit if VISIT_ID.fullmatch(visit) else None
 
 
 def discover_groups(input_dir, suffix="cal"):
@@ -214,24 +297,25 @@ def discover_groups(input_dir, suffix="cal"):
     Every visit and filter among the ``*_<suffix>.fits`` of ``input_dir``, by header.
 
     The visit is PROGRAM, OBSERVTN and VISIT (``jw01345001001``; the file name's
-    first field when they are missing), the filter FILTER, the detector DETECTOR.
+    first field when they are missing), the filter the one that defines the bandpass
+    (PUPIL when it holds a filter, else FILTER), the detector DETECTOR. These values
+    name output files: an image with an invalid one (`ceers_steps.grouping.name_part`)
+    is left out as FAILED with the reason.
 
     Returns
     -------
     groups : list of Group
         Sorted by visit and filter.
     problems : list of (Path, str)
-        Files left out and why (unreadable header, no visit id, no FILTER, the same
-        exposure and detector as a file found before it).
+        Files left out and why (unreadable header, invalid header values, no visit id, no
+        FILTER, a copy of a file found before it: `_copy_of`).
     """
     from astropy.io import fits
 
-    from .wcs_io import detector_from_name
+    from .grouping import image_key
 
     found, problems = {}, []
-    # A copy of a cal file under another name would enter its visit's fit twice: every
-    # source linked to itself at zero residual, the centroid scatter (and so the reported
-    # uncertainties) underestimated. Of two, the first in this order is kept: files named
+    # Of a file and its copy (`_copy_of`), the first in this order is kept: files named
     # as the archive names them (jw...) first, then by name.
     seen = {}
     paths = sorted(Path(input_dir).glob(f"*_{suffix}.fits"),
@@ -242,21 +326,19 @@ def discover_groups(input_dir, suffix="cal"):
         except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the survey
             problems.append((path, f"cannot read its FITS header ({exc})"))
             continue
-        visit = _visit_of(header, path)
-        filt = str(header.get("FILTER", "")).strip().lower()
-        if visit is None or not filt:
+        key = image_key(None, path.name, header=header)
+        if key.problem:
+            # Header values name output files: an invalid one fails the image, not the survey.
+            problems.append((path, f"FAILED: {_after_name(key.problem, path)}"))
+            continue
+        visit, filt, detector = _visit_of(key, path), key.filter, key.detector
+        if visit is None or filt == "unknown":
             problems.append((path, "no visit id (PROGRAM/OBSERVTN/VISIT) or no FILTER in its header"))
             continue
-        detector = (str(header.get("DETECTOR", "")).strip().lower()
-                    or detector_from_name(path.name) or "unknown")
-        exposure = tuple(str(header.get(k, "")).strip() for k in
-                         ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
-        if any(exposure):
-            first = seen.setdefault((visit, filt, detector, exposure), path)
-            if first != path:
-                problems.append((path, f"the same exposure and detector as {first.name} (a "
-                                       "copy?), which is used: no source may count twice"))
-                continue
+        copy = _copy_of(seen, path, header, visit, filt, detector)
+        if copy:
+            problems.append((path, copy))
+            continue
         found.setdefault((visit, filt), {}).setdefault(detector, []).append(path)
     groups = [Group(v, f, {d: sorted(p) for d, p in sel.items()})
               for (v, f), sel in sorted(found.items())]

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from . import compat  # noqa: F401 - on astropy < 5.3, lets WCS models pickle back from workers
 from .catalogs import build_catalog, write_catalog
-from .grouping import image_key
+from .grouping import image_key, read_primary_header
 
 __all__ = [
     "CatalogResult",
@@ -139,7 +139,8 @@ def detect_task(source, params, catalog_path, name=None):
         model, close = source, (lambda: None)
     try:
         if isinstance(source, (str, Path)):
-            header, key = ImageHeader.from_model(model), image_key(model, Path(source).name)
+            header = ImageHeader.from_model(model)
+            key = image_key(model, Path(source).name, header=read_primary_header(source))
         else:
             wi = source.meta.wcsinfo
             header = ImageHeader(source.meta.filename, source.meta.wcs,
@@ -168,27 +169,7 @@ def key_from_file(path):
     The `ImageKey` of a file that cannot be opened as a data model, from its
     primary FITS header if that can be read, else from its name.
     """
-    from types import SimpleNamespace as NS
-
-    header = {}
-    try:
-        from astropy.io import fits
-
-        header = fits.getheader(path, 0)
-    except Exception:  # noqa: BLE001 - the name alone must do
-        pass
-
-    def get(key):
-        value = header.get(key)
-        return None if value is None else str(value).strip()
-
-    meta = NS(observation=NS(program_number=get("PROGRAM"), observation_number=get("OBSERVTN"),
-                             visit_number=get("VISIT"), visit_group=get("VISITGRP"),
-                             sequence_id=get("SEQ_ID"), activity_id=get("ACT_ID"),
-                             exposure_number=get("EXPOSURE")),
-              instrument=NS(detector=get("DETECTOR"), filter=get("FILTER")),
-              filename=Path(path).name)
-    return image_key(NS(meta=meta), Path(path).name)
+    return image_key(None, Path(path).name, header=read_primary_header(path) or {})
 
 
 def write_aligned_task(path, out_path, wcs, wcs_name, status, sip, wcs_model_path=None,
@@ -293,7 +274,8 @@ def header_task(path):
     except Exception as exc:  # noqa: BLE001 - one unreadable file fails only itself
         return None, key_from_file(path), None, f"cannot be read: {describe_error(exc)}"
     try:
-        return (ImageHeader.from_model(model), image_key(model, Path(path).name),
+        return (ImageHeader.from_model(model),
+                image_key(model, Path(path).name, header=read_primary_header(path)),
                 getattr(model.meta, "tweakreg_catalog", None), None)
     finally:
         model.close()
@@ -314,6 +296,7 @@ def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir)
         ``applied`` (the WCS model used, or None when passed through), ``warning``;
         or, for a problem, ``name``, ``error`` (message) and ``kind`` (exception type name).
     """
+    from .fileio import inside_folder
     from .inputs import InputImage, open_image
     from .wcs_io import apply_wcs_model, exposure_base, load_wcs_for_image
 
@@ -334,7 +317,11 @@ def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir)
             model.meta.cal_step.tweakreg = model.meta.cal_step.tweakreg or "SKIPPED"
         else:
             apply_wcs_model(model, wcsinfo, wcs)
-        output = Path(out_dir) / f"{exposure_base(filename)}_{suffix}.fits"
+        try:
+            output = inside_folder(Path(out_dir) / f"{exposure_base(filename)}_{suffix}.fits",
+                                   out_dir)
+        except ValueError as exc:
+            return {"name": name, "error": f"{name}: {exc}", "kind": "ValueError"}
         # In a folder of its own: stdatamodels records the name it saves under.
         written = Path(tmp_dir) / name / output.name
         written.parent.mkdir()

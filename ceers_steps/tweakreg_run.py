@@ -16,7 +16,7 @@ import numpy as np
 from ._stpipe import AllImagesFailedError, get_logger
 from .alignment import AlignImage, align_visit, result_row
 from .catalogs import catalog_xy, read_catalog
-from .grouping import image_key
+from .grouping import image_key, read_primary_header
 from .inputs import open_image, written_library
 from .jwstpars import choose_catalogs, detection_parameters, ignored_settings, parse_catfile
 from .refcat import named_catalog, refcat_label, refcat_paths
@@ -29,7 +29,7 @@ from .results import (
     write_results_table,
 )
 from .tasks import detect_task, finish_aligned_model, header_task, write_aligned_task
-from .wcs_io import exposure_base, save_wcs_model, wcs_dir_path
+from .wcs_io import save_wcs_model, wcs_dir_path, wcs_model_path
 
 __all__ = ["TweakRegRun"]
 
@@ -128,6 +128,8 @@ class TweakRegRun:
         for i, (_image, (model, key, _, error)) in enumerate(zip(inputs.images, headers,
                                                                            strict=True)):
             name = names[i]
+            if error is None and key.problem:
+                error = key.problem  # a header value that cannot name its outputs
             if error is None and catalogs is not None and catalogs[i].error:
                 error = catalogs[i].error
             if error is not None:
@@ -251,8 +253,7 @@ class TweakRegRun:
 
         # Every output of the run (images saved by stpipe afterwards, WCS models) checked first.
         saved = [im for im in readable if not im.status.get("unusable")] if save_wcs else []
-        wcs_paths = [(wcs_dir / f"{exposure_base(im.model.meta.filename)}_tweakreg.asdf", im.name)
-                     for im in saved]
+        wcs_paths = [(wcs_model_path(wcs_dir, im.model.meta.filename), im.name) for im in saved]
         image_paths = [(self.pars.image_output_path(im.model.meta.filename, suffix), im.name)
                        for im in readable] if save else []
         check_outputs(image_paths + wcs_paths, [image.path for image in inputs.images])
@@ -280,18 +281,27 @@ class TweakRegRun:
         from dataclasses import replace
 
         keys = [key for _, key, _, _ in headers]
+        good = [k for k in keys if not k.problem]
+        if len(good) < len(keys) and len({k.visit_filter for k in good}) == 1:
+            # An image with an invalid header value fails; its row goes to the run's table.
+            visit, filt = good[0].visit, good[0].filter
+            headers = [(m, k if not k.problem else replace(k, visit=visit, filter=filt), c, e)
+                       for m, k, c, e in headers]
+            keys = [key for _, key, _, _ in headers]
         mode = self.pars.group_by
         if mode == "auto":
-            known = all(k.visit != "unknown" and k.detector != "unknown" for k in keys)
+            known = all(k.visit != "unknown" and k.detector != "unknown" for k in good)
             mode = "detector" if known else "input"
             if not known:
                 log.info("Not every image names its visit and detector: aligning the whole input "
                          "together, each exposure as one group (jwst's TweakRegStep)")
         self._relative_runs = "exposure" if mode == "input" else mode
-        if mode != "input" or len({k.visit_filter for k in keys}) <= 1:
+        if mode != "input" or len({k.visit_filter for k in good}) <= 1:
             return headers
         product = ((inputs.asn or {}).get("products") or [{}])[0].get("name") or "input"
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(product))
+        # The association's product name becomes a file-name part: letters, digits, _-+ only.
+        name = "".join(c if c.isascii() and (c.isalnum() or c in "-_+") else "_"
+                       for c in str(product))[:40] or "input"
         return [(m, replace(k, visit=name, filter="all"), c, e) for m, k, c, e in headers]
 
     def _visit_table(self, visit_filter, images, failed_row, visit_rows, ref_used, terms, unit,
@@ -456,9 +466,11 @@ class TweakRegRun:
     def _save_abs_catalogs(self, used_refcats, inputs):
         if not self.pars.save_abs_catalog or not used_refcats:
             return
-        from .fileio import check_outputs, write_ecsv
+        from .fileio import check_outputs, inside_folder, write_ecsv
 
-        paths = {vf: self.pars.output_dir_path() / f"{vf}_abs_refcat.ecsv" for vf in used_refcats}
+        out_dir = self.pars.output_dir_path()
+        paths = {vf: inside_folder(out_dir / f"{vf}_abs_refcat.ecsv", out_dir)
+                 for vf in used_refcats}
         check_outputs([(p, vf) for vf, p in paths.items()],
                       [image.path for image in inputs.images]
                       + ([] if named_catalog(self.pars.abs_refcat) else refcat_paths(self.pars.abs_refcat)))
@@ -604,7 +616,8 @@ class TweakRegRun:
                 out.append((None, key_from_file(image.path), None,
                             f"cannot be read: {describe_error(exc)}"))
                 continue
-            out.append((model, image_key(model, image.name),
+            header = read_primary_header(image.path) if image.path is not None else None
+            out.append((model, image_key(model, image.name, header=header),
                         getattr(model.meta, "tweakreg_catalog", None), None))
         return out
 
@@ -673,7 +686,7 @@ class TweakRegRun:
                 continue  # an unreadable file has nothing to write
             status, wcs_name = statuses[im.name]
             out_path = self.pars.image_output_path(im.name, suffix) if save else None
-            wcs_path = (wcs_dir / f"{exposure_base(im.name)}_tweakreg.asdf"
+            wcs_path = (wcs_model_path(wcs_dir, im.name)
                         if wcs_dir is not None and not im.status.get("unusable") else None)
             plan.append((image, im, cat, status, wcs_name, out_path, wcs_path))
         check_outputs([(path, im.name) for _, im, _, _, _, out_path, wcs_path in plan

@@ -69,7 +69,9 @@ def wcs_dir_path(wcs_dir, output_dir):
 
 def wcs_model_path(wcs_dir, filename):
     """``<wcs_dir>/<exposure base>_tweakreg.asdf`` for an image file name."""
-    return Path(wcs_dir) / f"{exposure_base(filename)}_tweakreg.asdf"
+    from .fileio import inside_folder
+
+    return inside_folder(Path(wcs_dir) / f"{exposure_base(filename)}_tweakreg.asdf", wcs_dir)
 
 
 def _wcsinfo_dict(wcsinfo):
