@@ -569,6 +569,10 @@ def align_unit(groups, out_dir, options, say):
     message = _tweakreg_options(tweakreg, options, say)
     if message:
         return outcomes("FAILED", message)
+    if tweakreg.get("save_report") is None:
+        # The step runs here outside CeersAlignPipeline, whose presence turns the report on:
+        # each group of the unit gets the report a group aligned alone gets.
+        tweakreg["save_report"] = bool(options.report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for g in groups:

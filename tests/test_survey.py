@@ -271,3 +271,30 @@ def test_a_ruined_channel_fails_alone(tmp_path, capsys):
         with asdf.open(out / "tweakreg_wcs" / name.replace("_cal.fits", "_tweakreg.asdf")) as af:
             err = angular_separation_mas(*af["wcs"](511.5, 511.5), *truth[name](511.5, 511.5))
         assert err < 6.0, (name, err)
+
+
+def test_joint_units_write_a_report_per_group(tmp_path, capsys):
+    """
+    Groups fitted together (``--joint-channels``, ``--shared-detector-terms``: one
+    `align_unit` run) get the alignment report and DS9 regions a group alone gets.
+    """
+    cal, refcat, _, _ = _two_channel_visits(tmp_path)
+    out = tmp_path / "out"
+    code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
+                       str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
+                       "--joint-channels", "--shared-detector-terms"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = Table.read(out / "survey_summary.ecsv")
+    names = [f"{v}_{f}" for v in ("jw01345001001", "jw01345002001") for f in ("f200w", "f444w")]
+    report_of = {}
+    for row in summary:
+        report_of.setdefault(f"{row['visit']}_{row['filter']}", set()).add(str(row["report"]))
+    for name in names:
+        report = out / f"{name}_alignment_report.html"
+        assert report.is_file(), f"no report for {name}: {sorted(p.name for p in out.iterdir())}"
+        assert name in report.read_text()
+        assert list((out / f"{name}_regions").glob("*.reg"))
+        assert report_of[name] == {report.name}
+    index = (out / "survey_index.html").read_text()
+    assert all(f"{name}_alignment_report.html" in index for name in names)
