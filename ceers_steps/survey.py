@@ -49,7 +49,7 @@ def default_parameter_dirs():
     if os.environ.get("CEERS_PARAMETER_FILES"):
         dirs.append(Path(os.environ["CEERS_PARAMETER_FILES"]))
     dirs.append(Path.cwd() / "parameter_files")
-    dirs.append(Path(__file__).resolve().parent.parent / "parameter_files")  # a source checkout
+    dirs.append(Path(__file__).resolve().parent / "parameter_files")  # the package's, installed too
     return dirs
 
 

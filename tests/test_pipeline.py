@@ -318,3 +318,16 @@ def test_stage3_parameter_file_runs_through_skymatch(builtin_files, tmp_path, mo
     median, _ = accuracy(models, d["visit"])
     assert median <= 3.0
     assert (tmp_path / "jw01345001001_f200w_tweakreg_results.ecsv").exists()
+
+
+def test_parameter_files_are_part_of_the_package():
+    """The 30 CEERS files ship inside the package (a wheel has them), where ceers-align looks."""
+    from importlib.resources import files
+
+    from ceers_steps.survey import default_parameter_dirs
+
+    folder = files("ceers_steps") / "parameter_files"
+    assert len([p for p in folder.iterdir() if p.name.endswith(".asdf")]) == 30
+    assert Path(str(folder)).resolve() in [p.resolve() for p in default_parameter_dirs()]
+    # The checkout's top-level parameter_files/ (commands in the docs use it) is the same folder.
+    assert PARAMETER_FILES.resolve() == Path(str(folder)).resolve()
