@@ -21,8 +21,9 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     suffix. Its ``wcs`` and ``wcsinfo`` replace the image's, and
     ``meta.cal_step.tweakreg`` is set to COMPLETE. Before anything is applied,
     every image is checked (model found, made for this exposure and detector,
-    recording a COMPLETE fit, bounding box equal to the image; ``force`` overrides
-    all but the first);
+    recording a COMPLETE fit, bounding box equal to the image, putting the image
+    within ``max_offset`` arcsec of its own WCS; ``force`` overrides all but the
+    first);
     a problem is an error naming the image and the file, unless
     ``skip_missing`` passes such images through unchanged with a warning.
 
@@ -39,7 +40,8 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     spec = """
         wcs_dir = string(default='tweakreg_wcs')  # Folder holding the saved WCS models <base>_tweakreg.asdf, relative to the output directory [as ceers_tweak writes them]
         skip_missing = boolean(default=False)  # Pass images without a usable WCS model through unchanged [warning] instead of failing
-        force = boolean(default=False)  # Experts: apply models that record an unaligned [FAILED] fit, another exposure, or a bounding box that does not match the image
+        force = boolean(default=False)  # Experts: apply models that record an unaligned [FAILED] fit, another exposure, a bounding box that does not match the image, or an offset beyond max_offset
+        max_offset = float(default=2.0)  # Largest distance [arcsec] between the model's and the image's own WCS over the image for the model to be applied [CEERS' tweaks: < 0.4]; a model of another image is refused
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
         n_jobs = integer(default=None)  # Worker processes when streaming several files: None or 0 = all cores, 1 = serial, -N = all but N-1
@@ -53,8 +55,16 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         """
         return wcs_dir_path(self.wcs_dir, self.output_dir_path())
 
+    def _max_offset(self):
+        """``max_offset``, checked: a positive number of arcsec."""
+        value = self.max_offset
+        if value is None or not value > 0 or value == float("inf"):
+            raise ValueError(f"max_offset must be a positive number of arcsec, not {value!r}")
+        return float(value)
+
     def process(self, input_data):
         inputs = load_inputs(input_data)
+        self._max_offset()
         self.remember_inputs(inputs)
         wcs_dir = self.wcs_dir_path()
         if (self.save_results and len(inputs.images) > 1
@@ -69,7 +79,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
                 in_memory.add(id(model))
             try:
                 found = load_wcs_for_image(model, wcs_dir, model.meta.filename or image.name,
-                                           force=self.force)
+                                           force=self.force, max_offset=self._max_offset())
             except (FileNotFoundError, ValueError) as exc:
                 if not self.skip_missing:
                     # Files this run opened are closed before the run fails.
@@ -110,7 +120,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         try:
             done = run_tasks(apply_wcs_task,
                              [(image.path, wcs_dir, self.force, self.skip_missing, out_dir,
-                               self.suffix, tmp) for image in inputs.images],
+                               self.suffix, tmp, self._max_offset()) for image in inputs.images],
                              n_jobs=self.n_jobs, scheduler=self.scheduler or None,
                              label="Applying WCS models",
                              names=[image.name for image in inputs.images])

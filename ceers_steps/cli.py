@@ -90,7 +90,10 @@ def _apply_wcs_parser():
                    help="copy images without a WCS model unchanged instead of failing")
     p.add_argument("--force", action="store_true",
                    help="experts: apply models of unaligned (FAILED) fits, of other exposures, "
-                        "or whose bounding box does not match the image")
+                        "whose bounding box does not match the image, or beyond --max-offset")
+    p.add_argument("--max-offset", type=float, default=2.0, metavar="ARCSEC",
+                   help="refuse a model that puts its image farther than this from the image's "
+                        "own WCS (2 arcsec; CEERS' own tweaks moved images by < 0.4)")
     p.add_argument("--n-jobs", type=int, default=None,
                    help="worker processes (default: all cores; 1 = serial)")
     p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
@@ -132,6 +135,7 @@ def apply_wcs_main(argv=None):
         run_step(ApplyWcsStep, [str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
                  output_dir=str(out_dir), suffix=args.output_suffix,
                  skip_missing=args.skip_missing, force=args.force, save_results=True,
+                 max_offset=args.max_offset,
                  n_jobs=args.n_jobs, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"ceers-apply-wcs: {exc}", file=sys.stderr)

@@ -150,10 +150,17 @@ def image_key(model, name=None, header=None):
     filename = getattr(meta, "filename", None) if meta is not None else None
     source = name or filename or "image"
 
+    problems = []
+
     def get(keyword, from_header=True):
         value = None
         if header is not None and (from_header or meta is None):
-            value = header.get(keyword)
+            try:
+                value = header.get(keyword)
+            except Exception as exc:  # noqa: BLE001 - an unparsable card (astropy VerifyError)
+                problems.append(f"{source}: {keyword} cannot be read from the FITS header "
+                                f"({' '.join(str(exc).split())})")
+                return None
         if value is None and meta is not None:
             node, attr = _META[keyword]
             value = getattr(getattr(meta, node, None), attr, None)
@@ -161,8 +168,6 @@ def image_key(model, name=None, header=None):
             return None
         text = str(value).strip()
         return text or None
-
-    problems = []
 
     def checked(func, *args):
         try:
@@ -174,8 +179,7 @@ def image_key(model, name=None, header=None):
     parts = []
     for keyword, width in _VISIT_KEYS:
         value = get(keyword)
-        if value is not None and not (re.fullmatch(r"[0-9]+", value, re.ASCII)
-                                      and len(value.lstrip("0")) <= width):
+        if value is not None and not re.fullmatch(rf"[0-9]{{1,{width}}}", value, re.ASCII):
             shown = value if len(value) <= 60 else value[:57] + "..."
             problems.append(f"{source}: {keyword} {shown!r} is not a valid value (digits, at "
                             f"most {width})")

@@ -218,9 +218,14 @@ def _exposure_fingerprints(path, header, visit, filt, detector):
     import numpy as np
     from astropy.io import fits
 
+    def value(key):
+        try:
+            return str(header.get(key, "")).strip()
+        except Exception:  # noqa: BLE001 - an unparsable card identifies nothing
+            return ""
+
     prints = []
-    exposure = tuple(str(header.get(k, "")).strip() for k in
-                     ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
+    exposure = tuple(value(k) for k in ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
     if any(exposure):
         prints.append((("keys", visit, filt, detector, exposure), "the same exposure and detector"))
     try:

@@ -281,7 +281,8 @@ def header_task(path):
         model.close()
 
 
-def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir):
+def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir,
+                   max_offset=None):
     """
     Apply one image's saved WCS model and write the result into ``tmp_dir``.
 
@@ -309,7 +310,8 @@ def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir)
         filename = model.meta.filename or name
         warning, applied = None, None
         try:
-            applied, wcsinfo, wcs = load_wcs_for_image(model, wcs_dir, filename, force=force)
+            applied, wcsinfo, wcs = load_wcs_for_image(model, wcs_dir, filename, force=force,
+                                                       max_offset=max_offset)
         except (FileNotFoundError, ValueError) as exc:
             if not skip_missing:
                 return {"name": name, "error": str(exc), "kind": type(exc).__name__}

@@ -25,12 +25,14 @@ __all__ = [
     "detector_from_name",
     "exposure_base",
     "load_wcs_for_image",
+    "MAX_WCS_OFFSET",
     "SavedWcs",
     "read_wcs_model",
     "read_wcs_model_file",
     "save_wcs_model",
     "wcs_dir_path",
     "wcs_model_path",
+    "wcs_offset_arcsec",
 ]
 
 _BASE_RE = re.compile(r"^(jw\d{11}_\d{5}_\d{5}_[a-z]+\d*(?:long)?)", re.IGNORECASE)
@@ -195,14 +197,44 @@ def detector_from_name(filename):
     return match.group(1).rsplit("_", 1)[1].lower() if match else None
 
 
-def load_wcs_for_image(model, wcs_dir, image_name=None, force=False):
+#: Default of ``max_offset`` (arcsec): how far a saved WCS model may put an image from the
+#: image's own WCS. CEERS' 690 real tweaks moved their images by at most 0.39 arcsec
+#: (benchmarks/bench_wcs_model_offsets.py); a model of another detector is ~100-200 arcsec
+#: off, one of another dither several arcsec.
+MAX_WCS_OFFSET = 2.0
+
+
+def wcs_offset_arcsec(wcs1, wcs2, shape, n=5):
+    """
+    The largest distance (arcsec) between the sky positions two WCSs give to an
+    ``n`` x ``n`` grid of pixels spanning an image of ``shape``; NaN when either
+    gives no position.
+    """
+    import numpy as np
+
+    from .wcs_utils import angular_separation_mas
+
+    ny, nx = shape
+    x, y = np.meshgrid(np.linspace(0, nx - 1, n), np.linspace(0, ny - 1, n))
+    try:
+        ra1, dec1 = wcs1(x, y, with_bounding_box=False)
+        ra2, dec2 = wcs2(x, y, with_bounding_box=False)
+    except Exception:  # noqa: BLE001 - a WCS that cannot be evaluated is not comparable
+        return float("nan")
+    d = angular_separation_mas(ra1, dec1, ra2, dec2) / 1000.0
+    return float(np.max(d)) if np.all(np.isfinite(d)) else float("nan")
+
+
+def load_wcs_for_image(model, wcs_dir, image_name=None, force=False, max_offset=MAX_WCS_OFFSET):
     """
     Find, read and check the saved WCS model of an image.
 
     Looks for ``<wcs_dir>/<exposure base>_tweakreg.asdf`` and checks that the
     file has a ``wcs``, that it records a COMPLETE fit, that it was made for
-    this exposure (detector and exposure name) and that its bounding box
-    covers the image and no more.
+    this exposure (detector and exposure name), that its bounding box
+    covers the image and no more, and that it puts the image within
+    ``max_offset`` arcsec of the image's own WCS (labels can be wrong: a model
+    of NRCB4 relabelled NRCA1 would move the image by ~175 arcsec).
 
     Parameters
     ----------
@@ -212,7 +244,12 @@ def load_wcs_for_image(model, wcs_dir, image_name=None, force=False):
         Name used for the image in messages (default ``meta.filename``).
     force : bool
         Apply the model even when it records an unaligned fit, another
-        exposure or a bounding box that does not match the image (experts).
+        exposure, a bounding box that does not match the image or an offset
+        beyond ``max_offset`` (experts).
+    max_offset : float or None
+        Largest distance, arcsec, between the model's and the image's own
+        sky positions over a 5 x 5 grid of the image (`MAX_WCS_OFFSET`);
+        None skips the check. An image without a WCS of its own is not checked.
 
     Returns
     -------
@@ -265,6 +302,16 @@ def load_wcs_for_image(model, wcs_dir, image_name=None, force=False):
             problems.append(f"the WCS model {path} has bounding box x {x0:g}..{x1:g}, "
                             f"y {y0:g}..{y1:g}, which does not cover the image ({nx} x {ny}): "
                             "pixels outside it would have no sky position")
+    own = getattr(model.meta, "wcs", None)
+    if (max_offset is not None and own is not None and model.data is not None
+            and model.data.ndim == 2):
+        offset = wcs_offset_arcsec(own, saved.wcs, model.data.shape)
+        if not offset <= max_offset:  # NaN too: a model that cannot be checked is not applied
+            moved = (f"{offset:.1f} arcsec from" if offset == offset
+                     else "where it cannot be compared with")
+            problems.append(f"the WCS model {path} puts the image {moved} its own WCS (more "
+                            f"than max_offset = {max_offset:g} arcsec): a model of another "
+                            "image?")
     if problems and not force:
         raise ValueError(f"{name}: " + "; ".join(problems) + hint)
     if problems:

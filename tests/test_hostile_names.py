@@ -270,3 +270,201 @@ def test_different_exposures_are_not_copies(work):
         set_header(work["cal"] / work["names"][i], VISITGRP=None, SEQ_ID=None, EXPSTART=None)
     groups, problems = discover_groups(work["cal"])
     assert problems == [] and sum(len(g.images) for g in groups) == 4
+
+
+# --- finding 8c: a saved WCS model must agree with the image's own WCS -------------------------
+
+
+def _models_of_own_wcs(cal, names, wcs_dir, relabel=None):
+    """A WCS model per image from its own WCS; ``relabel=(a, b)``: image a gets b's WCS
+    under a's labels (file name, exposure), as a relabelled file would carry them."""
+    from ceers_steps.compat import datamodels
+    from ceers_steps.wcs_io import save_wcs_model, wcs_model_path
+
+    models = {}
+    for name in names:
+        with datamodels.open(cal / name) as m:
+            models[name] = (m.meta.wcsinfo.instance, m.meta.wcs)
+    for name in names:
+        source = relabel[1] if relabel and name == relabel[0] else name
+        save_wcs_model(wcs_model_path(wcs_dir, name), name, *models[source])
+
+
+def test_relabelled_wcs_model_is_refused(work, capsys):
+    """
+    A WCS model of NRCB4 relabelled NRCA1 (its file name and tree say nrca1) was applied on its
+    labels alone: the image moved ~175 arcsec, COMPLETE. The model must now put the image within
+    max_offset (2 arcsec by default) of its own WCS, else the image fails with the reason.
+    """
+    from ceers_steps.compat import datamodels
+    from ceers_steps.wcs_io import wcs_offset_arcsec
+
+    names = work["names"]
+    a1, b4 = names[0], next(n for n in names if "nrcb4" in n)
+    wcs_dir = work["root"] / "wcs"
+    _models_of_own_wcs(work["cal"], names, wcs_dir, relabel=(a1, b4))
+    with datamodels.open(work["cal"] / a1) as ma, datamodels.open(work["cal"] / b4) as mb:
+        offset = wcs_offset_arcsec(ma.meta.wcs, mb.meta.wcs, ma.data.shape)
+    assert offset > 100
+    argv = ["--all", "--input-dir", str(work["cal"]), "--output-dir", str(work["out"]),
+            "--wcs-dir", str(wcs_dir), "--n-jobs", "1"]
+    code = apply_wcs_main(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and a1 in last and "arcsec from its own WCS" in last, last
+    assert "max_offset = 2 arcsec" in last, last
+    assert not list(work["out"].glob("*.fits")) if work["out"].exists() else True
+    # --skip-missing passes it through unchanged and applies the others.
+    assert apply_wcs_main([*argv, "--skip-missing"]) == 0
+    statuses = {}
+    for path in work["out"].glob("*_tweakreg.fits"):
+        with datamodels.open(path) as m:
+            statuses[exposure_base(path.name)] = m.meta.cal_step.tweakreg
+    assert statuses.pop(exposure_base(a1)) == "SKIPPED"
+    assert set(statuses.values()) == {"COMPLETE"} and len(statuses) == 3
+    # The limit is the user's: a larger one lets the model through.
+    capsys.readouterr()
+    shutil.rmtree(work["out"])
+    code = apply_wcs_main(["--image", str(work["cal"] / a1), "--output-dir", str(work["out"]),
+                           "--wcs-dir", str(wcs_dir), "--max-offset", "1000"])
+    assert code == 0
+
+
+def test_wcs_model_offset_limit_is_a_parameter(work):
+    from ceers_steps import ApplyWcsStep
+    from ceers_steps.compat import datamodels
+    from ceers_steps.synthetic import apply_correction
+    from ceers_steps.wcs_io import save_wcs_model, wcs_model_path, wcs_offset_arcsec
+    from ceers_steps.wcs_utils import tangent_plane
+
+    name = work["names"][0]
+    wcs_dir = work["root"] / "wcs"
+    with datamodels.open(work["cal"] / name) as m:
+        wi = m.meta.wcsinfo
+        ra, dec = m.meta.wcs(512.0, 512.0)
+        moved = apply_correction(m.meta.wcs, {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref,
+                                              "roll_ref": wi.roll_ref},
+                                 np.eye(2), (1.0, 0.0), tangent_plane(ra, dec))
+        assert 0.9 < wcs_offset_arcsec(m.meta.wcs, moved, m.data.shape) < 1.1
+        save_wcs_model(wcs_model_path(wcs_dir, name), name, wi.instance, moved)
+    result = ApplyWcsStep.call(str(work["cal"] / name), wcs_dir=str(wcs_dir))
+    assert result.meta.cal_step.tweakreg == "COMPLETE"
+    result.close()
+    with pytest.raises(ValueError, match=f"{name}: .*1.0 arcsec from its own WCS.*max_offset = 0.5"):
+        ApplyWcsStep.call(str(work["cal"] / name), wcs_dir=str(wcs_dir), max_offset=0.5)
+    with pytest.raises(ValueError, match="max_offset must be a positive number"):
+        ApplyWcsStep.call(str(work["cal"] / name), wcs_dir=str(wcs_dir), max_offset=-1.0)
+
+
+# --- fuzz: hostile header values over every writer ---------------------------------------------
+
+
+def _hostile_values(seed=29):
+    """(keyword, value) pairs: paths, quotes, 200 characters, non-ASCII, random bytes."""
+    rng = np.random.default_rng(seed)
+
+    def random_bytes(n):
+        return bytes(int(b) for b in rng.integers(1, 256, n)).decode("latin-1")
+
+    return [("FILTER", "F200W/../../../../fz"), ("FILTER", "F200W'"), ("FILTER", "F" * 200),
+            ("FILTER", random_bytes(12)), ("PUPIL", "../.."), ("PUPIL", 'CLEAR"'),
+            ("PUPIL", "F470N\u00e9"), ("DETECTOR", "NRCA1/../../../../dz"),
+            ("DETECTOR", "\uff4e\uff52\uff43\uff41\uff11"), ("DETECTOR", random_bytes(8)),
+            ("PROGRAM", "01345/.."), ("OBSERVTN", "\uff11"), ("VISIT", "0" * 200),
+            ("VISIT", random_bytes(6))]
+
+
+def _explained(name, err, out_dirs):
+    """An image's fate: aligned (SUCCESS in a results table), or FAILED with a reason, in a
+    results table or on stderr (left out before the run)."""
+    for out in out_dirs:
+        status = final_statuses(out, [name])[name]
+        if status == "SUCCESS":
+            return "aligned"
+        if status and status.startswith("FAILED: ") and len(status) > 20:
+            return "failed"
+    lines = [line for line in err.splitlines() if name in line]
+    if any(("FAILED" in line or "left out" in line) and len(line) > len(name) + 30
+           for line in lines):
+        return "failed"
+    return None
+
+
+@QUIET[0]
+@QUIET[1]
+@QUIET[2]
+def test_fuzzed_header_values_never_write_outside_the_output_folder(work, capsys):
+    """
+    Hostile values in FILTER, PUPIL, DETECTOR and the visit keys, each in its own copy of a cal
+    file beside the four good ones, through every writer: ``ceers-align --all`` and ``VISIT
+    FILTER`` (associations, catalogs, results, reports, regions, WCS models, aligned images),
+    CeersTweakRegStep with every output on (its catalogs, reference catalog, results, report),
+    ``ceers-apply-wcs --all``. Nothing appears outside the output folders; every image is either
+    aligned or FAILED with a reason; the good images are aligned.
+    """
+    from ceers_steps import CeersTweakRegStep
+
+    cal, good = work["cal"], list(work["names"])
+    hostile = []
+    for k, (keyword, value) in enumerate(_hostile_values()):
+        source = good[k % len(good)]
+        path = cal / source.replace(source.split("_")[2], f"{k + 10:05d}")
+        shutil.copy(cal / source, path)
+        set_header(path, **{keyword: value})
+        hostile.append(path.name)
+    outs = {k: work["root"] / f"out_{k}" for k in ("all", "vf", "step", "apply")}
+    before = tree(work["top"], work["root"])
+    inputs = {p: p.read_bytes() for p in cal.iterdir()}
+
+    common = ["--input-dir", str(cal), "--abs-refcat", str(work["refcat"]), "--n-jobs", "1",
+              "--params-dir", str(work["no_params"]), "--save-results"]
+    code_all = align_main(["--all", "--output-dir", str(outs["all"]), *common])
+    err_all = capsys.readouterr().err
+    code_vf = align_main([VISIT, FILTER, "--output-dir", str(outs["vf"]), *common])
+    err_vf = capsys.readouterr().err
+    step = CeersTweakRegStep(abs_refcat=str(work["refcat"]), n_jobs=1, save_results=True,
+                             save_catalogs=True, save_abs_catalog=True, save_report=True,
+                             output_dir=str(outs["step"]))
+    step.run([str(cal / n) for n in sorted(good + hostile)])
+    code_apply = apply_wcs_main(["--all", "--input-dir", str(cal), "--output-dir",
+                                 str(outs["apply"]), "--wcs-dir",
+                                 str(outs["step"] / "tweakreg_wcs"), "--skip-missing"])
+    err_apply = capsys.readouterr().err
+
+    # Nothing outside the output folders: the tree beside them is unchanged, inputs too.
+    root_now = {p for p in work["root"].iterdir()}
+    assert root_now <= {cal, *outs.values()}, sorted(map(str, root_now))
+    assert tree(work["top"], work["root"]) == before
+    assert {p: p.read_bytes() for p in cal.iterdir()} == inputs
+    for out in outs.values():
+        for path in out.rglob("*"):
+            assert path.resolve().is_relative_to(out.resolve()), path
+    assert (code_all, code_vf) == (0, 0), (err_all[-2000:], err_vf[-2000:])
+    # Every image aligned or FAILED with a reason, in every run; the good ones aligned.
+    # (VISIT FILTER selects one filter: an image of another, valid, filter is not its business.)
+    from ceers_steps.survey import discover_groups
+
+    other = {p.name for g in discover_groups(cal)[0] if g.name != f"{VISIT}_{FILTER}"
+             for p in g.images}
+    fates = {}
+    for run, err, dirs in (("all", err_all, [outs["all"]]), ("vf", err_vf, [outs["vf"]]),
+                           ("step", "", [outs["step"]])):
+        for name in good + hostile:
+            fates[run, name] = _explained(name, err, dirs)
+            if run == "vf" and fates[run, name] is None and name in other:
+                fates[run, name] = "other filter"
+    assert all(fates.values()), {k: v for k, v in fates.items() if not v}
+    assert all(fates[run, n] == "aligned" for run in ("all", "vf", "step") for n in good), fates
+    # Each hostile value named with its keyword where the survey left it out.
+    for (keyword, _), name in zip(_hostile_values(), hostile, strict=True):
+        lines = [line for line in err_all.splitlines() if name in line]
+        assert lines and any(keyword in line or "copy" in line or "header" in line
+                             for line in lines), (name, keyword, lines)
+    # Applying stops at an image it cannot open (a header datamodels refuses), naming it and
+    # writing nothing; otherwise every image is written (applied, or passed through).
+    applied = sorted(p.name for p in outs["apply"].glob("*_tweakreg.fits"))
+    if code_apply:
+        last = err_apply.strip().splitlines()[-1]
+        assert code_apply == 1 and any(n in last for n in hostile) and "Traceback" not in err_apply
+        assert applied == [], applied
+    else:
+        assert len(applied) == len(good) + len(hostile), applied
