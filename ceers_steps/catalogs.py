@@ -45,14 +45,16 @@ def image_psf_fwhm(model):
     """
     The PSF FWHM of an image in pixels, from its filter and the WCS pixel scale.
 
-    Uses `ceers_steps.artifacts.NIRCAM_PSF_FWHM`; None when the filter is not a
-    NIRCam filter or the image has no usable WCS.
+    The filter is the one that defines the bandpass: the pupil-wheel filter when there
+    is one (F444W+F470N: F470N), else FILTER. Uses `ceers_steps.artifacts.NIRCAM_PSF_FWHM`;
+    None when the filter is not a NIRCam filter or the image has no usable WCS.
     """
     from .artifacts import NIRCAM_PSF_FWHM
 
     instrument = getattr(model.meta, "instrument", None)
     name = str(getattr(instrument, "filter", "") or "").strip().upper()
-    fwhm = NIRCAM_PSF_FWHM.get(name)
+    pupil = str(getattr(instrument, "pupil", "") or "").strip().upper()
+    fwhm = NIRCAM_PSF_FWHM.get(pupil, NIRCAM_PSF_FWHM.get(name))
     wcs = getattr(model.meta, "wcs", None)
     if fwhm is None or wcs is None:
         return None

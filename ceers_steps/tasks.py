@@ -99,7 +99,8 @@ def image_arrays(model):
                                                 wcsinfo=model.meta.wcsinfo.instance,
                                                 bunit_data=model.meta.bunit_data,
                                                 instrument=SimpleNamespace(
-                                                    filter=model.meta.instrument.filter)))
+                                                    filter=model.meta.instrument.filter,
+                                                    pupil=model.meta.instrument.pupil)))
 
 
 def detect_task(source, params, catalog_path, name=None):

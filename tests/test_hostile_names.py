@@ -197,6 +197,19 @@ def test_pupil_filter_defines_the_group(lw_files, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_detection_uses_the_psf_of_the_pupil_filter(lw_files):
+    """The cosmic-ray cut's PSF width is that of the bandpass: F162M behind F150W2."""
+    from ceers_steps.artifacts import NIRCAM_PSF_FWHM
+    from ceers_steps.catalogs import image_psf_fwhm
+    from ceers_steps.compat import datamodels
+
+    with datamodels.open(lw_files["nrca1"]) as m:
+        clear = image_psf_fwhm(m)
+        m.meta.instrument.pupil = "F162M"
+        ratio = image_psf_fwhm(m) / clear
+    assert ratio == pytest.approx(NIRCAM_PSF_FWHM["F162M"] / NIRCAM_PSF_FWHM["F150W2"])
+
+
 @pytest.mark.filterwarnings("ignore:While validating")
 def test_invalid_filter_is_rejected_per_image_not_grouped_raw(work, capsys):
     """
