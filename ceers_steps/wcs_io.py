@@ -198,9 +198,11 @@ def detector_from_name(filename):
 
 
 #: Default of ``max_offset`` (arcsec): how far a saved WCS model may put an image from the
-#: image's own WCS. CEERS' 690 real tweaks moved their images by at most 0.39 arcsec
-#: (benchmarks/bench_wcs_model_offsets.py); a model of another detector is ~100-200 arcsec
-#: off, one of another dither several arcsec.
+#: image's own WCS. CEERS' 690 real tweaks moved their images by at most 0.40 arcsec
+#: (median 0.07); a model of another detector of the same exposure would move its image by
+#: 68-176 arcsec, one of another dither by 0.9-2.0 (benchmarks/bench_wcs_model_offsets.py).
+#: 2 arcsec is 5x the largest real tweak and refuses any other detector's model; another
+#: dither's model is refused by its exposure record, not by this distance.
 MAX_WCS_OFFSET = 2.0
 
 
