@@ -915,8 +915,12 @@ def joint_fit(positions, dither_ids, detector_ids, ref_xy=None, params=None, ref
         ref_var = (np.nan_to_num(np.asarray(ref_err, float)[isolated]) ** 2
                    if ref_err is not None else np.zeros(len(groups)))
         if len(ref_xy) < params.minobj:
+            confused = int(len(isolated) - isolated.sum())
+            why = (f"; {confused} of {len(isolated)} were dropped by the confusion rule (another "
+                   f"reference source within abs_separation {params.separation:g})"
+                   if confused else "")
             return JointFitResult(status=f"FAILED: only {len(ref_xy)} usable reference sources "
-                                         f"(abs_minobj {params.minobj})")
+                                         f"(abs_minobj {params.minobj}){why}")
         tree = cKDTree(ref_xy)
     else:
         groups, ref_var, tree = np.zeros(0, int), np.zeros(0), None

@@ -49,6 +49,7 @@ __all__ = [
     "NAMED_CATALOGS",
     "RefcatUnavailableError",
     "at_epoch",
+    "collapse_near_duplicates",
     "fetch_named_catalog",
     "image_epoch",
     "merge_catalogs",
@@ -372,6 +373,45 @@ def merge_duplicates(table, radius_arcsec):
         drop[i if (np.isfinite(err[j]) and (not np.isfinite(err[i]) or err[j] < err[i]))
              else j] = True
     return table[~drop], int(drop.sum())
+
+
+#: A reference catalog in which more than this fraction of the sources has another within
+#: the confusion separation is a catalog of near-duplicate rows, not a crowded field.
+NEAR_DUPLICATE_FRACTION = 0.5
+
+
+def collapse_near_duplicates(table, separation_arcsec, what="reference catalog"):
+    """
+    One row per group of near-duplicate rows, when most rows have one.
+
+    The matching's confusion rule drops *both* sources of any pair closer than the
+    separation (``abs_separation``): right for the few real close pairs of a field, but
+    a catalog listing most sources twice (two reductions concatenated, positions a few
+    tens of mas apart) then loses every source and each image fails for want of
+    matches. When more than `NEAR_DUPLICATE_FRACTION` of the rows have another
+    within the separation, the better-measured row of each group is kept (a warning
+    says so); otherwise the table is returned unchanged.
+
+    Returns
+    -------
+    table : Table
+    n_removed : int
+    """
+    from scipy.spatial import cKDTree
+
+    if len(table) < 2 or not separation_arcsec or separation_arcsec <= 0:
+        return table, 0
+    pairs = cKDTree(_unit_vectors(table)).query_pairs(np.deg2rad(separation_arcsec / 3600.0),
+                                                      output_type="ndarray")
+    paired = np.unique(pairs) if len(pairs) else np.zeros(0, int)
+    if len(paired) <= NEAR_DUPLICATE_FRACTION * len(table):
+        return table, 0
+    out, n = merge_duplicates(table, separation_arcsec)
+    log.warning("%s: %d of %d sources have another within abs_separation %g arcsec "
+                "(near-duplicate rows?): the confusion rule would drop them all, so the "
+                "better-measured row of each group is kept (%d sources left)", what,
+                len(paired), len(table), separation_arcsec, len(out))
+    return out, n
 
 
 def merge_catalogs(tables, radius_arcsec, error=None):

@@ -220,21 +220,43 @@ def _residual_scatter(residuals, colours, mag_label):
     return fig
 
 
+#: Bars per row of the per-image RMS chart: 48 keeps every rotated label clear of the
+#: next at the report's width (~14 px apart at 7 pt); more images take more rows.
+BARS_PER_ROW = 48
+
+
 def _rms_bars(residuals, grades):
-    # The legend sits right of the axes, never over a bar.
-    fig = _figure(11, 3.8, bottom=0.3, top=0.9, right=0.84)
-    ax = fig.subplots()
-    pos = np.arange(len(residuals))
-    before = [r.rms("before") for r in residuals]
-    after = [r.rms("after") for r in residuals]
-    ax.bar(pos - 0.2, before, width=0.4, color="#999999", label="before")
-    ax.bar(pos + 0.2, after, width=0.4, color=[_GRADE_COLOURS[g.grade] for g in grades],
-           label="after (colour: grade)")
-    ax.set_yscale("log")
-    ax.set_xticks(pos, [_short(r.name) for r in residuals], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("RMS per axis (mas)")
-    ax.set_title("per-image residual RMS of the matched sources", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    # The legend sits right of the axes, never over a bar. Every image keeps its label:
+    # a visit of 200 images is drawn in rows of at most BARS_PER_ROW bars.
+    n = len(residuals)
+    rows = max(1, -(-n // BARS_PER_ROW))
+    per_row = -(-n // rows) if n else 1
+    if rows == 1:
+        fig = _figure(11, 3.8, bottom=0.3, top=0.9, right=0.84)
+        axes = [fig.subplots()]
+    else:
+        axes_h, label_h, title_h = 1.9, 1.15, 0.45  # inches
+        height = rows * (axes_h + label_h) + title_h
+        fig = _figure(11, height, bottom=label_h / height, top=1 - title_h / height,
+                      right=0.84, hspace=label_h / axes_h)
+        axes = list(fig.subplots(rows, 1))
+    before = np.array([r.rms("before") for r in residuals], float)
+    after = np.array([r.rms("after") for r in residuals], float)
+    colours = [_GRADE_COLOURS[g.grade] for g in grades]
+    for k, ax in enumerate(axes):
+        sel = np.arange(k * per_row, min(n, (k + 1) * per_row))
+        pos = np.arange(len(sel))
+        ax.bar(pos - 0.2, before[sel], width=0.4, color="#999999", label="before")
+        ax.bar(pos + 0.2, after[sel], width=0.4, color=[colours[i] for i in sel],
+               label="after (colour: grade)")
+        ax.set_yscale("log")
+        ax.set_xlim(-0.6, per_row - 0.4)  # the same bar width in every row
+        ax.set_xticks(pos, [_short(residuals[i].name) for i in sel], rotation=60, ha="right",
+                      fontsize=7)
+        ax.set_ylabel("RMS per axis (mas)")
+    axes[0].set_title("per-image residual RMS of the matched sources"
+                      + (f" ({n} images in {rows} rows)" if rows > 1 else ""), fontsize=10)
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
 

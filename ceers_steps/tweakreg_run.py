@@ -423,7 +423,7 @@ class TweakRegRun:
         """The reference catalog propagated to the mean epoch of a visit's images."""
         from astropy.time import Time
 
-        from .refcat import at_epoch, image_epoch
+        from .refcat import at_epoch, collapse_near_duplicates, image_epoch
 
         epochs = [image_epoch(im.model) for im in group]
         known = [e for e in epochs if e is not None]
@@ -436,6 +436,8 @@ class TweakRegRun:
         epoch = Time(np.mean([e.mjd for e in known]), format="mjd", scale="utc") if known else None
         used = at_epoch(refcat, epoch if has_pm else None, pm_missing=self.pars.abs_pm_missing,
                         pm_dispersion=self.pars.abs_pm_dispersion)
+        used, _ = collapse_near_duplicates(used, self.pars.abs_separation,
+                                           f"{visit_filter}: reference catalog")
         if len(used.meta.get("catalogs", [])) > 1:
             log.info("%s: reference sources used per catalog (after merging): %s", visit_filter,
                      ", ".join(f"{Path(c['file']).name} {c['n_used']}"

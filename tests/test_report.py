@@ -340,3 +340,34 @@ def test_nothing_aligned_still_reported(builtin_visit, tmp_path):
     assert {c["grade"][0] for c in rows.values()} == {"poor"}
     assert all("not aligned" in re.search(r"class='reason'>([^<]*)", html[html.index(name):])
                .group(1) for name in rows)
+
+
+def test_rms_bars_of_200_images_have_readable_labels():
+    """200 images: every bar keeps its label, and rotated labels never overlap the next."""
+    from types import SimpleNamespace
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ceers_steps.report import _png, _rms_bars, _short
+
+    names = [f"jw01345001001_02201_{d:05d}_{det}_cal.fits" for d in range(1, 26)
+             for det in ("nrca1", "nrca2", "nrca3", "nrca4", "nrcb1", "nrcb2", "nrcb3", "nrcb4")]
+    assert len(names) == 200
+    residuals = [SimpleNamespace(name=n, rms=lambda which, k=k: 5.0 + k % 7 if which == "after"
+                                 else 40.0) for k, n in enumerate(names)]
+    grades = [SimpleNamespace(grade=("good", "check", "poor")[k % 3]) for k in range(200)]
+    fig = _rms_bars(residuals, grades)
+    FigureCanvasAgg(fig).draw()
+    labels = []
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticklabels() if t.get_text()]
+        labels += [t.get_text() for t in ticks]
+        x = ax.transData.transform([(tick, 0) for tick in ax.get_xticks()[: len(ticks)]])[:, 0]
+        height_px = ticks[0].get_fontsize() * fig.dpi / 72.0
+        rotation = np.deg2rad(ticks[0].get_rotation())
+        # the distance between the baselines of two neighbouring rotated labels
+        assert np.min(np.diff(x)) * np.sin(rotation) >= 1.2 * height_px, \
+            f"labels {np.min(np.diff(x)):.1f} px apart overlap"
+    assert labels == [_short(n) for n in names]
+    assert fig.get_size_inches()[1] < 20  # rows, not a poster
+    _png(fig)
