@@ -444,14 +444,19 @@ def align_group(group, out_dir, steps, source, options, say):
     if message:
         return outcome("FAILED", message)
     out_dir = Path(out_dir)
+    try:
+        pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
+                                  save_results=options.save_results, in_memory=False,
+                                  n_jobs=options.n_jobs, scheduler=options.scheduler)
+        pipe.check_parameters()  # before the associations are written
+    except (ValueError, TypeError) as exc:
+        say(f"ceers-align: {exc}", error=True)
+        return outcome("FAILED", str(exc))
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     asn_paths = _write_detector_associations(group.selected, visit, filter_name, out_dir)
     for path in asn_paths:
         say(f"  association {path}")
-    pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
-                              save_results=options.save_results, in_memory=False,
-                              n_jobs=options.n_jobs, scheduler=options.scheduler)
     try:
         pipe.run([str(p) for p in group.images])
     except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
@@ -579,20 +584,27 @@ def align_unit(groups, out_dir, options, say):
         # each group of the unit gets the report a group aligned alone gets.
         tweakreg["save_report"] = bool(options.report)
     out_dir = Path(out_dir)
+    engine = {"n_jobs": options.n_jobs, "scheduler": options.scheduler}
+    try:
+        # Every step's parameters checked before anything is written.
+        catalog_steps = [CatalogStep(**{**steps.get("catalog", {}), **engine},
+                                     output_dir=str(out_dir)) for steps, _ in loaded]
+        step = CeersTweakRegStep(**{**tweakreg, **engine}, output_dir=str(out_dir))
+        for checked in (*catalog_steps, step):
+            checked.check_parameters()
+    except (ValueError, TypeError) as exc:
+        say(f"ceers-align: {exc}", error=True)
+        return outcomes("FAILED", str(exc))
     out_dir.mkdir(parents=True, exist_ok=True)
     for g in groups:
         for path in _write_detector_associations(g.selected, g.visit, g.filter, out_dir):
             say(f"  association {path}")
-    engine = {"n_jobs": options.n_jobs, "scheduler": options.scheduler}
     try:
         with worker_pool(options.n_jobs, options.scheduler or None, n_tasks=n):
             catalogs = []
-            for g, (steps, _) in zip(groups, loaded, strict=True):
-                catalog = CatalogStep(**{**steps.get("catalog", {}), **engine},
-                                      output_dir=str(out_dir))
+            for g, catalog in zip(groups, catalog_steps, strict=True):
                 catalogs += catalog.make_catalogs(load_inputs([str(p) for p in g.images]))
             inputs = load_inputs([str(p) for g in groups for p in g.images])
-            step = CeersTweakRegStep(**{**tweakreg, **engine}, output_dir=str(out_dir))
             step.remember_inputs(inputs)
             step.align(inputs, catalogs=catalogs, save=options.save_results, stream=True,
                        copy_inputs=False)

@@ -139,3 +139,59 @@ def test_wcs_model_filename_that_is_not_a_string_named(work, capsys):
                            str(work.root / "applied"), "--wcs-dir", str(wcs_dir)])
     work.verify(code, 1, capsys.readouterr().err,
                 names=[model.name, "'filename'", "must be a string"], out=work.root / "applied")
+
+
+def test_refcat_with_every_source_listed_twice_nearby_aligns(work, capsys):
+    """
+    Every reference source listed twice, 30-80 mas apart (two reductions concatenated):
+    the confusion rule (abs_separation 0.2") used to drop both rows of every pair, and
+    each image failed for want of reference sources. One row of each pair is kept now.
+    """
+    import numpy as np
+    from astropy.table import Table, vstack
+
+    t = Table.read(work.refcat)
+    rng = np.random.default_rng(3)
+    shifted = t.copy()
+    angle = rng.uniform(0, 2 * np.pi, len(t))
+    step = rng.uniform(0.03, 0.08, len(t)) / 3600.0
+    shifted["RA"] = t["RA"] + step * np.cos(angle) / np.cos(np.deg2rad(t["DEC"]))
+    shifted["DEC"] = t["DEC"] + step * np.sin(angle)
+    twice = work.root / "refcat_twice.ecsv"
+    vstack([t, shifted]).write(twice)
+    work.refcat = twice
+    work.snapshot()
+    code = work.align()
+    captured = capsys.readouterr()
+    statuses = work.verify(code, 0, captured.err)
+    assert len(statuses) == 4 and set(statuses.values()) == {"COMPLETE"}, captured.err[-3000:]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_survey_bad_tweakreg_parameter_writes_no_catalog(work, capsys, joint):
+    """
+    ``ceers-align --all`` (alone and ``--joint-channels``) with a parameter file whose
+    tweakreg value breaks a rule: the group FAILED naming it, before any catalog or
+    association is written.
+    """
+    import asdf
+
+    params = work.root / "pars.asdf"
+    asdf.AsdfFile({"class": "ceers_steps.pipeline.CeersAlignPipeline", "name": "ceers_align",
+                   "parameters": {},
+                   "steps": [{"class": "ceers_steps.tweakreg_step.CeersTweakRegStep",
+                              "name": "tweakreg", "parameters": {"abs_tolerance": -0.1}}]}
+                  ).write_to(params)
+    from ceers_steps.cli import align_main
+
+    work.snapshot()
+    out = work.root / "out"
+    code = align_main(["--all", "--input-dir", str(work.cal), "--output-dir", str(out),
+                       "--abs-refcat", str(work.refcat), "--params", str(params), "--n-jobs", "1",
+                       "--params-dir", str(work.no_params),
+                       *(["--joint-channels"] if joint else [])])
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    assert "abs_tolerance must be positive" in captured.out + captured.err
+    work.verify(0, 0)
+    assert not [p for p in _written(out) if p.endswith(("_cat.ecsv", "_asn.json", ".fits"))]
