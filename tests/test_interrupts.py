@@ -221,3 +221,25 @@ def test_worker_timeout_option(monkeypatch):
     for bad in (float("nan"), 0, -1, float("inf")):
         with pytest.raises(ValueError, match="worker_timeout must be a positive number"):
             worker_timeout(bad)
+
+
+def test_ctrl_c_cancels_queued_dask_tasks(tmp_path, dask_scheduler):
+    """Ctrl-C of a Dask run: the futures not started are cancelled, no other task starts."""
+    address, start_worker = dask_scheduler
+    worker = start_worker()
+    proc, marks = _run_script(tmp_path, (
+        "from ceers_steps.engine import run_tasks\n"
+        f"run_tasks(marked, [(MARKS, i, 1.5) for i in range(8)], scheduler={address!r})\n"))
+    try:
+        assert _wait_for(lambda: len(_starts(marks)) >= 1 or proc.poll() is not None, 120)
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.returncode != 0
+        started = len(_starts(marks))
+        time.sleep(4.0)  # beyond two more tasks' time on the one-thread worker
+        assert len(_starts(marks)) == started <= 2, _starts(marks)
+        assert worker.poll() is None  # the cluster itself is left alone
+    finally:
+        _kill([proc.pid])
+        proc.wait(timeout=30)
