@@ -444,6 +444,7 @@ def align_group(group, out_dir, steps, source, options, say):
     if message:
         return outcome("FAILED", message)
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     try:
         pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
                                   save_results=options.save_results, in_memory=False,
@@ -451,8 +452,8 @@ def align_group(group, out_dir, steps, source, options, say):
         pipe.check_parameters()  # before the associations are written
     except (ValueError, TypeError) as exc:
         say(f"ceers-align: {exc}", error=True)
+        _remove_if_alone([], out_dir if created and out_dir.is_dir() else None)
         return outcome("FAILED", str(exc))
-    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     asn_paths = _write_detector_associations(group.selected, visit, filter_name, out_dir)
     for path in asn_paths:
