@@ -88,7 +88,8 @@ class OfflineMixin:
         if self.output_dir:
             out = Path(os.path.expandvars(os.path.expanduser(self.output_dir)))
         existed = out is None or out.exists()
-        self.check_parameters()
+        if not self.skip:
+            self.check_parameters()
         try:
             return super().run(*args, **kwargs)
         except BaseException:
