@@ -228,6 +228,14 @@ def _options(args):
                          shared_detector_terms=args.shared_detector_terms)
 
 
+def _probe(scheduler):
+    """A scheduler that does not answer fails the command before it writes anything (its log too)."""
+    if scheduler:
+        from .engine import probe_scheduler
+
+        probe_scheduler(scheduler)
+
+
 def _say(text, error=False):
     print(text, file=sys.stderr if error else sys.stdout)
 
@@ -277,6 +285,7 @@ def align_main(argv=None):
         print(f"ceers-align: no {visit}_*_cal.fits with FILTER {filter_name.upper()} in "
               f"{input_dir}{found}; nothing written", file=sys.stderr)
         return 1
+    _probe(args.scheduler)
     log_path = _log_to(out_dir / f"{visit}_{filter_name}_ceers-align.log", args.verbose)
     print(f"ceers-align: log {log_path}")
     outcome = align_group(Group(visit, filter_name, selected), out_dir, steps, source,
@@ -302,6 +311,7 @@ def _align_all(args):
     n = sum(len(g.images) for g in groups)
     print(f"ceers-align: {len(groups)} visits and filters, {n} images in {input_dir}: "
           + ", ".join(f"{g.name} ({len(g.images)})" for g in groups))
+    _probe(args.scheduler)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = _log_to(out_dir / "ceers-align_all.log", args.verbose)
     print(f"ceers-align: log {log_path}")
