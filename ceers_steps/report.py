@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_output
+from .results import status_text
 
 __all__ = ["final_rows", "regions_dir", "report_path", "software_versions", "write_regions",
            "write_report", "write_survey_index"]
@@ -431,7 +432,7 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
     n_matched = sum(int(r.used.sum()) for r in residuals)
     n_rejected = sum(int((r.flag == "rejected").sum()) for r in residuals)
     statuses = [r.status for r in residuals]
-    ok_rmse = [1e3 * float(row["rmse"]) for row in rows.values() if row["status"] == "SUCCESS"]
+    ok_rmse = [1e3 * float(row["rmse"]) for row in rows.values() if row["fit_status"] == "SUCCESS"]
     after = [g.rms_after for g in grades if np.isfinite(g.rms_after)]
     before = [g.rms_before for g in grades if np.isfinite(g.rms_before)]
     counts = {k: sum(g.grade == k for g in grades) for k in ("good", "check", "poor")}
@@ -463,7 +464,7 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
                  "<th class='text'>reason</th><th class='text'>DS9</th></tr>")
     for r, g in zip(residuals, grades, strict=True):
         row = rows.get(r.name)
-        status = str(row["status"]) if row is not None else r.status
+        status = status_text(row) if row is not None else r.status
         link = ""
         if regions and r.name in regions:
             rel = Path(regions[r.name]).relative_to(path.parent).as_posix()

@@ -16,16 +16,24 @@ __all__ = [
     "results_paths",
     "results_table",
     "rows_of_other_images",
+    "status_text",
     "write_ceers_results",
     "write_results_table",
 ]
 
-COLUMNS = ("stage", "group", "image", "status", "nmatch", "nmatch_all", "rmse", "mae", "xshift",
+COLUMNS = ("stage", "group", "image", "status", "fit_status", "nmatch", "nmatch_all", "rmse", "mae", "xshift",
            "yshift", "rotation", "scale", "fitgeometry", "err_center", "err_corner")
 _UNITS = {"rmse": "arcsec", "mae": "arcsec", "xshift": "arcsec", "yshift": "arcsec",
           "rotation": "deg", "err_center": "mas", "err_corner": "mas"}
 #: Columns an older results file may lack, and their value then (not computed).
 _MISSING = {"err_center": float("nan"), "err_corner": float("nan")}
+
+#: Why the reference image of a relative fit is FAILED when no other image of its fit was
+#: aligned (its WCS is its input's: nothing was aligned to it).
+REFERENCE_ALONE = ("the reference image of a relative fit in which no other image was aligned "
+                   "(its WCS is unchanged)")
+#: What a COMPLETE reference image of a relative fit is, in words (its WCS did not move).
+REFERENCE_NOTE = "reference of the relative fit: not moved, the others were aligned to it"
 
 #: Header of CEERS' ``tweakreg_results_all.<visit>.txt`` (run_tweakreg.py), verbatim.
 CEERS_HEADER = (
@@ -45,23 +53,62 @@ def results_paths(out_dir, visit_filter):
             inside_folder(out_dir / f"tweakreg_results_all.{visit_filter}.txt", out_dir))
 
 
+def _user_statuses(rows):
+    """
+    (status, fit_status) of every row: jwst's words for the image (COMPLETE, or
+    ``FAILED: <reason>``) and tweakwcs' for its fit (SUCCESS, REFERENCE, FAILED).
+
+    The reference image of a relative fit is COMPLETE when another image of that fit
+    (the same stage and group) was aligned to it, else FAILED with `REFERENCE_ALONE`.
+    Rows that already carry a ``fit_status`` (an earlier table's) are kept as they are.
+    """
+    aligned = {(r["stage"], r["group"]) for r in rows
+               if r.get("fit_status") is None and str(r["status"]) == "SUCCESS"}
+    out = []
+    for r in rows:
+        status = str(r["status"])
+        if r.get("fit_status") is not None:
+            out.append((status, str(r["fit_status"])))
+        elif status == "SUCCESS":
+            out.append(("COMPLETE", "SUCCESS"))
+        elif status.startswith("REFERENCE"):
+            ok = (r["stage"], r["group"]) in aligned
+            out.append(("COMPLETE" if ok else f"FAILED: {REFERENCE_ALONE}", "REFERENCE"))
+        elif status.startswith(("COMPLETE", "SKIPPED")):
+            out.append((status, status.split(":")[0]))
+        else:
+            out.append((status if status.startswith("FAILED") else f"FAILED: {status}", "FAILED"))
+    return out
+
+
 def results_table(rows, meta=None):
     """
     The result rows as an `~astropy.table.Table` with units.
 
-    Columns: ``stage``, ``group``, ``image``, ``status``, ``nmatch`` (sources of
-    the final solution, after clipping: CEERS' NMATCH), ``nmatch_all`` (matches
+    Columns: ``stage``, ``group``, ``image``, ``status`` (jwst's words: COMPLETE
+    when this fit aligned the image, or it is the reference the others of its
+    relative fit were aligned to; ``FAILED: <reason>`` otherwise), ``fit_status``
+    (tweakwcs' words for the fit: SUCCESS, REFERENCE, FAILED), ``nmatch`` (sources
+    of the final solution, after clipping: CEERS' NMATCH), ``nmatch_all`` (matches
     before clipping), ``rmse``, ``mae``, ``xshift``, ``yshift`` (arcsec, in
     tweakwcs' frame), ``rotation`` (deg), ``scale``, ``fitgeometry``,
     ``err_center`` and ``err_corner`` (mas): 1-sigma semi-major axis of the
     error ellipse of the image's aligned position at its centre and at its
     worst corner, from the joint fit's covariance (NaN where not computed:
-    the tweakwcs modes and failed fits).
+    the tweakwcs modes and failed fits). Text columns are as wide as their
+    longest value: nothing is cut.
+
+    ``rows`` are dicts with these keys; a row's ``status`` may be tweakwcs' (SUCCESS,
+    REFERENCE, ``FAILED: <reason>``) and is then translated.
     """
-    table = Table(rows=[[row.get(c, _MISSING.get(c)) for c in COLUMNS] for row in rows],
-                  names=COLUMNS,
-                  dtype=("U8", "U64", "U64", "U200", "i4", "i4", "f8", "f8", "f8", "f8", "f8", "f8",
-                         "U8", "f8", "f8"))
+    rows = list(rows)
+    statuses = _user_statuses(rows)
+    values = [[*(row.get(c, _MISSING.get(c)) for c in COLUMNS[:3]), status, fit_status,
+               *(row.get(c, _MISSING.get(c)) for c in COLUMNS[5:])]
+              for row, (status, fit_status) in zip(rows, statuses, strict=True)]
+    table = Table(rows=values, names=COLUMNS,
+                  dtype=(str, str, str, str, str, "i4", "i4", "f8", "f8", "f8", "f8", "f8", "f8",
+                         str, "f8", "f8"))
     for name, unit in _UNITS.items():
         table[name].unit = unit
     table.meta.update(meta or {})
@@ -83,7 +130,8 @@ def rows_of_other_images(earlier, table):
     if not others:
         return None
     return results_table([{c: row[c] if c in row.colnames else _MISSING.get(c, 0)
-                           for c in COLUMNS} for row in others])
+                           for c in COLUMNS if c != "fit_status" or c in row.colnames}
+                          for row in others])
 
 
 def merge_results(others, table):
@@ -106,7 +154,14 @@ def read_results_table(path):
         table = Table.read(path, format="ascii.ecsv")
     except Exception:  # noqa: BLE001 - an unreadable earlier file is replaced, not merged
         return None
-    return table if "image" in table.colnames and "stage" in table.colnames else None
+    if "image" not in table.colnames or "stage" not in table.colnames:
+        return None
+    if "fit_status" not in table.colnames and "status" in table.colnames:
+        # A table of an earlier release (tweakwcs' words in ``status``): today's columns.
+        table = results_table([{c: row[c] if c in table.colnames else _MISSING.get(c, 0)
+                                for c in COLUMNS if c != "fit_status"} for row in table],
+                              meta=table.meta)
+    return table
 
 
 def write_results_table(table, path):
@@ -125,9 +180,9 @@ def ceers_results_lines(table):
     """
     lines = []
     for row in table[table["stage"] == "relative"]:
-        if str(row["status"]).startswith(("REFERENCE", "SKIPPED")):
+        if str(row["fit_status"]) in ("REFERENCE", "SKIPPED"):
             continue
-        ok = row["status"] == "SUCCESS"
+        ok = row["fit_status"] == "SUCCESS"
         vals = (row["nmatch"], row["rmse"], row["mae"], row["xshift"], row["yshift"]) if ok else \
             (0, 0.0, 0.0, 0.0, 0.0)
         # CEERS run_tweakreg.py format strings, verbatim.
@@ -138,7 +193,7 @@ def ceers_results_lines(table):
         if row["group"] in seen:
             continue
         seen.add(row["group"])
-        ok = row["status"] == "SUCCESS"
+        ok = row["fit_status"] == "SUCCESS"
         vals = (row["nmatch"], row["rmse"], row["mae"], row["xshift"], row["yshift"],
                 row["rotation"], row["scale"]) if ok else (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         lines.append("Absolute alignment:   %-46s  %6i  %12.8f  %12.8f  %12.8f  %12.8f  %12.8f  "  # noqa: UP031
@@ -171,10 +226,18 @@ def summary_line(table):
     counts = {}
     for status in images.values():
         counts[status] = counts.get(status, 0) + 1
-    ok = table[table["status"] == "SUCCESS"]
+    ok = table[table["fit_status"] == "SUCCESS"]
     rmse = f"; median RMSE {1e3 * float(np.median(ok['rmse'])):.2f} mas" if len(ok) else ""
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{len(images)} images ({parts}){rmse}"
+
+
+def status_text(row):
+    """A results row's status as a user reads it (the reference of a relative fit said so)."""
+    status = str(row["status"])
+    if status == "COMPLETE" and str(row["fit_status"]) == "REFERENCE":
+        return f"COMPLETE ({REFERENCE_NOTE})"
+    return status
 
 
 def format_summary(table):
@@ -187,7 +250,7 @@ def format_summary(table):
             f"{row['stage']:8s} {row['group'][:34]:34s} {row['image'][:44]:44s} "
             f"{row['nmatch']:6d} {1e3 * row['rmse']:7.2f} {1e3 * row['xshift']:9.2f} "
             f"{1e3 * row['yshift']:9.2f} {row['rotation']:9.5f} {row['scale']:10.7f}  "
-            f"{row['status']}"
+            f"{status_text(row)}"
         )
     out.append("(rmse and shifts in mas)")
     return "\n".join(out)

@@ -751,7 +751,13 @@ class TweakRegRun:
 
 def _not_aligned_reason(rows, name):
     """Why an image was not aligned: its last result row that is not a success."""
+    from .results import REFERENCE_ALONE
+
     reasons = [row["status"] for row in rows
                if row["image"] == name and row["status"] not in ("SUCCESS",)
                and not row["status"].startswith("REFERENCE")]
-    return reasons[-1] if reasons else "not aligned"
+    if reasons:
+        return reasons[-1]
+    if any(row["image"] == name and row["status"].startswith("REFERENCE") for row in rows):
+        return f"FAILED: {REFERENCE_ALONE}"
+    return "FAILED: not aligned"

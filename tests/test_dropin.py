@@ -182,7 +182,7 @@ def test_ceers_run_tweakreg_call_per_detector(small_visit_dir, tmp_path, monkeyp
     table = Table.read(work / f"{VISIT_FILTER}_tweakreg_results.ecsv")
     names = sorted(p.name for p in d["paths"])
     assert sorted(set(table["image"])) == names
-    assert set(table[table["stage"] == "absolute"]["status"]) == {"SUCCESS"}
+    assert set(table[table["stage"] == "absolute"]["status"]) == {"COMPLETE"}
     text = (work / f"tweakreg_results_all.{VISIT_FILTER}.txt").read_text()
     for det in by_detector:
         assert f"{VISIT_FILTER}_{det}" in text  # each detector's absolute line

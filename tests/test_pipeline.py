@@ -219,7 +219,7 @@ def test_ceers_align_picks_visit_and_filter(mixed_dir, tmp_path):
     assert (tmp_path / "jw01345002001_f200w_tweakreg_results.ecsv").exists()
     assert len(list((tmp_path / "tweakreg_wcs").glob("jw01345002001_*_tweakreg.asdf"))) == 4
     assert not list(tmp_path.glob("*_tweakreg.fits"))
-    assert "absolute" in proc.stdout and "SUCCESS" in proc.stdout
+    assert "absolute" in proc.stdout and "COMPLETE" in proc.stdout
 
 
 def test_ceers_align_takes_cfg_section_and_saves_images(mixed_dir, ceers_dir, tmp_path):

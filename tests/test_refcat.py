@@ -228,7 +228,7 @@ def test_several_catalogs_and_cuts_from_the_command_line(small_visit_dir, tmp_pa
     counts = [c["n_used"] for c in saved.meta["catalogs"]]
     assert counts == [len(t), 0]
     results = Table.read(out / "jw01345001001_f200w_tweakreg_results.ecsv")
-    assert set(results["status"]) == {"SUCCESS"}
+    assert set(results["status"]) == {"COMPLETE"}
 
 
 def test_unitless_proper_motions_in_arcsec_per_year_refused(catalogs, tmp_path):

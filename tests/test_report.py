@@ -226,7 +226,7 @@ def test_report_in_a_real_browser(small_visit_dir, tmp_path, capsys):
                 "return arguments[0].complete && arguments[0].naturalWidth > 300", img), \
                 img.get_attribute("alt")
         assert driver.find_element(By.ID, "n-images").text == str(len(final))
-        ok = [1e3 * r["rmse"] for r in final.values() if r["status"] == "SUCCESS"]
+        ok = [1e3 * r["rmse"] for r in final.values() if r["fit_status"] == "SUCCESS"]
         median = driver.find_element(By.ID, "median-rmse")
         assert float(median.get_attribute("data-value")) == pytest.approx(np.median(ok), abs=1e-9)
         assert median.text == f"{np.median(ok):.2f} mas"
