@@ -155,7 +155,9 @@ class ImageOutputMixin:
         models = library_models(model)
         planned = [(self.image_output_path(m.meta.filename, suffix), m.meta.filename)
                    for m in models]
-        check_outputs(planned, self._input_paths)
+        # Steps with an ``overwrite`` parameter (apply_wcs) replace existing files only when
+        # asked; the others (jwst's drop-ins) as jwst does.
+        check_outputs(planned, self._input_paths, overwrite=getattr(self, "overwrite", True))
         paths = []
         for m, (path, _) in zip(models, planned, strict=True):
             with atomic_output(path) as tmp:

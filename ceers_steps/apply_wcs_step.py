@@ -25,7 +25,9 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     within ``max_offset`` arcsec of its own WCS; ``force`` overrides all but the
     first);
     a problem is an error naming the image and the file, unless
-    ``skip_missing`` passes such images through unchanged with a warning.
+    ``skip_missing`` passes such images through unchanged with a warning. An
+    output file that exists already is an error naming it (nothing is written)
+    unless ``overwrite`` is set; inputs are never written over.
 
     Several image files with ``save_results`` (``strun`` on an association,
     ``ceers-apply-wcs --all``) are streamed: each worker of ``n_jobs`` (or of a
@@ -43,6 +45,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         force = boolean(default=False)  # Experts: apply models that record an unaligned [FAILED] fit, another exposure, a bounding box that does not match the image, or an offset beyond max_offset
         max_offset = float(default=2.0)  # Largest distance [arcsec] between the model's and the image's own WCS over the image for the model to be applied [CEERS' tweaks: < 0.4]; a model of another image is refused
         suffix = string(default='tweakreg')  # Outputs are saved as <base>_<suffix>.fits
+        overwrite = boolean(default=False)  # Replace output files that exist already [never the inputs]; without it such a run writes nothing
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
         n_jobs = integer(default=None)  # Worker processes when streaming several files: None or 0 = all cores, 1 = serial, -N = all but N-1
         scheduler = string(default='')  # Address of a dask.distributed scheduler [tcp://host:8786] for that work; empty = local
@@ -115,6 +118,19 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         from .tasks import apply_wcs_task
 
         out_dir = self.output_dir_path()
+        if not self.overwrite:
+            # Before any work: the outputs as the inputs' names give them (checked again,
+            # by the names the images record, before anything is moved into place).
+            from .fileio import refuse_existing
+            from .wcs_io import exposure_base
+
+            # (An input itself is refused below, with its own message.)
+            ours = {Path(image.path).resolve() for image in inputs.images}
+            existing = [p for p in (out_dir / f"{exposure_base(image.path.name)}_{self.suffix}.fits"
+                                    for image in inputs.images)
+                        if p.exists() and p.resolve() not in ours]
+            if existing:
+                raise FileExistsError(refuse_existing(existing))
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".apply_wcs.", suffix=".part", dir=out_dir))
         try:
@@ -129,7 +145,8 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
                     kind = FileNotFoundError if result["kind"] == "FileNotFoundError" else (
                         TypeError if result["kind"] == "TypeError" else ValueError)
                     raise kind(result["error"])
-            check_outputs([(r["output"], r["name"]) for r in done], self._input_paths)
+            check_outputs([(r["output"], r["name"]) for r in done], self._input_paths,
+                          overwrite=self.overwrite)
             for result in done:
                 if result["warning"]:
                     log.warning("%s", result["warning"])

@@ -21,6 +21,16 @@ def _log_to(log_path, verbose):
     return _STACKS[-1].enter_context(command_logging(log_path, verbose=verbose))
 
 
+def _lock(out_dir):
+    """
+    Hold the output folder's lock (`ceers_steps.runstate.output_lock`) until the command
+    returns; a dict saying whether the folder was created for this run.
+    """
+    from .runstate import output_lock
+
+    return _STACKS[-1].enter_context(output_lock(out_dir))
+
+
 def _user_error_types():
     from ._stpipe import AllImagesFailedError
 
@@ -94,6 +104,9 @@ def _apply_wcs_parser():
     p.add_argument("--max-offset", type=float, default=2.0, metavar="ARCSEC",
                    help="refuse a model that puts its image farther than this from the image's "
                         "own WCS (2 arcsec; CEERS' own tweaks moved images by < 0.4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist already (never the inputs); without "
+                        "it such a run stops before writing anything, naming the file")
     p.add_argument("--n-jobs", type=int, default=None,
                    help="worker processes (default: all cores; 1 = serial)")
     p.add_argument("--scheduler", default="", help="dask.distributed scheduler address")
@@ -129,13 +142,14 @@ def apply_wcs_main(argv=None):
     from .console import run_step
     from .wcs_io import exposure_base
 
+    _lock(out_dir)  # before the log: a refused run must not replace the running one's log
     log_path = _log_to(out_dir / "ceers-apply-wcs.log", args.verbose)
     try:
         # Command-line paths are relative to where the command runs.
         run_step(ApplyWcsStep, [str(p) for p in images], wcs_dir=str(Path(args.wcs_dir).resolve()),
                  output_dir=str(out_dir), suffix=args.output_suffix,
-                 skip_missing=args.skip_missing, force=args.force, save_results=True,
-                 max_offset=args.max_offset,
+                 skip_missing=args.skip_missing, force=args.force, overwrite=args.overwrite,
+                 save_results=True, max_offset=args.max_offset,
                  n_jobs=args.n_jobs, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"ceers-apply-wcs: {exc}", file=sys.stderr)
@@ -158,11 +172,15 @@ def convert_cfg_main(argv=None):
     p.add_argument("cfg", nargs="+", help="CEERS cfg files, e.g. tweakreg_cfgs/nircam1/f200w.cfg")
     p.add_argument("--output-dir", required=True, help="folder for the parameter files")
     p.add_argument("--abs-refcat", help="absolute reference catalog to write into every file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace parameter files that exist already (without it: nothing is "
+                        "written and the first such file is named)")
     args = p.parse_args(argv)
     from .cfgconvert import convert_cfg
 
     try:
-        written = convert_cfg(args.cfg, args.output_dir, abs_refcat=args.abs_refcat)
+        written = convert_cfg(args.cfg, args.output_dir, abs_refcat=args.abs_refcat,
+                              overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as exc:
         print(f"ceers-convert-cfg: {exc}", file=sys.stderr)
         return 1
@@ -181,14 +199,23 @@ def _align_parser():
                     "<visit> <filter>'): select its *_cal.fits by FILTER header, write one "
                     "association per detector, detect sources, align, write results and WCS "
                     "models, print the summary. With --all: every visit and filter found in "
-                    "--input-dir, in parallel, plus survey_summary.ecsv and survey_index.html.")
+                    "--input-dir, in parallel, plus survey_summary.ecsv and survey_index.html.",
+        epilog="Exit status: 0 when every image was aligned (COMPLETE; with --resume also "
+               "groups left alone as complete); 1 when some or all images FAILED or a group "
+               "could not run (each named on stderr with its reason), or the output folder is "
+               "in use; 2 for a usage error; 130 after Ctrl-C.")
     add_version(p)
     p.add_argument("visit", nargs="?", help="visit id, e.g. jw01345001001")
     p.add_argument("filter", nargs="?", help="filter, e.g. f115w")
     p.add_argument("--all", action="store_true",
                    help="every visit and filter among the *_cal.fits of --input-dir (by header)")
     p.add_argument("--resume", action="store_true",
-                   help="with --all: leave visits and filters whose outputs are complete alone")
+                   help="with --all: leave alone the visits and filters whose last run in "
+                        "--output-dir was COMPLETE with the same input files and parameters; "
+                        "redo the others (replacing their outputs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run in --output-dir (without it, "
+                        "and without --resume, such a run writes nothing and names the file)")
     p.add_argument("--input-dir", default="calibrated", help="folder of the *_cal.fits (calibrated)")
     p.add_argument("--output-dir", default=".",
                    help="folder for catalogs, associations, results, tweakreg_wcs/ (.)")
@@ -286,11 +313,57 @@ def align_main(argv=None):
               f"{input_dir}{found}; nothing written", file=sys.stderr)
         return 1
     _probe(args.scheduler)
+    group = Group(visit, filter_name, selected)
+    lock = _lock(out_dir)  # before the log: a refused run must not replace the running one's
+    if not args.overwrite:
+        _refuse_existing([group], out_dir, args)
     log_path = _log_to(out_dir / f"{visit}_{filter_name}_ceers-align.log", args.verbose)
     print(f"ceers-align: log {log_path}")
-    outcome = align_group(Group(visit, filter_name, selected), out_dir, steps, source,
-                          _options(args), _say)
+    outcome = align_group(group, out_dir, steps, source, _options(args), _say,
+                          out_dir_created=lock["created"])
+    _print_outcomes([outcome])
     return 0 if outcome.status == "COMPLETE" else 1
+
+
+def _refuse_existing(groups, out_dir, args, survey=False):
+    """
+    Stop before anything is written when an earlier run's outputs are in the output
+    folder (this run would write over them): ``FileExistsError`` naming the first.
+    """
+    from .fileio import refuse_existing
+    from .survey import existing_outputs
+
+    existing = [p for g in groups for p in existing_outputs(g, out_dir, args.save_results)]
+    if survey:
+        existing += [p for p in (Path(out_dir) / "survey_summary.ecsv",
+                                 Path(out_dir) / "survey_index.html") if p.exists()]
+    if existing:
+        raise FileExistsError(refuse_existing(
+            existing, flag="--overwrite",
+            alternative=", --resume to redo only what is not complete" if survey else ""))
+
+
+def _print_outcomes(outcomes):
+    """
+    The final summary: per visit and filter its images COMPLETE and FAILED, the time,
+    the outcome (COMPLETE only when every image was aligned) and the parameter file used.
+    """
+    def counts(r):
+        if r.n_complete is not None:
+            return r.n_complete, r.n_failed
+        return (0, r.n_images) if r.status == "FAILED" else (r.n_images, 0)
+
+    print(f"{'visit_filter':22s} {'images':>6s} {'COMPLETE':>8s} {'FAILED':>6s} {'seconds':>8s}"
+          "  outcome  (parameters)")
+    for r in outcomes:
+        ok, bad = counts(r)
+        print(f"{r.name:22s} {r.n_images:6d} {ok:8d} {bad:6d} {r.seconds:8.1f}  {r.status}"
+              + (f": {r.message}" if r.message else "")
+              + (f"  (parameters: {r.source})" if r.source else ""))
+    ok = sum(counts(r)[0] for r in outcomes)
+    bad = sum(counts(r)[1] for r in outcomes)
+    print(f"ceers-align: {ok} images COMPLETE, {bad} FAILED"
+          + ("" if not bad else " (exit status 1: see the FAILED lines above and the reports)"))
 
 
 def _align_all(args):
@@ -312,20 +385,23 @@ def _align_all(args):
     print(f"ceers-align: {len(groups)} visits and filters, {n} images in {input_dir}: "
           + ", ".join(f"{g.name} ({len(g.images)})" for g in groups))
     _probe(args.scheduler)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .runstate import remove_partial_files
+
+    _lock(out_dir)  # before the log: a refused run must not replace the running one's log
+    if not (args.overwrite or args.resume):
+        _refuse_existing(groups, out_dir, args, survey=True)
     log_path = _log_to(out_dir / "ceers-align_all.log", args.verbose)
     print(f"ceers-align: log {log_path}")
+    if args.resume:
+        for path in remove_partial_files(out_dir):
+            print(f"ceers-align: removed {path}, left half-written by an interrupted run")
     outcomes, summary, index = run_survey(groups, out_dir, _options(args), resume=args.resume,
                                           n_jobs=args.n_jobs, scheduler=args.scheduler)
     for result in outcomes:
         for text, error in result.lines:
             if error:
                 print(text, file=sys.stderr)
-    print(f"{'visit_filter':28s} {'images':>6s} {'seconds':>8s}  outcome")
-    for result in outcomes:
-        print(f"{result.name:28s} {result.n_images:6d} {result.seconds:8.1f}  {result.status}"
-              + (f": {result.message}" if result.message else "")
-              + (f"  {result.report}" if result.report else ""))
+    _print_outcomes(outcomes)
     print(f"ceers-align: survey summary {summary}")
     print(f"ceers-align: survey index {index} (links every report; open it in a browser)")
     return 0 if all(r.status != "FAILED" for r in outcomes) else 1

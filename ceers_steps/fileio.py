@@ -6,8 +6,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "check_outputs", "fits_safe_path", "inside_folder", "write_association",
-           "write_ecsv"]
+__all__ = ["atomic_output", "check_outputs", "fits_safe_path", "inside_folder", "refuse_existing",
+           "write_association", "write_ecsv"]
 
 
 def _fits_printable(text):
@@ -104,9 +104,10 @@ def _file_keys(path):
     return keys
 
 
-def check_outputs(outputs, inputs):
+def check_outputs(outputs, inputs, overwrite=True):
     """
-    Refuse, before anything is written, outputs that would overwrite an input or each other.
+    Refuse, before anything is written, outputs that would overwrite an input or each other
+    (or, without ``overwrite``, any existing file).
 
     Parameters
     ----------
@@ -114,12 +115,16 @@ def check_outputs(outputs, inputs):
         Each output file and the input it is made from (for messages).
     inputs : iterable of path
         Every input file of the run (None entries are ignored).
+    overwrite : bool
+        Whether outputs may replace existing files (never the inputs).
 
     Raises
     ------
     ValueError
         Naming the output and the input it would overwrite, or the two inputs that
         would be written to the same output.
+    FileExistsError
+        Without ``overwrite``: naming the first output that exists already.
     """
     known = {}
     for path in inputs:
@@ -137,6 +142,17 @@ def check_outputs(outputs, inputs):
             raise ValueError(f"{seen[keys[0]]} and {source} would both be written to {out}; "
                              "rename one or align them in separate runs")
         seen[keys[0]] = source
+    if not overwrite:
+        existing = [Path(out) for out, _ in outputs if os.path.lexists(out)]
+        if existing:
+            raise FileExistsError(refuse_existing(existing))
+
+
+def refuse_existing(existing, flag="--overwrite (overwrite=True)", alternative=""):
+    """The message for outputs that exist already: the first named, the others counted."""
+    more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+    return (f"{existing[0]} exists already{more}: not written over; add {flag} to replace "
+            f"it{alternative}, or choose another output folder")
 
 
 def write_ecsv(table, path):

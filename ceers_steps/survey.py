@@ -7,9 +7,11 @@ per detector, `CeersAlignPipeline` streaming its images, its results tables,
 WCS models and report, all in the output folder, whose file names never collide
 between groups (they carry the image or the visit and filter). Groups run in
 parallel over local processes or a Dask scheduler (`ceers_steps.engine`); one
-group that fails is recorded and the others go on. A group whose results table
-already lists every one of its images is complete (the table is written last,
-completely or not at all) and ``--resume`` leaves it alone. The survey ends with
+group that fails is recorded and the others go on. A group is COMPLETE when every
+one of its images was aligned, FAILED otherwise (the message says how many were
+not). Each group's manifest (`ceers_steps.runstate`), written last, records its
+inputs, parameters and outcome: ``--resume`` leaves a group alone only when it was
+COMPLETE with the same inputs and parameters. The survey ends with
 ``survey_summary.ecsv`` (one row per image) and ``survey_index.html`` (a link to
 every group's report).
 
@@ -20,7 +22,7 @@ from all visits). Such a unit runs as one task (`align_unit`): each group's cata
 with its own parameter file's detection settings, then one `CeersTweakRegStep` over
 the unit with the fit parameters of its first short-wavelength group (the long-
 wavelength group's ``abs_fitgeometry`` as ``abs_fitgeometry_lw``); outputs per group
-as before. ``--resume`` redoes a unit unless all its groups are complete.
+as before. ``--resume`` redoes a unit unless all its groups are complete (`group_complete`).
 """
 
 import logging
@@ -32,6 +34,7 @@ from pathlib import Path
 
 __all__ = ["Group", "GroupOutcome", "SurveyOptions", "align_group", "align_unit",
            "default_parameter_dirs", "discover_groups", "fit_units", "group_complete",
+           "existing_outputs", "group_inputs", "group_parameters", "image_statuses",
            "load_parameters", "run_survey", "select_images", "survey_summary"]
 
 from .results import results_paths
@@ -187,16 +190,21 @@ def _remove_if_alone(asn_paths, created_dir):
     After a failed run: remove the associations written for it when nothing else was
     written beside them, and the output folder if this run created it and it is empty.
     """
+    from .runstate import LOCK_NAME
+
     if created_dir is None:
         return
-    others = [p for p in created_dir.rglob("*") if p.is_file() and p not in set(asn_paths)]
+    lock = created_dir / LOCK_NAME
+    others = [p for p in created_dir.rglob("*")
+              if p.is_file() and p not in set(asn_paths) and p != lock]
     if others:
         return
     for path in asn_paths:
         path.unlink(missing_ok=True)
     for folder in sorted((p for p in created_dir.rglob("*") if p.is_dir()), reverse=True):
         folder.rmdir()
-    created_dir.rmdir()
+    if not lock.exists():  # else the lock's holder removes the folder as it lets it go
+        created_dir.rmdir()
 
 
 
@@ -370,9 +378,11 @@ class GroupOutcome:
     """
     What happened to one group.
 
-    ``status``: COMPLETE (ran), FAILED (did not run or all its images failed; ``message``
-    says why) or SKIPPED (``--resume``: already complete). ``lines``: what the run said,
-    as ``(text, is_error)``.
+    ``status``: COMPLETE (every image aligned), FAILED (some or all images not aligned,
+    or the group did not run; ``message`` says why) or SKIPPED (``--resume``: complete
+    outputs of the same inputs and parameters found). ``n_complete``, ``n_failed``:
+    images per status (None when the group did not run). ``source``: the parameter
+    file used. ``lines``: what the run said, as ``(text, is_error)``.
     """
 
     visit: str
@@ -384,21 +394,116 @@ class GroupOutcome:
     report: str | None = None
     seconds: float = 0.0
     lines: list = field(default_factory=list)
+    n_complete: int | None = None
+    n_failed: int | None = None
+    source: str = ""
+    failed_images: dict = field(default_factory=dict)
 
     @property
     def name(self):
         return f"{self.visit}_{self.filter}"
 
 
-def group_complete(out_dir, group):
+def existing_outputs(group, out_dir, save_results=False):
     """
-    Whether ``group`` has complete outputs in ``out_dir``: its results table (written
-    last, completely or not at all) is readable and has a row for every one of its
-    images. A run killed half-way has none (it removes an earlier one before it
-    starts writing), so partial files never count.
+    The files of ``group`` that an earlier run left in ``out_dir`` and this run would
+    write again (associations, catalogs, results, report, regions, manifest, WCS
+    models, aligned images with ``save_results``); never its inputs.
+    """
+    from .report import regions_dir, report_path
+    from .runstate import manifest_path
+    from .wcs_io import exposure_base
+
+    out_dir = Path(out_dir)
+    inputs = {p.resolve() for p in group.images}
+    candidates = [*results_paths(out_dir, group.name), report_path(out_dir, group.name),
+                  regions_dir(out_dir, group.name), manifest_path(out_dir, group.name),
+                  out_dir / f"{group.name}_abs_refcat.ecsv",
+                  *(out_dir / f"{group.name}_{det}_asn.json" for det in sorted(group.selected))]
+    for path in group.images:
+        base = exposure_base(path.name)
+        candidates += [out_dir / path.name.replace(".fits", "_cat.ecsv"),
+                       out_dir / "tweakreg_wcs" / f"{base}_tweakreg.asdf"]
+        if save_results:
+            candidates.append(out_dir / f"{base}_tweakreg.fits")
+    return [p for p in candidates if p.exists() and p.resolve() not in inputs]
+
+
+def image_statuses(group, table):
+    """
+    Image file name -> its status in a results table (COMPLETE or ``FAILED: <reason>``),
+    for every image of ``group``: its absolute row, else its relative row; an image
+    without a row is FAILED.
+    """
+    from .report import final_rows
+
+    final = final_rows(table) if table is not None else {}
+    out = {}
+    for path in group.images:
+        row = final.get(path.name)
+        out[path.name] = (str(row["status"]) if row is not None
+                          else "FAILED: no result for this image")
+    return out
+
+
+def _judge_outcome(outcome, statuses):
+    """
+    A group that ran: COMPLETE when every image was aligned, else FAILED saying how many
+    were not (a group where no image was aligned is FAILED like one that could not run).
+    """
+    failed = {name: s for name, s in statuses.items() if s != "COMPLETE"}
+    outcome.n_complete = len(statuses) - len(failed)
+    outcome.n_failed = len(failed)
+    outcome.failed_images = failed
+    if not statuses:
+        outcome.status, outcome.message = "FAILED", "no images"
+    elif not outcome.n_complete:
+        outcome.status = "FAILED"
+        outcome.message = f"no image aligned ({len(failed)} FAILED)"
+    elif failed:
+        outcome.status = "FAILED"
+        outcome.message = f"{len(failed)} of {len(statuses)} images not aligned"
+    else:
+        outcome.status, outcome.message = "COMPLETE", ""
+    return outcome
+
+
+def _say_failures(outcome, say):
+    """Every image not aligned, with its reason, on the console (stderr)."""
+    for name, status in outcome.failed_images.items():
+        say(f"ceers-align: {outcome.name}: {name}: {status}", error=True)
+
+
+def group_complete(out_dir, group, parameters=None, inputs=None):
+    """
+    Whether ``group`` has complete outputs in ``out_dir`` (``--resume`` leaves it alone):
+    its manifest (`ceers_steps.runstate`, written last) says COMPLETE for the same input
+    files (path, size, modification time) and, when given, the same ``parameters``; and
+    its results table is readable with a row for every one of its images. A run killed
+    half-way has no manifest (it removes an earlier one before it starts), so partial
+    files never count.
+
+    Parameters
+    ----------
+    out_dir : Path
+    group : Group
+    parameters : dict, optional
+        The parameters this run would use (`group_parameters`); None: not compared.
+    inputs : list of Path, optional
+        Every input of the group (images and reference catalogs); default its images
+        and the reference catalogs its parameters name.
     """
     from .results import read_results_table
+    from .runstate import manifest_matches, read_manifest
 
+    if parameters is None:
+        record = read_manifest(out_dir, group.name)
+        parameters = (record or {}).get("parameters") or {}
+    if inputs is None:
+        inputs = group_inputs(group, (parameters.get("steps") or {}).get("tweakreg") or {})
+    ok, _ = manifest_matches(out_dir, group.name, inputs, parameters)
+    if not ok:
+        return False
     table = read_results_table(results_paths(out_dir, group.name)[0])
     if table is None:
         return False
@@ -406,7 +511,57 @@ def group_complete(out_dir, group):
     return all(p.name in listed for p in group.images)
 
 
-def align_group(group, out_dir, steps, source, options, say):
+def group_parameters(steps, options, fitted_with=()):
+    """
+    What decides a group's result, for its manifest: its step parameters (after the
+    options are applied), the images it saves, and the groups it is fitted with.
+    """
+    from .runstate import parameters_record
+
+    # A copy as plain values: what the run is given, whatever the run does to its dicts.
+    return parameters_record({"steps": steps, "save_results": bool(options.save_results),
+                              "fitted_with": sorted(fitted_with)})
+
+
+def group_inputs(group, tweakreg):
+    """A group's input files: its images and the reference catalog files it reads."""
+    from .refcat import named_catalog, refcat_paths
+
+    spec = tweakreg.get("abs_refcat") or ""
+    refcats = [] if not spec or named_catalog(spec) else list(refcat_paths(spec))
+    return [*group.images, *refcats]
+
+
+def _noop(text, error=False):
+    pass
+
+
+def _planned_parameters(unit, options):
+    """
+    The parameters and inputs each group of a unit would run with now (for ``--resume``),
+    or None when they cannot be worked out (the run itself then says why).
+    """
+    try:
+        if len(unit) == 1 and not (options.joint_channels or options.shared_detector_terms):
+            group = unit[0]
+            steps, _ = load_parameters(options.params, group.visit, group.filter,
+                                       options.params_dirs or default_parameter_dirs())
+            steps.setdefault("tweakreg", {})
+            if _tweakreg_options(steps["tweakreg"], options, _noop):
+                return None
+            return [(group_parameters(steps, options), group_inputs(group, steps["tweakreg"]))]
+        loaded, tweakreg = _unit_parameters(unit, options)
+        if _tweakreg_options(tweakreg, options, _noop):
+            return None
+        return [(group_parameters({"catalog": steps.get("catalog", {}), "tweakreg": tweakreg},
+                                  options, [o.name for o in unit if o is not g]),
+                 group_inputs(g, tweakreg))
+                for g, (steps, _) in zip(unit, loaded, strict=True)]
+    except Exception:  # noqa: BLE001 - not resumable: the run redoes it and says what is wrong
+        return None
+
+
+def align_group(group, out_dir, steps, source, options, say, out_dir_created=None):
     """
     Align one group with `CeersAlignPipeline` (the body of ``ceers-align VISIT FILTER``).
 
@@ -421,6 +576,9 @@ def align_group(group, out_dir, steps, source, options, say):
     options : SurveyOptions
     say : callable
         ``say(text, error=False)`` for the console.
+    out_dir_created : bool, optional
+        Whether this run created ``out_dir`` (default: whether it is absent now); a
+        run that fails before writing anything removes a folder it created.
 
     Returns
     -------
@@ -435,7 +593,7 @@ def align_group(group, out_dir, steps, source, options, say):
 
     def outcome(status, message=""):
         return GroupOutcome(visit, filter_name, status, message, len(group.images),
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start, source=source)
 
     say(f"ceers-align: {visit} {filter_name}: {len(group.images)} images on "
         f"{len(group.selected)} detectors; parameters: {source}")
@@ -443,8 +601,12 @@ def align_group(group, out_dir, steps, source, options, say):
     message = _tweakreg_options(steps["tweakreg"], options, say)
     if message:
         return outcome("FAILED", message)
+    from .runstate import remove_manifest
+
+    parameters = group_parameters(steps, options)
+    inputs = group_inputs(group, steps["tweakreg"])
     out_dir = Path(out_dir)
-    created = not out_dir.exists()
+    created = not out_dir.exists() if out_dir_created is None else out_dir_created
     try:
         pipe = CeersAlignPipeline(steps=steps, output_dir=str(out_dir),
                                   save_results=options.save_results, in_memory=False,
@@ -455,6 +617,7 @@ def align_group(group, out_dir, steps, source, options, say):
         _remove_if_alone([], out_dir if created and out_dir.is_dir() else None)
         return outcome("FAILED", str(exc))
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_manifest(out_dir, group.name)
     asn_paths = _write_detector_associations(group.selected, visit, filter_name, out_dir)
     for path in asn_paths:
         say(f"  association {path}")
@@ -468,13 +631,24 @@ def align_group(group, out_dir, steps, source, options, say):
         say(format_summary(pipe.results))
     results, text = results_paths(out_dir, group.name)
     say(f"ceers-align: results in {results} and {text}")
-    done = outcome("COMPLETE")
+    done = _judge_outcome(outcome("COMPLETE"), image_statuses(group, pipe.results))
+    _say_failures(done, say)
     done.results = str(results)
     report = getattr(pipe.tweakreg, "report_paths", {}).get(group.name)
     if report is not None:
         done.report = str(report)
         say(f"ceers-align: report {report} (open it in a browser)")
+    _write_group_manifest(out_dir, group, done, inputs, parameters)
     return done
+
+
+def _write_group_manifest(out_dir, group, outcome, inputs, parameters):
+    """The group's manifest, last: what ``--resume`` judges it by."""
+    from .runstate import write_manifest
+
+    write_manifest(out_dir, group.name, outcome.status, inputs, parameters,
+                   images=len(group.images), complete=outcome.n_complete,
+                   failed=outcome.n_failed, parameter_file=outcome.source)
 
 
 def _tweakreg_options(tweakreg, options, say):
@@ -558,32 +732,24 @@ def align_unit(groups, out_dir, options, say):
     start = time.perf_counter()
     n = sum(len(g.images) for g in groups)
 
+    sources = [""] * len(groups)
+
     def outcomes(status, message=""):
         return [GroupOutcome(g.visit, g.filter, status, message, len(g.images),
-                             seconds=time.perf_counter() - start) for g in groups]
+                             seconds=time.perf_counter() - start, source=src)
+                for g, src in zip(groups, sources, strict=True)]
 
-    loaded = [load_parameters(options.params, g.visit, g.filter,
-                              options.params_dirs or default_parameter_dirs()) for g in groups]
-    lead = next((k for k, g in enumerate(groups) if not _is_lw_group(g)), 0)
-    tweakreg = dict(loaded[lead][0].get("tweakreg", {}))
+    loaded, tweakreg = _unit_parameters(groups, options)
+    sources[:] = [source for _, source in loaded]
+    lead = _lead(groups)
     what = [f"{g.name} ({len(g.images)} images; parameters: {source})"
             for g, (_, source) in zip(groups, loaded, strict=True)]
     say(f"ceers-align: fitted together: {', '.join(what)}; fit parameters of {groups[lead].name}")
-    if options.joint_channels:
-        tweakreg["joint_channels"] = True
-        lw = [k for k, g in enumerate(groups) if _is_lw_group(g)]
-        lw_geometry = loaded[lw[0]][0].get("tweakreg", {}).get("abs_fitgeometry") if lw else None
-        if lw_geometry:
-            tweakreg["abs_fitgeometry_lw"] = lw_geometry
-    if options.shared_detector_terms:
-        tweakreg["shared_detector_terms"] = True
     message = _tweakreg_options(tweakreg, options, say)
     if message:
         return outcomes("FAILED", message)
-    if tweakreg.get("save_report") is None:
-        # The step runs here outside CeersAlignPipeline, whose presence turns the report on:
-        # each group of the unit gets the report a group aligned alone gets.
-        tweakreg["save_report"] = bool(options.report)
+    from .runstate import remove_manifest
+
     out_dir = Path(out_dir)
     engine = {"n_jobs": options.n_jobs, "scheduler": options.scheduler}
     try:
@@ -597,6 +763,8 @@ def align_unit(groups, out_dir, options, say):
         say(f"ceers-align: {exc}", error=True)
         return outcomes("FAILED", str(exc))
     out_dir.mkdir(parents=True, exist_ok=True)
+    for g in groups:
+        remove_manifest(out_dir, g.name)
     for g in groups:
         for path in _write_detector_associations(g.selected, g.visit, g.filter, out_dir):
             say(f"  association {path}")
@@ -616,6 +784,8 @@ def align_unit(groups, out_dir, options, say):
         say(format_summary(step.results))
     done = outcomes("COMPLETE")
     for g, result in zip(groups, done, strict=True):
+        _judge_outcome(result, image_statuses(g, step.results))
+        _say_failures(result, say)
         results, text = results_paths(out_dir, g.name)
         say(f"ceers-align: {g.name}: results in {results} and {text}")
         result.results = str(results)
@@ -623,7 +793,39 @@ def align_unit(groups, out_dir, options, say):
         if report is not None:
             result.report = str(report)
             say(f"ceers-align: report {report} (open it in a browser)")
+    for g, result, (steps, _) in zip(groups, done, loaded, strict=True):
+        parameters = group_parameters({"catalog": steps.get("catalog", {}), "tweakreg": tweakreg},
+                                      options, [o.name for o in groups if o is not g])
+        _write_group_manifest(out_dir, g, result, group_inputs(g, tweakreg), parameters)
     return done
+
+
+def _lead(groups):
+    """The group whose fit parameters a unit uses: its first short-wavelength group."""
+    return next((k for k, g in enumerate(groups) if not _is_lw_group(g)), 0)
+
+
+def _unit_parameters(groups, options):
+    """
+    Each group's (steps, source) and the unit's tweakreg parameters (before the
+    options every run takes, `_tweakreg_options`).
+    """
+    loaded = [load_parameters(options.params, g.visit, g.filter,
+                              options.params_dirs or default_parameter_dirs()) for g in groups]
+    tweakreg = dict(loaded[_lead(groups)][0].get("tweakreg", {}))
+    if options.joint_channels:
+        tweakreg["joint_channels"] = True
+        lw = [k for k, g in enumerate(groups) if _is_lw_group(g)]
+        lw_geometry = loaded[lw[0]][0].get("tweakreg", {}).get("abs_fitgeometry") if lw else None
+        if lw_geometry:
+            tweakreg["abs_fitgeometry_lw"] = lw_geometry
+    if options.shared_detector_terms:
+        tweakreg["shared_detector_terms"] = True
+    if tweakreg.get("save_report") is None:
+        # The step runs here outside CeersAlignPipeline, whose presence turns the report on:
+        # each group of the unit gets the report a group aligned alone gets.
+        tweakreg["save_report"] = bool(options.report)
+    return loaded, tweakreg
 
 
 def _unit_task(unit, out_dir, options):
@@ -681,7 +883,8 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
     options : SurveyOptions
         For each group's pipeline (its ``n_jobs`` is 1 when groups run in parallel).
     resume : bool
-        Leave groups whose outputs are complete (`group_complete`) alone.
+        Leave alone the groups (fitted together: the units) whose manifest says COMPLETE
+        for the same inputs and parameters as this run's (`group_complete`).
     n_jobs, scheduler
         Worker processes (or Dask scheduler) over the groups.
 
@@ -694,14 +897,24 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
 
     out_dir = Path(out_dir)
     todo, outcomes = [], {}
+    from .runstate import read_manifest
+
     for unit in fit_units(groups, options.joint_channels, options.shared_detector_terms):
-        # A unit is fitted as a whole: redone unless every group of it is complete.
-        if resume and all(group_complete(out_dir, group) for group in unit):
+        # A unit is fitted as a whole: redone unless every group of it is complete, for
+        # the same inputs and the same parameters as now.
+        planned = _planned_parameters(unit, options) if resume else None
+        if planned and all(group_complete(out_dir, group, parameters, inputs)
+                           for group, (parameters, inputs) in zip(unit, planned, strict=True)):
             for group in unit:
+                record = read_manifest(out_dir, group.name) or {}
                 outcomes[group.name] = GroupOutcome(
-                    group.visit, group.filter, "SKIPPED", "complete outputs found (--resume)",
-                    len(group.images), results=str(results_paths(out_dir, group.name)[0]))
-                log.info("%s: complete outputs found: not redone (--resume)", group.name)
+                    group.visit, group.filter, "SKIPPED",
+                    "complete for the same inputs and parameters (--resume)",
+                    len(group.images), results=str(results_paths(out_dir, group.name)[0]),
+                    n_complete=record.get("complete"), n_failed=record.get("failed"),
+                    source=record.get("parameter_file") or "")
+                log.info("%s: complete for the same inputs and parameters: not redone "
+                         "(--resume)", group.name)
         else:
             todo.append(unit)
     parallel = bool(scheduler) or effective_jobs(n_jobs, len(todo)) > 1
@@ -752,10 +965,9 @@ def survey_summary(outcomes, groups, out_dir):
             for path in group.selected[det]:
                 row = final.get(path.name)
                 status = str(row["status"]) if row is not None else f"FAILED: {result.message}"
-                aligned = status in ("SUCCESS",) or status.startswith("REFERENCE")
                 rows.append({
                     "visit": group.visit, "filter": group.filter, "detector": det,
-                    "image": path.name, "status": "COMPLETE" if aligned else status,
+                    "image": path.name, "status": status,
                     "nmatch": int(row["nmatch"]) if row is not None else 0,
                     "rmse": 1e3 * float(row["rmse"]) if row is not None else float("nan"),
                     "err_center": float(row["err_center"]) if row is not None else float("nan"),
@@ -765,7 +977,7 @@ def survey_summary(outcomes, groups, out_dir):
     names = ("visit", "filter", "detector", "image", "status", "nmatch", "rmse", "err_center",
              "err_corner", "group_status", "report")
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names,
-                  dtype=("U13", "U12", "U12", "U80", "U200", "i4", "f8", "f8", "f8", "U8", "U80"))
+                  dtype=(str, str, str, str, str, "i4", "f8", "f8", "f8", str, str))
     for name in ("rmse", "err_center", "err_corner"):
         table[name].unit = "mas"
     table.meta["groups"] = len(groups)

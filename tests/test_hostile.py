@@ -149,7 +149,7 @@ def test_image_10_arcmin_off_is_not_called_aligned(work, capsys):
     _shift_wcs(work.path(1), 600.0)
     work.snapshot()
     code = work.align()
-    st = work.verify(code, 0)
+    st = work.verify(code, 1, capsys.readouterr().err)  # one image FAILED: exit status 1
     bad = exposure_base(work.names[1])
     assert st.pop(bad) == "FAILED"
     assert set(st.values()) == {"COMPLETE"}
@@ -169,7 +169,7 @@ def test_frame_of_artifacts_fails_alone(work, capsys):
     _edit(work.path(2), lambda m: setattr(m, "data", np.roll(m.data, (300, 200), axis=(0, 1))))
     work.snapshot()
     code = work.align()
-    st = work.verify(code, 0)
+    st = work.verify(code, 1, capsys.readouterr().err)
     assert st.pop(exposure_base(work.names[2])) == "FAILED"
     assert set(st.values()) == {"COMPLETE"}
     rows = _results(work)
@@ -198,10 +198,10 @@ def test_all_nan_image_in_one_detector_association(work, capsys):
     _edit(work.path(nrca1[1]), lambda m: m.data.__setitem__(slice(None), np.nan))
     work.snapshot()
     code = work.align()
-    st = work.verify(code, 0)
+    st = work.verify(code, 1, capsys.readouterr().err)  # that image FAILED: exit status 1
     assert st[exposure_base(work.names[nrca1[1]])] != "COMPLETE"
     rows = _results(work)
-    assert not any(r["status"] == "SUCCESS" and r["nmatch"] == 0 for r in rows)
+    assert not any(r["fit_status"] == "SUCCESS" and r["nmatch"] == 0 for r in rows)
 
 
 def test_empty_catalog_image_is_not_complete(work):
@@ -346,7 +346,7 @@ def test_saved_abs_catalog_never_overwrites_the_refcat_it_came_from(work):
 
 def test_skipped_image_model_is_not_applied_as_complete(work, capsys):
     _shift_wcs(work.path(1), 600.0)
-    assert work.align() == 0
+    assert work.align() == 1  # that image FAILED
     capsys.readouterr()
     work.snapshot()
     wcs_dir = work.root / "out" / "tweakreg_wcs"
@@ -483,7 +483,7 @@ def test_image_without_wcsinfo_fails_alone(work, capsys):
     _edit(work.path(3), drop)
     work.snapshot()
     code = work.align()
-    st = work.verify(code, 0)
+    st = work.verify(code, 1, capsys.readouterr().err, names=[work.names[3]])
     assert exposure_base(work.names[3]) not in st or st[exposure_base(work.names[3])] != "COMPLETE"
     rows = _results(work)
     assert any("v2_ref" in r["status"] for r in rows if r["image"] == work.names[3])
@@ -696,7 +696,7 @@ def test_truncated_cal_file_fails_alone(work, capsys):
     data = work.path(2).read_bytes()
     work.path(2).write_bytes(data[: len(data) // 3])
     work.snapshot()
-    st = work.verify(work.align(), 0)
+    st = work.verify(work.align(), 1, capsys.readouterr().err)
     assert exposure_base(work.names[2]) not in st
     assert sum(v == "COMPLETE" for v in st.values()) == 3
 

@@ -179,13 +179,16 @@ def _two_channel_visits(tmp_path):
     return cal, refcat, offsets, truth
 
 
-def _joint_survey(cal, refcat, out, params_dir, capsys):
-    """``ceers-align --all --joint-channels --shared-detector-terms``; its survey summary."""
+def _joint_survey(cal, refcat, out, params_dir, capsys, expect_code=0):
+    """
+    ``ceers-align --all --joint-channels --shared-detector-terms``; its survey summary.
+    (Exit status 1 when any image FAILED.)
+    """
     code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
                        str(refcat), "--params-dir", str(params_dir), "--n-jobs", "2",
                        "--joint-channels", "--shared-detector-terms", "--no-report"])
     printed = capsys.readouterr().out
-    assert code == 0, printed
+    assert code == expect_code, printed
     return Table.read(out / "survey_summary.ecsv")
 
 
@@ -259,7 +262,7 @@ def test_a_ruined_channel_fails_alone(tmp_path, capsys):
                       else np.roll(m.data, (300, 200), axis=(0, 1)))
             m.save(path)
     out = tmp_path / "out"
-    summary = _joint_survey(cal, refcat, out, tmp_path / "no_params", capsys)
+    summary = _joint_survey(cal, refcat, out, tmp_path / "no_params", capsys, expect_code=1)
     status = dict(zip(summary["image"], summary["status"], strict=True))
     for path in ruined:
         reason = status.pop(path.name)
