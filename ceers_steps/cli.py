@@ -143,6 +143,16 @@ def apply_wcs_main(argv=None):
     from .wcs_io import exposure_base
 
     _lock(out_dir)  # before the log: a refused run must not replace the running one's log
+    if not args.overwrite:
+        # Refused before the log is opened (the step checks again, by the names the images
+        # record, before it writes); an input is refused by the step with its own message.
+        from .fileio import refuse_existing
+
+        inputs = {p.resolve() for p in images}
+        existing = [o for o in (out_dir / f"{exposure_base(p.name)}_{args.output_suffix}.fits"
+                                for p in images) if o.exists() and o.resolve() not in inputs]
+        if existing:
+            raise FileExistsError(refuse_existing(existing, flag="--overwrite"))
     log_path = _log_to(out_dir / "ceers-apply-wcs.log", args.verbose)
     try:
         # Command-line paths are relative to where the command runs.

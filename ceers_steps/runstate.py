@@ -168,7 +168,8 @@ def output_lock(out_dir, command=None):
     Hold ``<out_dir>/.ceers-steps.lock`` while a run writes into ``out_dir``.
 
     Creates ``out_dir`` when needed. Yields a dict with ``created``: whether this call
-    created the folder (it is removed again on release when the run left it empty).
+    created the folder (it is removed again on release when the run left nothing in it
+    but its ``*.log``).
 
     Raises
     ------
@@ -220,10 +221,16 @@ def output_lock(out_dir, command=None):
         if _read_lock(path).get("pid") == os.getpid():
             path.unlink(missing_ok=True)
         if created:
-            try:
-                out_dir.rmdir()  # only when the run left nothing in it
-            except OSError:
-                pass
+            # A folder made for this run that holds nothing but its command log (the run
+            # failed before writing anything; the console said why) is removed.
+            left = list(out_dir.iterdir()) if out_dir.is_dir() else []
+            if all(p.is_file() and p.suffix == ".log" for p in left):
+                for p in left:
+                    p.unlink(missing_ok=True)
+                try:
+                    out_dir.rmdir()
+                except OSError:
+                    pass
 
 
 def remove_partial_files(out_dir):

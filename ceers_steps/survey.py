@@ -195,15 +195,16 @@ def _remove_if_alone(asn_paths, created_dir):
     if created_dir is None:
         return
     lock = created_dir / LOCK_NAME
+    # (The command's lock and log are removed with the folder as the command ends.)
     others = [p for p in created_dir.rglob("*")
-              if p.is_file() and p not in set(asn_paths) and p != lock]
+              if p.is_file() and p not in set(asn_paths) and p != lock and p.suffix != ".log"]
     if others:
         return
     for path in asn_paths:
         path.unlink(missing_ok=True)
     for folder in sorted((p for p in created_dir.rglob("*") if p.is_dir()), reverse=True):
         folder.rmdir()
-    if not lock.exists():  # else the lock's holder removes the folder as it lets it go
+    if not any(created_dir.iterdir()):  # else the lock's holder removes it as it lets it go
         created_dir.rmdir()
 
 

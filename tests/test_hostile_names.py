@@ -124,7 +124,7 @@ def test_dotdot_in_header_values_writes_nothing_outside_the_output_folder(work, 
     if mode == "--all":
         assert any(bad_filt in line and "FAILED" in line and "FILTER" in line for line in lines)
     st = final_statuses(work["out"], [n for n in work["names"] if n not in bad])
-    assert set(st.values()) == {"SUCCESS"}, st
+    assert set(st.values()) == {"COMPLETE"}, st
     assert all(p.parent == work["out"] for p in work["out"].glob("*_asn.json"))
 
 
@@ -233,7 +233,7 @@ def test_invalid_filter_is_rejected_per_image_not_grouped_raw(work, capsys):
                              output_dir=str(work["out"]))
     step.run([str(work["cal"] / n) for n in work["names"]])
     st = final_statuses(work["out"], work["names"])
-    assert st.pop(bad.name).startswith("FAILED") and set(st.values()) == {"SUCCESS"}
+    assert st.pop(bad.name).startswith("FAILED") and set(st.values()) == {"COMPLETE"}
     reasons = [r["status"] for r in step.results if r["image"] == bad.name]
     assert reasons and all("FILTER" in r and bad.name in r for r in reasons), reasons
     assert sorted(p.name for p in work["out"].glob("*_results.ecsv")) == [
