@@ -389,11 +389,11 @@ def _hostile_values(seed=29):
 
 
 def _explained(name, err, out_dirs):
-    """An image's fate: aligned (SUCCESS in a results table), or FAILED with a reason, in a
+    """An image's fate: aligned (COMPLETE in a results table), or FAILED with a reason, in a
     results table or on stderr (left out before the run)."""
     for out in out_dirs:
         status = final_statuses(out, [name])[name]
-        if status == "SUCCESS":
+        if status == "COMPLETE":
             return "aligned"
         if status and status.startswith("FAILED: ") and len(status) > 20:
             return "failed"
@@ -453,7 +453,12 @@ def test_fuzzed_header_values_never_write_outside_the_output_folder(work, capsys
     for out in outs.values():
         for path in out.rglob("*"):
             assert path.resolve().is_relative_to(out.resolve()), path
-    assert (code_all, code_vf) == (0, 0), (err_all[-2000:], err_vf[-2000:])
+    # Exit status 1 exactly when an image of a group FAILED (0 when every one was aligned).
+    summary = Table.read(outs["all"] / "survey_summary.ecsv")
+    assert code_all == (0 if set(summary["status"]) == {"COMPLETE"} else 1), err_all[-2000:]
+    vf = final_statuses(outs["vf"], [str(n) for n in Table.read(
+        outs["vf"] / f"{VISIT}_{FILTER}_tweakreg_results.ecsv")["image"]])
+    assert code_vf == (0 if set(vf.values()) == {"COMPLETE"} else 1), err_vf[-2000:]
     # Every image aligned or FAILED with a reason, in every run; the good ones aligned.
     # (VISIT FILTER selects one filter: an image of another, valid, filter is not its business.)
     from ceers_steps.survey import discover_groups
