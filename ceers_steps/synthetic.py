@@ -336,6 +336,9 @@ def make_visit(
     dither_shift=None,
     detector_offsets_pixel=None,
     detector_rotation=0.0,
+    galaxy_offsets="source",
+    intrinsic_offsets=None,
+    offset_correlation=1.0,
 ):
     """
     Build a synthetic visit with a known WCS error.
@@ -390,6 +393,18 @@ def make_visit(
         RMS of each detector's own rotation error about its centre, arcsec (NIRCam's
         modules turning against each other; CEERS' per-detector fits of 2022 differ by
         26" median, up to 148", between modules), or detector -> its rotation. Zero by default.
+    galaxy_offsets : {"source", "detection"}
+        How the intrinsic offsets (``galaxy_scatter``) are drawn: ``"source"``, one per
+        galaxy, the same in every dither and detector (the sky: a galaxy's centroid
+        differs from its HST position by its morphology and colour), or ``"detection"``,
+        drawn anew for every detection (the assumption of a per-detection error model).
+    intrinsic_offsets : ndarray (n_ref, 2), optional
+        Per-source offsets of another channel of the same exposures (its
+        ``truth["intrinsic_offsets"]``, arcsec; same ``center`` and ``seed`` give the same
+        reference catalog): a galaxy's offset is largely the same in every filter.
+    offset_correlation : float
+        With ``intrinsic_offsets``: this channel's offsets are ``rho * given +
+        sqrt(1 - rho**2) * own`` (``rho`` = this; 1: the same offsets in both filters).
 
     Returns
     -------
@@ -431,6 +446,11 @@ def make_visit(
     # Intrinsic (band-to-band) offsets, fixed per source: the same in every dither.
     n_src = len(refcat)
     off = rng.normal(0.0, galaxy_scatter, size=(n_src, 2))
+    if galaxy_offsets not in ("source", "detection"):
+        raise ValueError(f"galaxy_offsets must be 'source' or 'detection', not {galaxy_offsets!r}")
+    if intrinsic_offsets is not None:
+        rho = float(offset_correlation)
+        off = rho * np.asarray(intrinsic_offsets, float) + np.sqrt(max(1.0 - rho**2, 0.0)) * off
     cosd = np.cos(np.deg2rad(np.asarray(refcat["DEC"])))
     src_ra = np.asarray(refcat["RA"]) + off[:, 0] / 3600.0 / cosd
     src_dec = np.asarray(refcat["DEC"]) + off[:, 1] / 3600.0
@@ -461,7 +481,13 @@ def make_visit(
         scale = DETECTOR_GEOMETRY[det][3]
         ra_c, dec_c = true_wcs(cx, cy, with_bounding_box=False)
         near = bright & (_sep_deg(src_ra, src_dec, ra_c, dec_c) < 1.6 * scale * max(shape) / 3600.0 / 2)
-        x, y = world_to_pixel_exact(true_wcs, src_ra[near], src_dec[near])
+        ra_s, dec_s = src_ra[near], src_dec[near]
+        if galaxy_offsets == "detection":
+            # Each detection its own offset about the catalog position, not the galaxy's.
+            own_off = rng.normal(0.0, galaxy_scatter, size=(int(near.sum()), 2))
+            ra_s = np.asarray(refcat["RA"])[near] + own_off[:, 0] / 3600.0 / cosd[near]
+            dec_s = np.asarray(refcat["DEC"])[near] + own_off[:, 1] / 3600.0
+        x, y = world_to_pixel_exact(true_wcs, ra_s, dec_s)
         inside = (x > -20) & (x < shape[1] + 20) & (y > -20) & (y < shape[0] + 20)
         mags = np.asarray(refcat["MAG"])[near][inside]
         rh = np.asarray(refcat["rh"])[near][inside]
@@ -504,6 +530,8 @@ def make_visit(
         "dither_shift": dither_shift,
         "detector_shift": detector_shift,
         "detector_rotation": det_rotation,
+        "intrinsic_offsets": off,
+        "galaxy_offsets": galaxy_offsets,
         "real": real,
     }
     return SyntheticVisit(images=images, refcat=refcat, center=(ra0, dec0), truth=truth)
