@@ -16,7 +16,7 @@ from astropy.table import Table
 
 from ._stpipe import get_logger
 from .grouping import group_images
-from .jointfit import JointParameters, joint_fit
+from .jointfit import HOLDOUT_FOLDS, JointParameters, joint_fit
 from .judge import judge_images, screen_images
 from .wcs_utils import bbox_limits, pixel_axes, pixel_grid
 
@@ -232,14 +232,17 @@ def result_row(stage, group, image, status, fitgeometry, fit_info=None, **values
     ``xshift`` and ``yshift`` (arcsec, in tweakwcs' frame: the tangent plane of
     the fit's first image, V2/V3 axes), ``rotation`` (deg), ``scale``,
     ``fitgeometry``, ``err_center`` and ``err_corner`` (mas, the joint fit's
-    uncertainty of the aligned image; NaN where not computed). Numbers come from
+    uncertainty of the aligned image; NaN where not computed), ``holdout_err``,
+    ``holdout_sigma`` (mas) and ``holdout_n`` (the hold-out estimate of its error, that
+    estimate's noise per axis and the sources behind it). Numbers come from
     tweakwcs' ``fit_info`` when given, else from ``values``; a failed fit has
     zeros in CEERS' columns (as CEERS wrote).
     """
     row = {"stage": stage, "group": group, "image": image, "status": status,
            "nmatch": 0, "nmatch_all": 0, "rmse": 0.0, "mae": 0.0, "xshift": 0.0, "yshift": 0.0,
            "rotation": 0.0, "scale": 1.0, "fitgeometry": fitgeometry, "err_center": np.nan,
-           "err_corner": np.nan}
+           "err_corner": np.nan, "holdout_err": np.nan, "holdout_sigma": np.nan,
+           "holdout_n": 0}
     if fit_info is not None and fit_info.get("status") == "SUCCESS":
         geom = fit_info.get("fitgeom", fitgeometry)
         rot = fit_info["proper_rot"] if geom in ("rshift", "rscale") else fit_info["<rot>"]
@@ -958,9 +961,26 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
         corr.set_correction(matrix=matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
         new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
     errors = {i: _uncertainty(fit, index[i], images[i], plane) for i in kept}
-    log.info("%s: uncertainty of the aligned images (1-sigma, mas, centre / worst corner): %s",
-             visit_name, ", ".join(f"{images[i].name} {e['err_center']:.2f}/{e['err_corner']:.2f}"
-                                   for i, e in errors.items()))
+    centres = np.array([_footprint_centre(images[i], plane) for i in kept])
+    held = fit.holdout(centres)
+    if held is not None:
+        for i in kept:
+            k = index[i]
+            errors[i].update(holdout_err=1e3 * float(held["err"][k]),
+                             holdout_n=int(held["n"][k]),
+                             holdout_sigma=1e3 * float(held["sigma"][k]))
+    log.info("%s: uncertainty of the aligned images (1-sigma, mas, centre / worst corner; "
+             "widened x%.2f for a reference scatter from %.0f degrees of freedom): %s",
+             visit_name, fit.small_sample_factor, fit.dof_reference,
+             ", ".join(f"{images[i].name} {e['err_center']:.2f}/{e['err_corner']:.2f}"
+                       for i, e in errors.items()))
+    if held is not None:
+        log.info("%s: hold-out by reference source (%d folds; mas: 1-sigma at the centre, "
+                 "held-out mean residual +- its noise per axis, sources): %s", visit_name,
+                 HOLDOUT_FOLDS, ", ".join(
+                     f"{images[i].name} {e['holdout_err']:.2f}, "
+                     f"{1e3 * float(np.hypot(*held['mean'][index[i]])):.1f} +- "
+                     f"{e['holdout_sigma']:.1f} ({e['holdout_n']})" for i, e in errors.items()))
     size = max(s for _, s in new_wcs.values())
     status = "SUCCESS"
     if size > limit:
@@ -999,6 +1019,12 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
                                    mae=st["mae"], detector_term=bool(fit.detector_significant[det]),
                                    **frame, **errors[i]))
     return rows
+
+
+def _footprint_centre(im, plane):
+    """The centre of an image's footprint through its current WCS, in ``plane`` (arcsec)."""
+    ra, dec = _footprint(im.model.meta.wcs)
+    return np.column_stack(plane.world_to_tanp(ra, dec)).mean(axis=0)
 
 
 def _uncertainty(fit, index, im, plane):

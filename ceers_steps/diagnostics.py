@@ -264,6 +264,18 @@ class GradeLimits:
     correction_check : float
         Corrections above this fraction of the search radius: check (a false
         offset peak becomes possible near the search limit).
+    holdout_check : float
+        The hold-out error (``holdout_err``: the spread of the image's centre over fits
+        each without a tenth of the reference sources, plus its held-out sources' mean
+        residual where significant) above this factor times the model's 1-sigma at the
+        centre (``err_center``): check. The two measure the same error, one trusting the
+        model and one not; they differ by this much only when the model misses something.
+    min_reference_good : int
+        Fewer matched reference sources over the whole visit: check. The uncertainty
+        rests on the reference scatter measured from them, itself uncertain by
+        ~1 / sqrt(2 (n - 3)) (18% for 20 sources): a 2.45-sigma ellipse then holds
+        ~92% of true errors, not 95%, and the chance of a 3-sigma error is three
+        times higher.
     """
 
     min_matches_poor: int = 3
@@ -275,6 +287,8 @@ class GradeLimits:
     offset_min: float = 2.0
     uncertainty_check: float = 5.0
     correction_check: float = 0.8
+    holdout_check: float = 2.5
+    min_reference_good: int = 30
 
 
 @dataclass
@@ -291,9 +305,14 @@ class ImageGrade:
     offset_chi2: float
 
 
-def grade_images(residuals, uncertainty=None, searchrad=1.0, limits=None, failures=None):
+def grade_images(residuals, uncertainty=None, searchrad=1.0, limits=None, failures=None,
+                 holdout=None):
     """
     Grade every image: good, check or poor, with the reason.
+
+    Good means that the model's uncertainty and the hold-out check both support it:
+    its error is small (``uncertainty``), rests on enough reference sources, and its
+    reference sources held out of the fit agree with it (``holdout``).
 
     Parameters
     ----------
@@ -305,15 +324,23 @@ def grade_images(residuals, uncertainty=None, searchrad=1.0, limits=None, failur
     limits : GradeLimits, optional
     failures : dict, optional
         Image name -> why it was not aligned (for FAILED images).
+    holdout : dict, optional
+        Image name -> (``holdout_err``, ``holdout_sigma``, ``err_center``, ``holdout_n``)
+        in mas (the results table's columns): the hold-out estimate of its error, the
+        noise per axis of its held-out sources' mean residual, the model's 1-sigma at its
+        centre, its held-out sources. Also marks the images whose uncertainty comes from a joint fit (the
+        reference-source count applies to those).
 
     Returns
     -------
     list of ImageGrade
     """
     limits = limits or GradeLimits()
-    uncertainty, failures = uncertainty or {}, failures or {}
+    uncertainty, failures, holdout = uncertainty or {}, failures or {}, holdout or {}
     rms = [r.rms("after") for r in residuals if r.status == "COMPLETE" and r.used.sum()]
     visit_rms = float(np.median(rms)) if rms else float("nan")
+    # Reference sources behind the visit's uncertainty: each matched one counted once.
+    n_refs = len({int(k) for r in residuals if r.status == "COMPLETE" for k in r.ref[r.used]})
     grades = []
     for r in residuals:
         n = int(r.used.sum())
@@ -347,6 +374,17 @@ def grade_images(residuals, uncertainty=None, searchrad=1.0, limits=None, failur
         err = uncertainty.get(r.name, float("nan"))
         if np.isfinite(err) and err > limits.uncertainty_check:
             check.append(f"uncertainty {err:.1f} mas at a corner")
+        held = holdout.get(r.name)
+        if held is not None:
+            h_err, h_sig, centre, h_n = (float(v) for v in held)
+            if (np.isfinite(h_err) and np.isfinite(centre) and centre > 0
+                    and h_err > limits.holdout_check * centre):
+                check.append(f"held-out error {h_err:.1f} mas ({int(h_n)} of its sources held "
+                             f"out), {h_err / centre:.1f}x the model's {centre:.1f} mas")
+            if n_refs < limits.min_reference_good:
+                check.append(f"uncertainty from only {n_refs} reference sources (fewer than "
+                             f"{limits.min_reference_good}): itself uncertain by "
+                             f"~{100 / np.sqrt(2 * max(n_refs - 3, 1)):.0f}%")
         if r.correction > limits.correction_check * searchrad:
             check.append(f"correction {r.correction:.2f} arcsec, near the search radius "
                          f"{searchrad:g} arcsec")

@@ -375,6 +375,16 @@ def _terms_html(terms):
     return "\n".join(out)
 
 
+def _holdout_cell(row):
+    """The hold-out error cell: its value, with its noise and sources on hover."""
+    names = row.colnames if hasattr(row, "colnames") else row.keys()
+    if "holdout_err" not in names or not int(row["holdout_n"]):
+        return "<td data-col='holdout_err'>-</td>"
+    err, sigma, n = float(row["holdout_err"]), float(row["holdout_sigma"]), int(row["holdout_n"])
+    return (f"<td data-col='holdout_err' data-value='{err:.3f}' title='+- {sigma:.2f} mas per "
+            f"axis, {n} sources held out'>{err:.2f}</td>")
+
+
 def write_report(path, table, residuals, grades, terms=None, parameters=None, regions=None,
                  title=None, refcat=None):
     """
@@ -459,7 +469,8 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
         parts += ["<h2>Fitted terms</h2>", _terms_html(terms)]
     parts.append("<h2>Images</h2><table id='images'><tr><th class='text'>image</th>"
                  "<th class='text'>status</th><th>fit nmatch</th><th>fit rmse (mas)</th>"
-                 "<th>err centre (mas)</th><th>err corner (mas)</th><th>own matches</th>"
+                 "<th>err centre (mas)</th><th>held-out err (mas)</th><th>err corner (mas)</th>"
+                 "<th>own matches</th>"
                  "<th>RMS before (mas)</th><th>RMS after (mas)</th><th class='text'>grade</th>"
                  "<th class='text'>reason</th><th class='text'>DS9</th></tr>")
     for r, g in zip(residuals, grades, strict=True):
@@ -474,8 +485,9 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
             f"{_e(_short(r.name))}</td><td class='text' data-col='status'>{_e(status)}</td>"
             + (f"<td data-col='nmatch' data-value='{int(row['nmatch'])}'>{int(row['nmatch'])}</td>"
                + _num(1e3 * float(row["rmse"]), col="rmse")
-               + _num(row["err_center"], col="err_center") + _num(row["err_corner"], col="err_corner")
-               if row is not None else "<td>-</td>" * 4)
+               + _num(row["err_center"], col="err_center") + _holdout_cell(row)
+               + _num(row["err_corner"], col="err_corner")
+               if row is not None else "<td>-</td>" * 5)
             + f"<td data-col='own_matches'>{g.nmatch}</td>" + _num(g.rms_before, col="rms_before")
             + _num(g.rms_after, col="rms_after")
             + f"<td class='text {g.grade}' data-col='grade'>{g.grade}</td>"
@@ -485,6 +497,11 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
                  "table's (<code>*_tweakreg_results.ecsv</code>: each image's absolute row, else "
                  "its relative row; nmatch and rmse are those of the fit that aligned it: per "
                  "detector for <code>abs_group</code> joint and detector, the visit for visit). "
+                 "err centre: the joint fit's 1-sigma (semi-major) at the image's centre; "
+                 "held-out err: the same error measured without trusting the model, from the "
+                 "image's reference sources each held out of the fit once (hover: its noise "
+                 "per axis and the number of sources; a large one next to a small err centre "
+                 "grades the image check). "
                  "Own matches, before/after RMS and grades are this report's own, per image: its "
                  "aligned sources' nearest reference within the matching tolerance, outliers "
                  "beyond 3.44 robust sigma rejected.</p>")

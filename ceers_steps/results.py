@@ -22,11 +22,14 @@ __all__ = [
 ]
 
 COLUMNS = ("stage", "group", "image", "status", "fit_status", "nmatch", "nmatch_all", "rmse", "mae", "xshift",
-           "yshift", "rotation", "scale", "fitgeometry", "err_center", "err_corner")
+           "yshift", "rotation", "scale", "fitgeometry", "err_center", "err_corner",
+           "holdout_err", "holdout_sigma", "holdout_n")
 _UNITS = {"rmse": "arcsec", "mae": "arcsec", "xshift": "arcsec", "yshift": "arcsec",
-          "rotation": "deg", "err_center": "mas", "err_corner": "mas"}
+          "rotation": "deg", "err_center": "mas", "err_corner": "mas", "holdout_err": "mas",
+          "holdout_sigma": "mas"}
 #: Columns an older results file may lack, and their value then (not computed).
-_MISSING = {"err_center": float("nan"), "err_corner": float("nan")}
+_MISSING = {"err_center": float("nan"), "err_corner": float("nan"),
+            "holdout_err": float("nan"), "holdout_sigma": float("nan"), "holdout_n": 0}
 
 #: Why the reference image of a relative fit is FAILED when no other image of its fit was
 #: aligned (its WCS is its input's: nothing was aligned to it).
@@ -95,8 +98,11 @@ def results_table(rows, meta=None):
     ``err_center`` and ``err_corner`` (mas): 1-sigma semi-major axis of the
     error ellipse of the image's aligned position at its centre and at its
     worst corner, from the joint fit's covariance (NaN where not computed:
-    the tweakwcs modes and failed fits). Text columns are as wide as their
-    longest value: nothing is cut.
+    the tweakwcs modes and failed fits); ``holdout_err`` (mas) and ``holdout_n``:
+    the hold-out estimate of the image's error near its centre, from its ``holdout_n``
+    reference sources each held out of the fit once (`JointFitResult.holdout`), and
+    ``holdout_sigma`` (mas) the noise of that estimate per axis (NaN and 0 where not
+    computed). Text columns are as wide as their longest value: nothing is cut.
 
     ``rows`` are dicts with these keys; a row's ``status`` may be tweakwcs' (SUCCESS,
     REFERENCE, ``FAILED: <reason>``) and is then translated.
@@ -108,7 +114,7 @@ def results_table(rows, meta=None):
               for row, (status, fit_status) in zip(rows, statuses, strict=True)]
     table = Table(rows=values, names=COLUMNS,
                   dtype=(str, str, str, str, str, "i4", "i4", "f8", "f8", "f8", "f8", "f8", "f8",
-                         str, "f8", "f8"))
+                         str, "f8", "f8", "f8", "f8", "i4"))
     for name, unit in _UNITS.items():
         table[name].unit = unit
     table.meta.update(meta or {})

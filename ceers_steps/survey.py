@@ -941,12 +941,21 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
     return ordered, out_dir / "survey_summary.ecsv", index
 
 
+def _column(row, name, missing, kind):
+    """``row[name]`` as ``kind``, or ``missing`` without a row or that column (older files)."""
+    if row is None or name not in row.colnames:
+        return missing
+    return kind(row[name])
+
+
 def survey_summary(outcomes, groups, out_dir):
     """
     ``survey_summary.ecsv``: one row per image of the survey, from each group's results
     table (its absolute row, else its relative row): visit, filter, detector, image,
     status (COMPLETE = aligned, else FAILED with the reason), nmatch, rmse (mas),
-    err_center, err_corner (mas), the group's outcome and its report.
+    err_center, err_corner (mas), holdout_err (mas) and holdout_n (the hold-out estimate
+    of the error and the reference sources behind it; NaN and 0 where not computed), the
+    group's outcome and its report.
 
     Returns
     -------
@@ -973,13 +982,15 @@ def survey_summary(outcomes, groups, out_dir):
                     "rmse": 1e3 * float(row["rmse"]) if row is not None else float("nan"),
                     "err_center": float(row["err_center"]) if row is not None else float("nan"),
                     "err_corner": float(row["err_corner"]) if row is not None else float("nan"),
+                    "holdout_err": _column(row, "holdout_err", float("nan"), float),
+                    "holdout_n": _column(row, "holdout_n", 0, int),
                     "group_status": result.status,
                     "report": Path(result.report).name if result.report else ""})
     names = ("visit", "filter", "detector", "image", "status", "nmatch", "rmse", "err_center",
-             "err_corner", "group_status", "report")
+             "err_corner", "holdout_err", "holdout_n", "group_status", "report")
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names,
-                  dtype=(str, str, str, str, str, "i4", "f8", "f8", "f8", str, str))
-    for name in ("rmse", "err_center", "err_corner"):
+                  dtype=(str, str, str, str, str, "i4", "f8", "f8", "f8", "f8", "i4", str, str))
+    for name in ("rmse", "err_center", "err_corner", "holdout_err"):
         table[name].unit = "mas"
     table.meta["groups"] = len(groups)
     write_ecsv(table, Path(out_dir) / "survey_summary.ecsv")

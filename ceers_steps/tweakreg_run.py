@@ -562,7 +562,11 @@ class TweakRegRun:
                 residuals = visit_residuals(group, statuses, refcat, tolerance)
                 final = final_rows(table)
                 grades = grade_images(residuals, {n: float(r["err_corner"]) for n, r in final.items()},
-                                      searchrad=searchrad, failures=failures)
+                                      searchrad=searchrad, failures=failures,
+                                      holdout={n: (r["holdout_err"], r["holdout_sigma"],
+                                                   r["err_center"], r["holdout_n"])
+                                               for n, r in final.items()
+                                               if int(r["holdout_n"]) > 0})
                 regions = write_regions(regions_dir(out_dir, visit_filter), residuals)
                 path = write_report(report_path(out_dir, visit_filter), table, residuals, grades,
                                     terms=visit_info.get(visit_filter, {}).get("terms"),

@@ -371,3 +371,38 @@ def test_rms_bars_of_200_images_have_readable_labels():
     assert labels == [_short(n) for n in names]
     assert fig.get_size_inches()[1] < 20  # rows, not a poster
     _png(fig)
+
+
+def _residuals(name, refs, rng, offset=(0.0, 0.0)):
+    """An aligned image's matched residuals (mas) to the reference sources ``refs``."""
+    from ceers_steps.diagnostics import ImageResiduals
+
+    n = len(refs)
+    after = rng.normal(0, 10, (n, 2)) + np.asarray(offset)
+    return ImageResiduals(name=name, detector="nrca1", exposure="1", status="COMPLETE",
+                          ref=np.asarray(refs), before=after + 300.0, after=after,
+                          flag=np.full(n, "matched"))
+
+
+def test_grades_need_the_holdout_and_enough_reference_sources():
+    """
+    Good needs both: an image whose held-out error is beyond 2.5x its err_center is
+    check (the reason says so); a visit whose uncertainty rests on fewer than 30
+    reference sources is check; otherwise good.
+    """
+    from ceers_steps.diagnostics import grade_images
+
+    rng = np.random.default_rng(3)
+    many = [_residuals(f"im{i}", np.arange(40) + 40 * i, rng) for i in range(3)]
+    held = {"im0": (0.9, 2.0, 0.8, 40), "im1": (4.0, 2.0, 0.8, 40), "im2": (1.9, 2.0, 0.8, 40)}
+    grades = {g.name: g for g in grade_images(many, holdout=held)}
+    assert grades["im0"].grade == "good" and grades["im2"].grade == "good"
+    assert grades["im1"].grade == "check"
+    assert "held-out error 4.0 mas (40 of its sources held out), 5.0x the model's 0.8 mas" in \
+        grades["im1"].reason
+    few = [_residuals(f"im{i}", np.arange(8) + 4 * i, rng) for i in range(3)]  # 16 sources
+    grades = grade_images(few, holdout={f"im{i}": (0.9, 2.0, 0.8, 8) for i in range(3)})
+    assert {g.grade for g in grades} == {"check"}
+    assert all("uncertainty from only 16 reference sources" in g.reason for g in grades)
+    # Without a joint fit's hold-out (tweakwcs modes) the count does not apply.
+    assert {g.grade for g in grade_images(few)} == {"good"}
