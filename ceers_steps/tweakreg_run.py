@@ -581,9 +581,14 @@ class TweakRegRun:
             log.info("%s: alignment report %s (%s; %.2f s)", visit_filter, path,
                      ", ".join(f"{n} {g}" for g, n in counts.items()),
                      time.perf_counter() - start)
+            # One warning per grade and reason: a visit-wide reason (too few reference
+            # sources) names its images on one line, not one line each.
+            same = {}
             for g in grades:
                 if g.grade != "good":
-                    log.warning("%s: %s graded %s: %s", visit_filter, g.name, g.grade, g.reason)
+                    same.setdefault((g.grade, g.reason), []).append(g.name)
+            for (grade, reason), names in same.items():
+                log.warning("%s: %s graded %s: %s", visit_filter, ", ".join(names), grade, reason)
 
     def _write_results(self, tables):
         from .results import merge_results
