@@ -581,14 +581,16 @@ class TweakRegRun:
             log.info("%s: alignment report %s (%s; %.2f s)", visit_filter, path,
                      ", ".join(f"{n} {g}" for g, n in counts.items()),
                      time.perf_counter() - start)
-            # One warning per grade and reason: a visit-wide reason (too few reference
-            # sources) names its images on one line, not one line each.
+            # One warning line per visit: the images graded down, grouped by grade and
+            # reason (a visit-wide reason, too few reference sources, names its images once).
             same = {}
             for g in grades:
                 if g.grade != "good":
                     same.setdefault((g.grade, g.reason), []).append(g.name)
-            for (grade, reason), names in same.items():
-                log.warning("%s: %s graded %s: %s", visit_filter, ", ".join(names), grade, reason)
+            if same:
+                log.warning("%s: %s", visit_filter, "; ".join(
+                    f"{', '.join(names)} graded {grade}: {reason}"
+                    for (grade, reason), names in same.items()))
 
     def _write_results(self, tables):
         from .results import merge_results
