@@ -620,8 +620,8 @@ def align_group(group, out_dir, steps, source, options, say, out_dir_created=Non
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_manifest(out_dir, group.name)
     asn_paths = _write_detector_associations(group.selected, visit, filter_name, out_dir)
-    for path in asn_paths:
-        say(f"  association {path}")
+    for path in asn_paths:  # in the log, not on the console: the console names what to look at
+        log.info("association %s", path)
     try:
         pipe.run([str(p) for p in group.images])
     except (FileNotFoundError, ValueError, TypeError, OSError, AllImagesFailedError) as exc:
@@ -768,7 +768,7 @@ def align_unit(groups, out_dir, options, say):
         remove_manifest(out_dir, g.name)
     for g in groups:
         for path in _write_detector_associations(g.selected, g.visit, g.filter, out_dir):
-            say(f"  association {path}")
+            log.info("association %s", path)
     try:
         with worker_pool(options.n_jobs, options.scheduler or None, n_tasks=n):
             catalogs = []
