@@ -34,8 +34,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ceers_steps.synthetic import (_DITHERS, DETECTOR_GEOMETRY, LW_DETECTORS, SW_DETECTORS,
-                                   _random_refcat, nircam_like_wcs, rotation_matrix)
+from ceers_steps.synthetic import (
+    _DITHERS,
+    DETECTOR_GEOMETRY,
+    LW_DETECTORS,
+    SW_DETECTORS,
+    _random_refcat,
+    nircam_like_wcs,
+    rotation_matrix,
+)
 from ceers_steps.wcs_utils import tangent_plane
 
 # CEERS nircam1 f200w / f444w [jw01345001001] absolute parameters (bench_alignment's).

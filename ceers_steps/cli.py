@@ -273,6 +273,11 @@ def _probe(scheduler):
         probe_scheduler(scheduler)
 
 
+def _count(n, one, many):
+    """``1 visit and filter``, ``2 visits and filters``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _say(text, error=False):
     print(text, file=sys.stderr if error else sys.stdout)
 
@@ -392,7 +397,8 @@ def _align_all(args):
               file=sys.stderr)
         return 1
     n = sum(len(g.images) for g in groups)
-    print(f"ceers-align: {len(groups)} visits and filters, {n} images in {input_dir}: "
+    groups_said = _count(len(groups), "visit and filter", "visits and filters")
+    print(f"ceers-align: {groups_said}, {n} images in {input_dir}: "
           + ", ".join(f"{g.name} ({len(g.images)})" for g in groups))
     _probe(args.scheduler)
     from .runstate import remove_partial_files

@@ -300,7 +300,7 @@ class JointFitResult:
             ``dithers`` and ``detectors``: lists of dicts with ``id``, ``east``,
             ``north``, ``err_east``, ``err_north`` (mas; detectors also ``fitted``).
         """
-        lay, cov = self._layout, self._cov
+        lay = self._layout
         c = self._channel_names.index(channel) if channel is not None else 0
 
         def shift(value, rows, extra=None):

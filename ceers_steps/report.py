@@ -573,7 +573,8 @@ def write_survey_index(path, outcomes, summary):
     path = Path(path)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Survey "
              f"alignment</title><style>{_CSS}</style></head><body><h1>Survey alignment: "
-             f"{len(outcomes)} visits and filters, {len(summary)} images</h1>",
+             f"{len(outcomes)} {'visit and filter' if len(outcomes) == 1 else 'visits and filters'}, "
+             f"{len(summary)} images</h1>",
              "<table id='groups'><tr><th class='text'>visit</th><th class='text'>filter</th>"
              "<th>images</th><th>aligned</th><th>median rmse (mas)</th><th>median err corner "
              "(mas)</th><th class='text'>run</th><th class='text'>report</th></tr>"]

@@ -111,9 +111,7 @@ def _write_detector_associations(selected, visit, filter_name, out_dir):
     """One level-3 association per detector, ``<visit>_<filter>_<detector>_asn.json``."""
     import os
 
-    from .fileio import write_association
-
-    from .fileio import inside_folder
+    from .fileio import inside_folder, write_association
     from .grouping import name_part
 
     paths = []

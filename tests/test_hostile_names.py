@@ -6,7 +6,6 @@ Header values are untrusted input: an image whose FILTER, PUPIL, DETECTOR or vis
 name a file is FAILED with the reason (naming the file and the keyword); the run goes on.
 """
 
-import os
 import shutil
 from pathlib import Path
 

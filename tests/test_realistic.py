@@ -298,13 +298,19 @@ def test_catalog_step_isolates_and_fails_only_when_all_fail(damaged_visit, tmp_p
 
 
 def test_ceers_align_exit_status(damaged_visit, tmp_path):
-    """ceers-align: exit 0 with the bad images FAILED; exit 1 only when every image failed."""
+    """
+    ceers-align: the good images are aligned and the bad ones FAILED, each named with its
+    reason, exit 1 (since issue 31: 0 only when every image was aligned); every image failed:
+    exit 1 with the reason.
+    """
     src = damaged_visit["paths"][0].parent
     proc = run_cli(["ceers-align", "jw01345001001", "f200w", "--input-dir", str(src),
                     "--output-dir", str(tmp_path / "out"), "--abs-refcat",
                     str(damaged_visit["refcat"]), "--n-jobs", "2"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("FAILED: ") == 2
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "4 images COMPLETE, 2 FAILED" in proc.stdout
+    for i in (1, 4):
+        assert f"{damaged_visit['paths'][i].name}: FAILED: " in proc.stderr
     lone = tmp_path / "lone"
     lone.mkdir()
     for i in (1, 4):
