@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ceers_steps.synthetic import ceers_data_dir, ceers_data_missing_reason, oracle_floor  # noqa: F401
@@ -66,6 +67,21 @@ def small_visit_dir(tmp_path_factory):
 
 def file_digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shift_wcs(path, arcsec):
+    """Rewrite a cal file with its WCS moved by ``arcsec`` (a wrong guide star)."""
+    from ceers_steps.compat import datamodels
+    from ceers_steps.synthetic import apply_correction
+    from ceers_steps.wcs_utils import tangent_plane
+
+    with datamodels.open(path) as m:
+        wi = m.meta.wcsinfo
+        ra, dec = m.meta.wcs(512.0, 512.0)
+        m.meta.wcs = apply_correction(m.meta.wcs, {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref,
+                                                   "roll_ref": wi.roll_ref},
+                                      np.eye(2), (arcsec, 0.0), tangent_plane(ra, dec))
+        m.save(path)
 
 
 def clean_env():

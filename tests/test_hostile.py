@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from astropy.table import Table, vstack
-from conftest import clean_env, file_digest
+from conftest import clean_env, file_digest, shift_wcs
 
 from ceers_steps.cli import align_main, apply_wcs_main, convert_cfg_main
 from ceers_steps.wcs_io import exposure_base
@@ -119,21 +119,6 @@ def _results(work, out="out"):
     return Table.read(work.root / out / f"{VISIT}_{FILTER}_tweakreg_results.ecsv")
 
 
-def _shift_wcs(path, arcsec):
-    """Rewrite a cal file with its WCS moved by ``arcsec`` (a wrong guide star)."""
-    from ceers_steps.compat import datamodels
-    from ceers_steps.synthetic import apply_correction
-    from ceers_steps.wcs_utils import tangent_plane
-
-    with datamodels.open(path) as m:
-        wi = m.meta.wcsinfo
-        ra, dec = m.meta.wcs(512.0, 512.0)
-        m.meta.wcs = apply_correction(m.meta.wcs, {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref,
-                                                   "roll_ref": wi.roll_ref},
-                                      np.eye(2), (arcsec, 0.0), tangent_plane(ra, dec))
-        m.save(path)
-
-
 def _edit(path, func):
     from ceers_steps.compat import datamodels
 
@@ -146,7 +131,7 @@ def _edit(path, func):
 
 
 def test_image_10_arcmin_off_is_not_called_aligned(work, capsys):
-    _shift_wcs(work.path(1), 600.0)
+    shift_wcs(work.path(1), 600.0)
     work.snapshot()
     code = work.align()
     st = work.verify(code, 1, capsys.readouterr().err)  # one image FAILED: exit status 1
@@ -181,7 +166,7 @@ def test_frame_of_artifacts_fails_alone(work, capsys):
 def test_image_10_arcmin_off_other_modes(work, tmp_path, abs_group):
     from ceers_steps import CeersTweakRegStep
 
-    _shift_wcs(work.path(1), 600.0)
+    shift_wcs(work.path(1), 600.0)
     work.snapshot()
     CeersTweakRegStep.call([str(work.path(i)) for i in range(4)], abs_refcat=str(work.refcat),
                            abs_group=abs_group, minobj=8, abs_minobj=8, n_jobs=1,
@@ -345,7 +330,7 @@ def test_saved_abs_catalog_never_overwrites_the_refcat_it_came_from(work):
 
 
 def test_skipped_image_model_is_not_applied_as_complete(work, capsys):
-    _shift_wcs(work.path(1), 600.0)
+    shift_wcs(work.path(1), 600.0)
     assert work.align() == 1  # that image FAILED
     capsys.readouterr()
     work.snapshot()

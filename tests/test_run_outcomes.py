@@ -8,10 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import file_digest
+from conftest import file_digest, shift_wcs
 
 from ceers_steps.cli import align_main, apply_wcs_main
 
@@ -49,21 +48,6 @@ def _align(pristine, cal, out, *extra, refcat=True, all_groups=False):
     if refcat:
         args += ["--abs-refcat", str(cal / "refcat.ecsv")]
     return align_main(args)
-
-
-def _shift_wcs(path, arcsec):
-    """Rewrite a cal file with its WCS moved by ``arcsec`` (a wrong guide star)."""
-    from ceers_steps.compat import datamodels
-    from ceers_steps.synthetic import apply_correction
-    from ceers_steps.wcs_utils import tangent_plane
-
-    with datamodels.open(path) as m:
-        wi = m.meta.wcsinfo
-        ra, dec = m.meta.wcs(512.0, 512.0)
-        m.meta.wcs = apply_correction(m.meta.wcs, {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref,
-                                                   "roll_ref": wi.roll_ref},
-                                      np.eye(2), (arcsec, 0.0), tangent_plane(ra, dec))
-        m.save(path)
 
 
 def _summary_line(printed, name):
@@ -110,7 +94,7 @@ def test_some_images_failed_exit_1_and_named(pristine, cal, tmp_path, capsys):
     """One image 10' off: the others are aligned, the group is not COMPLETE, the exit status
     is 1 and the image is named on stderr with its reason."""
     bad = pristine["names"][1]
-    _shift_wcs(cal / bad, 600.0)
+    shift_wcs(cal / bad, 600.0)
     out = tmp_path / "out"
     assert _align(pristine, cal, out, all_groups=True) == 1
     captured = capsys.readouterr()
@@ -132,7 +116,7 @@ def test_group_with_no_image_aligned_is_failed(pristine, cal, tmp_path, capsys, 
             (cal / name).unlink()
     else:
         for name in pristine["names"]:
-            _shift_wcs(cal / name, 600.0)
+            shift_wcs(cal / name, 600.0)
     refcat = case != "single_image_no_refcat"
     assert _align(pristine, cal, tmp_path / "one", refcat=refcat) == 1
     line = _summary_line(capsys.readouterr().out, NAME)
@@ -233,7 +217,7 @@ def test_rerun_into_the_same_folder_is_refused_unless_asked(pristine, cal, tmp_p
 
 def test_resume_redoes_a_failed_group_once_its_files_are_fixed(pristine, cal, tmp_path, capsys):
     bad = pristine["names"][1]
-    _shift_wcs(cal / bad, 600.0)
+    shift_wcs(cal / bad, 600.0)
     out = tmp_path / "out"
     assert _align(pristine, cal, out, all_groups=True) == 1
     manifest = json_load(out / f"{NAME}_manifest.json")
