@@ -69,6 +69,22 @@ def file_digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def small_hostile_visit(root, folder):
+    """
+    2 SW detectors x 2 dithers, 1024^2, built-in truth, written to ``root/folder`` with its
+    refcat and no association, and an empty ``root/no_params`` (no parameter file found).
+    """
+    from ceers_steps.synthetic import make_visit, write_visit
+
+    visit = make_visit(detectors=("nrca1", "nrcb4"), n_dithers=2, shape=(1024, 1024),
+                       noise=0.02, use_real=False, seed=11)
+    _, refcat, paths = write_visit(visit, root / folder)
+    (root / folder / "asn.json").unlink()
+    (root / "no_params").mkdir()
+    return {"cal": root / folder, "refcat": refcat, "names": [p.name for p in paths],
+            "no_params": root / "no_params"}
+
+
 def shift_wcs(path, arcsec):
     """Rewrite a cal file with its WCS moved by ``arcsec`` (a wrong guide star)."""
     from ceers_steps.compat import datamodels

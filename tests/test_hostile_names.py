@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from conftest import small_hostile_visit
 
 from ceers_steps.cli import align_main, apply_wcs_main
 from ceers_steps.wcs_io import exposure_base
@@ -29,16 +30,7 @@ QUIET = [pytest.mark.filterwarnings("ignore:While validating"),
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """2 SW detectors x 2 dithers, 1024^2, built-in truth, with its refcat; never modified."""
-    from ceers_steps.synthetic import make_visit, write_visit
-
-    visit = make_visit(detectors=("nrca1", "nrcb4"), n_dithers=2, shape=(1024, 1024),
-                       noise=0.02, use_real=False, seed=11)
-    root = tmp_path_factory.mktemp("names")
-    _, refcat, paths = write_visit(visit, root / "cal")
-    (root / "cal" / "asn.json").unlink()
-    (root / "no_params").mkdir()
-    return {"cal": root / "cal", "refcat": refcat, "names": [p.name for p in paths],
-            "no_params": root / "no_params"}
+    return small_hostile_visit(tmp_path_factory.mktemp("names"), "cal")
 
 
 @pytest.fixture

@@ -76,21 +76,29 @@ def _run_script(tmp_path, body, env=None):
     return proc, marks
 
 
+#: Eight marked tasks of ``seconds`` each on a local pool of two workers.
+_EIGHT_TASKS = ("from ceers_steps.engine import run_tasks\n"
+                "run_tasks(marked, [(MARKS, i, {seconds}) for i in range(8)], n_jobs=2)\n")
+
+
+def _two_started(tmp_path, proc, marks):
+    """Wait until the script's first two tasks run (the main process alive); their pids."""
+    assert _wait_for(lambda: len(_starts(marks)) >= 2 or proc.poll() is not None, 120), \
+        "the tasks never started"
+    assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+    return sorted({pid for _, pid in _starts(marks)})
+
+
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 
 @needs_proc
 def test_kill_9_of_the_main_process_stops_local_workers_promptly(tmp_path):
     """kill -9 of the main process: its workers stop within ~1 s and start no queued task."""
-    proc, marks = _run_script(tmp_path, (
-        "from ceers_steps.engine import run_tasks\n"
-        "run_tasks(marked, [(MARKS, i, 4.0) for i in range(8)], n_jobs=2)\n"))
+    proc, marks = _run_script(tmp_path, _EIGHT_TASKS.format(seconds=4.0))
     workers = []
     try:
-        assert _wait_for(lambda: len(_starts(marks)) >= 2 or proc.poll() is not None, 120), \
-            "the tasks never started"
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
-        workers = sorted({pid for _, pid in _starts(marks)})
+        workers = _two_started(tmp_path, proc, marks)
         assert len(workers) == 2
         proc.kill()
         proc.wait(timeout=30)
@@ -109,14 +117,10 @@ def test_kill_9_of_the_main_process_stops_local_workers_promptly(tmp_path):
 @needs_proc
 def test_ctrl_c_starts_no_queued_task_on_the_local_pool(tmp_path):
     """Ctrl-C: the running tasks end, no queued task starts (not even one queued to a worker)."""
-    proc, marks = _run_script(tmp_path, (
-        "from ceers_steps.engine import run_tasks\n"
-        "run_tasks(marked, [(MARKS, i, 1.5) for i in range(8)], n_jobs=2)\n"))
+    proc, marks = _run_script(tmp_path, _EIGHT_TASKS.format(seconds=1.5))
     workers = []
     try:
-        assert _wait_for(lambda: len(_starts(marks)) >= 2 or proc.poll() is not None, 120)
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
-        workers = sorted({pid for _, pid in _starts(marks)})
+        workers = _two_started(tmp_path, proc, marks)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: to the whole process group
         proc.wait(timeout=60)
         assert proc.returncode != 0

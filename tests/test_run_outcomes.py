@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from astropy.table import Table
-from conftest import file_digest, shift_wcs
+from conftest import file_digest, shift_wcs, small_hostile_visit
 
 from ceers_steps.cli import align_main, apply_wcs_main
 
@@ -21,16 +21,7 @@ NAME = f"{VISIT}_{FILTER}"
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """2 SW detectors x 2 dithers, 1024^2, built-in truth; never modified."""
-    from ceers_steps.synthetic import make_visit, write_visit
-
-    visit = make_visit(detectors=("nrca1", "nrcb4"), n_dithers=2, shape=(1024, 1024),
-                       noise=0.02, use_real=False, seed=11)
-    root = tmp_path_factory.mktemp("outcomes")
-    _, refcat, paths = write_visit(visit, root / "calibrated")
-    (root / "calibrated" / "asn.json").unlink()
-    (root / "no_params").mkdir()
-    return {"cal": root / "calibrated", "refcat": refcat, "names": [p.name for p in paths],
-            "no_params": root / "no_params"}
+    return small_hostile_visit(tmp_path_factory.mktemp("outcomes"), "calibrated")
 
 
 @pytest.fixture
