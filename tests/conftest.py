@@ -33,6 +33,36 @@ def _collect_dropped_models():
             gc.collect()
 
 
+def _remove_when_done(config):
+    return config.getini("tmp_path_retention_policy") == "none"
+
+
+@pytest.fixture
+def tmp_path(tmp_path, request):
+    """
+    pytest's tmp_path, removed as soon as its test ends (policy "none", the default here).
+
+    pytest itself keeps every tmp_path until the session ends, and the suite's cal files,
+    aligned images and mosaics add up to many GB, which filled CI's disk. With
+    ``-o tmp_path_retention_policy=failed`` (or ``all``) pytest's own rules apply.
+    """
+    yield tmp_path
+    if _remove_when_done(request.config):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def module_tmp(request, tmp_path_factory, name):
+    """
+    A folder for a module- or session-scoped fixture, removed when that fixture's scope ends
+    (unless a retention policy other than "none" was asked for), for the same reason as
+    `tmp_path`.
+    """
+    path = tmp_path_factory.mktemp(name)
+    if _remove_when_done(request.config):
+        request.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
+    return path
+
+
 def pytest_collection_modifyitems(config, items):
     """
     Mark every test that needs the real data (the `ceers_dir` fixture, directly or through

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, run_cli
+from conftest import clean_env, module_tmp, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,9 +18,9 @@ def _jwst_version():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(request, tmp_path_factory):
     """``ceers-demo`` as a user runs it (a console command): its folder and its stdout."""
-    out = tmp_path_factory.mktemp("demo") / "demo_output"
+    out = module_tmp(request, tmp_path_factory, "demo") / "demo_output"
     proc = run_cli(["ceers-demo", "--output-dir", str(out)], cwd=out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout, proc.stdout + proc.stderr
@@ -125,12 +125,12 @@ def test_demo_console_is_short(demo):
 
 
 @pytest.fixture(scope="module")
-def demo_files(demo, tmp_path_factory):
+def demo_files(request, demo, tmp_path_factory):
     """A copy of the demo's cal files and reference catalog, with its saved WCS models."""
     import shutil
 
     out, _, _ = demo
-    work = tmp_path_factory.mktemp("console")
+    work = module_tmp(request, tmp_path_factory, "console")
     shutil.copytree(out / "calibrated", work / "cal")
     return work, work / "cal", out / "aligned" / "tweakreg_wcs"
 

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from astropy.table import Table, vstack
-from conftest import clean_env, file_digest, shift_wcs
+from conftest import clean_env, file_digest, module_tmp, shift_wcs
 
 from ceers_steps.cli import align_main, apply_wcs_main, convert_cfg_main
 from ceers_steps.wcs_io import exposure_base
@@ -33,13 +33,13 @@ LIMIT_MAS = 10.0
 
 
 @pytest.fixture(scope="session")
-def pristine(tmp_path_factory):
+def pristine(request, tmp_path_factory):
     """2 SW detectors x 2 dithers, 1024^2, with NIRCam artifacts; never modified."""
     from ceers_steps.synthetic import make_visit, write_visit
 
     visit = make_visit(detectors=("nrca1", "nrcb4"), n_dithers=2, shape=(1024, 1024),
                        noise=0.02, use_real=False, seed=11, artifacts=True)
-    root = tmp_path_factory.mktemp("hostile")
+    root = module_tmp(request, tmp_path_factory, "hostile")
     _, refcat, paths = write_visit(visit, root / "calibrated")
     truth = {exposure_base(im.model.meta.filename): im.true_wcs for im in visit.images}
     (root / "no_params").mkdir()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from conftest import small_hostile_visit
+from conftest import module_tmp, small_hostile_visit
 
 from ceers_steps.cli import align_main, apply_wcs_main
 from ceers_steps.wcs_io import exposure_base
@@ -28,9 +28,9 @@ QUIET = [pytest.mark.filterwarnings("ignore:While validating"),
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+def pristine(request, tmp_path_factory):
     """2 SW detectors x 2 dithers, 1024^2, built-in truth, with its refcat; never modified."""
-    return small_hostile_visit(tmp_path_factory.mktemp("names"), "cal")
+    return small_hostile_visit(module_tmp(request, tmp_path_factory, "names"), "cal")
 
 
 @pytest.fixture
@@ -142,11 +142,11 @@ def test_output_paths_are_proven_inside_the_output_folder(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def lw_files(tmp_path_factory):
+def lw_files(request, tmp_path_factory):
     """One LW exposure (nrcalong, 256^2) and one SW exposure (nrca1), header-only edits later."""
     from ceers_steps.synthetic import make_visit
 
-    root = tmp_path_factory.mktemp("pupil")
+    root = module_tmp(request, tmp_path_factory, "pupil")
     out = {}
     for det, filt, group in (("nrcalong", "F444W", "02101"), ("nrca1", "F150W2", "02201")):
         v = make_visit(detectors=(det,), n_dithers=1, shape=(256, 256), use_real=False, seed=3,

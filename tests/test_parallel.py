@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clean_env
+from conftest import clean_env, module_tmp
 
 from ceers_steps.engine import effective_jobs, run_tasks
 
@@ -118,13 +118,13 @@ def test_parallel_run_identical_to_serial(builtin_files, tmp_path, abs_group):
 
 
 @pytest.fixture(scope="module")
-def visit24(tmp_path_factory):
+def visit24(request, tmp_path_factory):
     """24 images (8 SW detectors x 3 dithers, 1024x1024, built-in truth) on disk."""
     from ceers_steps.synthetic import SW_DETECTORS, make_visit, write_visit
 
     visit = make_visit(detectors=SW_DETECTORS, n_dithers=3, shape=(1024, 1024), noise=0.03,
                        use_real=False, seed=2)
-    directory = tmp_path_factory.mktemp("visit24")
+    directory = module_tmp(request, tmp_path_factory, "visit24")
     asn, refcat, paths = write_visit(visit, directory)
     return {"visit": visit, "asn": asn, "refcat": refcat, "paths": paths}
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import accuracy, file_digest, models_of, run_cli
+from conftest import accuracy, file_digest, models_of, module_tmp, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMETER_FILES = ROOT / "parameter_files"
@@ -171,11 +171,11 @@ def test_pipeline_on_models_in_memory(builtin_visit, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mixed_dir(tmp_path_factory):
+def mixed_dir(request, tmp_path_factory):
     """Two visits x two filters, 2 detectors x 2 dithers each, in one folder."""
     from ceers_steps.synthetic import make_visit
 
-    d = tmp_path_factory.mktemp("mixed")
+    d = module_tmp(request, tmp_path_factory, "mixed")
     refcat = None
     for visit_id in ("jw01345001001", "jw01345002001"):
         for filt in ("F115W", "F200W"):

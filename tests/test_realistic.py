@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from conftest import accuracy, file_digest, local_cluster, run_cli
+from conftest import accuracy, file_digest, local_cluster, module_tmp, run_cli
 
 from ceers_steps import detection
 from ceers_steps._stpipe import AllImagesFailedError
@@ -196,11 +196,11 @@ def _damage(paths):
 
 
 @pytest.fixture(scope="module")
-def damaged_visit(tmp_path_factory):
+def damaged_visit(request, tmp_path_factory):
     """A realistic-frame visit (2 SW detectors x 3 dithers, 1024x1024) with two bad files."""
     visit = make_visit(detectors=("nrca1", "nrcb4"), n_dithers=3, shape=(1024, 1024), seed=2,
                        artifacts=True, use_real=False)
-    directory = tmp_path_factory.mktemp("damaged")
+    directory = module_tmp(request, tmp_path_factory, "damaged")
     asn, refcat, paths = write_visit(visit, directory)
     bad = _damage(paths)
     return {"visit": visit, "asn": asn, "refcat": refcat, "paths": paths, "bad": bad,

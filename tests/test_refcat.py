@@ -6,7 +6,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.time import Time
-from conftest import accuracy, library_of, models_of
+from conftest import accuracy, library_of, models_of, module_tmp
 
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.refcat import at_epoch, read_reference_catalogs
@@ -38,8 +38,8 @@ def _moving_catalog(refcat, seed=0, common=(-15.0, 10.0), dispersion=8.0):
 
 
 @pytest.fixture(scope="module")
-def catalogs(builtin_visit, tmp_path_factory):
-    d = tmp_path_factory.mktemp("refcats")
+def catalogs(request, builtin_visit, tmp_path_factory):
+    d = module_tmp(request, tmp_path_factory, "refcats")
     truth = Table.read(builtin_visit["refcat"])
     gaia = _moving_catalog(truth)
     paths = {"true": d / "true_epoch.ecsv", "gaia": d / "gaia_like.ecsv",

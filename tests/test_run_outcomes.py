@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from astropy.table import Table
-from conftest import file_digest, shift_wcs, small_hostile_visit
+from conftest import file_digest, module_tmp, shift_wcs, small_hostile_visit
 
 from ceers_steps.cli import align_main, apply_wcs_main
 
@@ -19,9 +19,9 @@ NAME = f"{VISIT}_{FILTER}"
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+def pristine(request, tmp_path_factory):
     """2 SW detectors x 2 dithers, 1024^2, built-in truth; never modified."""
-    return small_hostile_visit(tmp_path_factory.mktemp("outcomes"), "calibrated")
+    return small_hostile_visit(module_tmp(request, tmp_path_factory, "outcomes"), "calibrated")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import asdf
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import clean_env
+from conftest import clean_env, module_tmp
 
 from ceers_steps.cli import align_main
 from ceers_steps.survey import discover_groups, group_complete
@@ -24,10 +24,10 @@ GROUPS = [("jw01345001001", "F200W", "02201", (0.45, -0.25)),
 
 
 @pytest.fixture(scope="module")
-def survey(tmp_path_factory):
+def survey(request, tmp_path_factory):
     from ceers_steps.synthetic import make_visit
 
-    root = tmp_path_factory.mktemp("survey")
+    root = module_tmp(request, tmp_path_factory, "survey")
     cal = root / "calibrated"
     cal.mkdir()
     truth = {}
