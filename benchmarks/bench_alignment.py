@@ -11,7 +11,7 @@ built-in NIRCam-like WCS): 3 dithers x 8 SW detectors (or 2 LW detectors), a
 visit offset (~0.5") and rotation (0.02 deg), ~20 mas per-dither errors, ~10 mas
 intrinsic galaxy offsets and, for ``sw-det``, 30 mas rms per-detector placement
 errors. ``--frames realistic`` renders the same sources with the nuisances of real
-cal files (`ceers_steps.synthetic.add_nircam_artifacts`); ``both`` runs each seed
+cal files (`ceers_steps.synthetic.visits.add_nircam_artifacts`); ``both`` runs each seed
 clean and realistic and compares them. Catalogs: SEP with the CEERS recipe. Parameters: the real CEERS
 nircam1 values for jw01345001001 (f200w for SW, f444w for LW), unchanged.
 Score: on-sky difference between aligned and true WCS on a 16x16 pixel grid per
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ceers_steps.catalogs import build_catalog, write_catalog
-from ceers_steps.inputs import library_models
-from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit, oracle_floor
-from ceers_steps.wcs_utils import alignment_accuracy
+from ceers_steps.core.wcs_utils import alignment_accuracy
+from ceers_steps.detection.catalogs import build_catalog, write_catalog
+from ceers_steps.io.inputs import library_models
+from ceers_steps.synthetic.visits import LW_DETECTORS, SW_DETECTORS, make_visit, oracle_floor
 
 # CEERS nircam1 f200w / f444w, section [jw01345001001] (tweakreg_cfgs), unchanged.
 CEERS_SW = dict(minobj=20, searchrad=1.0, separation=0.1, tolerance=0.05, nclip=1, sigma=0.7,
@@ -94,7 +94,7 @@ def _instrument():
 
 def centre_errors(models, visit):
     """On-sky error (mas) of each aligned image's centre against its true WCS."""
-    from ceers_steps.wcs_utils import angular_separation_mas
+    from ceers_steps.core.wcs_utils import angular_separation_mas
 
     out = {}
     for model, image in zip(models, visit.images, strict=True):
@@ -108,7 +108,7 @@ def centre_errors(models, visit):
 
 def run_ceers(visit, refcat_path, params, mode, trace=True):
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     def call(library):
         return CeersTweakRegStep.call(library, abs_refcat=str(refcat_path), abs_group=mode,
@@ -137,7 +137,7 @@ def run_jwst(visit, refcat_path, params):
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"  # stpipe accepts only true/yes words
     from jwst.tweakreg import TweakRegStep
 
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     p = dict(params)
     for prefix in ("", "abs_"):

@@ -26,9 +26,9 @@ def main():
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
     from ceers_steps import ApplyWcsStep
-    from ceers_steps.compat import datamodels
-    from ceers_steps.synthetic import SW_DETECTORS, make_visit, write_visit
-    from ceers_steps.wcs_io import exposure_base, save_wcs_model
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.io.wcs_models import exposure_base, save_wcs_model
+    from ceers_steps.synthetic.visits import SW_DETECTORS, make_visit, write_visit
 
     dets = SW_DETECTORS[: max(1, min(8, args.n))]
     visit = make_visit(detectors=dets, n_dithers=max(1, -(-args.n // len(dets))), use_real=False)

@@ -3,14 +3,14 @@
 Usage: python benchmarks/bench_catalog.py [--repeat 5] [--seeds 1 2 3] [--real]
 
 For each seed, renders the same visit twice from the same sources: clean (Gaussian
-sources, white noise) and realistic (`ceers_steps.synthetic.add_nircam_artifacts`:
+sources, white noise) and realistic (`ceers_steps.synthetic.visits.add_nircam_artifacts`:
 reference-pixel border, hot and warm pixels, cosmic-ray residuals, snowballs, 1/f
 striping, saturated stars with spikes, NaN patches). For each image it reports the
 number of catalog sources, the spurious ones (more than 3 pixels from every injected
 source), how many injected sources found on the clean frame are lost on the realistic
 one, the centroid RMS of S/N > 50 sources against truth (all of them, and on the realistic
 frame those measured to 0.1 px on the clean one: isolated, unblended), and the median wall time of
-`ceers_steps.catalogs.build_catalog` (one core, untraced); then the peak traced
+`ceers_steps.detection.catalogs.build_catalog` (one core, untraced); then the peak traced
 memory of one call per frame type.
 """
 
@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from ceers_steps.catalogs import build_catalog
+from ceers_steps.detection.catalogs import build_catalog
 from ceers_steps.synthetic import make_visit
 
 SW, LW = ("nrca1", "nrcb3"), ("nrcalong",)

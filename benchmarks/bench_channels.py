@@ -5,7 +5,7 @@ Usage:
         [--visits 5] [--detector-error 30] [--n-jobs 2] [--seed 1] [--keep DIR]
 
 Every case is built with the real CEERS WCS models as truth and the real HST F160W
-catalog (as `ceers_steps.synthetic.make_visit` does; frames cut to ``--shape`` pixels,
+catalog (as `ceers_steps.synthetic.visits.make_visit` does; frames cut to ``--shape`` pixels,
 a subarray of each detector, 1024 by default to keep a draw within a minute or two),
 then aligned by ``ceers-align --all`` with the package's CEERS parameter files, once
 without and once with the option, on the same files (so on the same catalogs: SEP is
@@ -84,7 +84,7 @@ def image_rms(out, names, truth, shape):
     """Per image: RMS (mas) of its saved WCS model against its truth on a 16x16 grid."""
     import asdf
 
-    from ceers_steps.wcs_utils import angular_separation_mas
+    from ceers_steps.core.wcs_utils import angular_separation_mas
 
     g = np.linspace(0, shape - 1, 16)
     x, y = np.meshgrid(g, g)

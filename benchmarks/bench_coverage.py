@@ -7,13 +7,13 @@ Usage:
 
 A catalog-level harness: full step runs (rendering, SEP) take ~30 s per 24-image
 draw on this machine, so the draws are made in the visit's tangent plane with
-the geometry of `ceers_steps.synthetic.make_visit` (built-in NIRCam-like WCS,
+the geometry of `ceers_steps.synthetic.visits.make_visit` (built-in NIRCam-like WCS,
 its random galaxy catalog, its error model: visit shift and rotation, ~20 mas
 per-dither errors, 30 mas per-detector errors for ``sw-det``) and detections
 drawn the way SEP sees the rendered sources (a signal-to-noise cut and a
 centroid error sqrt(2) sigma / SNR, ``--confirm`` compares both on full runs).
 Each image's detections, seen through its erroneous WCS, go through the step's
-own code: `ceers_steps.alignment._judged_fit` (screening, joint fit, judgement)
+own code: `ceers_steps.fitting.alignment._judged_fit` (screening, joint fit, judgement)
 with the step's parameters (CEERS jw01345001001 for sw / sw-det / lw, the step
 defaults for ``demo``: 2 SW detectors x 3 dithers of 1024x1024 pixels), and the
 uncertainty at the image centre as the step computes it (`position_sigma`).
@@ -34,7 +34,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ceers_steps.synthetic import (
+from ceers_steps.core.wcs_utils import tangent_plane
+from ceers_steps.synthetic.visits import (
     _DITHERS,
     DETECTOR_GEOMETRY,
     LW_DETECTORS,
@@ -43,7 +44,6 @@ from ceers_steps.synthetic import (
     nircam_like_wcs,
     rotation_matrix,
 )
-from ceers_steps.wcs_utils import tangent_plane
 
 # CEERS nircam1 f200w / f444w [jw01345001001] absolute parameters (bench_alignment's).
 CASES = {
@@ -141,7 +141,7 @@ def draw(case, seed, offsets="source", galaxy_scatter=0.010):
 
 
 def _params(case):
-    from ceers_steps.alignment import AbsoluteParameters
+    from ceers_steps.fitting.alignment import AbsoluteParameters
 
     return AbsoluteParameters(**CASES[case]["abs"])
 

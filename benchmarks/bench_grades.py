@@ -23,10 +23,10 @@ import numpy as np
 from bench_alignment import CEERS_LW, CEERS_SW, add_truth_options, quiet, truth_choice
 
 from ceers_steps import CeersTweakRegStep
-from ceers_steps.catalogs import build_catalog, write_catalog
-from ceers_steps.inputs import library_models
-from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
-from ceers_steps.wcs_utils import angular_separation_mas
+from ceers_steps.core.wcs_utils import angular_separation_mas
+from ceers_steps.detection.catalogs import build_catalog, write_catalog
+from ceers_steps.io.inputs import library_models
+from ceers_steps.synthetic.visits import LW_DETECTORS, SW_DETECTORS, make_visit
 
 
 def main():
@@ -41,7 +41,7 @@ def main():
     add_truth_options(parser)
     args = parser.parse_args()
     quiet()
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     use_real = truth_choice(args)
     for case in args.cases:

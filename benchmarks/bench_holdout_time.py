@@ -6,7 +6,7 @@ Usage:
 One synthetic visit (3 dithers x 8 SW or 2 LW detectors, 2048x2048, built-in WCS),
 SEP catalogs with the CEERS recipe, then CeersTweakRegStep (default joint fit,
 results and report off) timed alternately with the hold-out
-(`ceers_steps.jointfit.JointFitResult.holdout`) and with it switched off, ``--repeats``
+(`ceers_steps.fitting.jointfit.JointFitResult.holdout`) and with it switched off, ``--repeats``
 times each; prints each time, the medians, the hold-out's own time and the ratio.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ceers_steps.catalogs import build_catalog, write_catalog
-from ceers_steps.jointfit import JointFitResult
-from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
+from ceers_steps.detection.catalogs import build_catalog, write_catalog
+from ceers_steps.fitting.jointfit import JointFitResult
+from ceers_steps.synthetic.visits import LW_DETECTORS, SW_DETECTORS, make_visit
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     visit = make_visit(detectors=LW_DETECTORS if args.case == "lw" else SW_DETECTORS,
                        n_dithers=3, use_real=False, seed=args.seed)

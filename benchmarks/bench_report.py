@@ -24,9 +24,9 @@ from pathlib import Path
 from bench_alignment import CEERS_LW, CEERS_SW, add_truth_options, quiet, truth_choice
 
 from ceers_steps import CeersTweakRegStep
-from ceers_steps.catalogs import build_catalog, write_catalog
-from ceers_steps.synthetic import LW_DETECTORS, SW_DETECTORS, make_visit
-from ceers_steps.tweakreg_run import TweakRegRun
+from ceers_steps.detection.catalogs import build_catalog, write_catalog
+from ceers_steps.stages.run import TweakRegRun
+from ceers_steps.synthetic.visits import LW_DETECTORS, SW_DETECTORS, make_visit
 
 REPORT = []  # (seconds, traced peak bytes or None) of each _write_reports call
 TRACE = [False]  # trace memory in the next call (tracing slows Python code: timed apart)
@@ -61,7 +61,7 @@ def main():
     args = parser.parse_args()
     quiet()
     _instrument()
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     lw = args.case == "lw"
     params = CEERS_LW if lw else CEERS_SW

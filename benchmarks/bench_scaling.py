@@ -27,7 +27,7 @@ lines (start-up: process start, imports and the parameter file, to the first lin
 detection; fit: reference catalog, matching and fits; writing: aligned images and WCS
 models; report: alignment report and results tables; exit). And the per-image floor
 measured in this process on the same files, serially: ``datamodels.open`` + the CEERS
-detection (`ceers_steps.catalogs.build_catalog`, SEP) + ``model.save`` of a copy, the
+detection (`ceers_steps.detection.catalogs.build_catalog`, SEP) + ``model.save`` of a copy, the
 read + detect + write that every run of these files does through stdatamodels and SEP.
 """
 
@@ -134,9 +134,9 @@ def phases(log_text, t_start, t_end):
 
 def floor(paths, out_dir):
     """Per-image seconds of open + CEERS detection + save, serially, on ``paths``."""
-    from ceers_steps.catalogs import build_catalog
-    from ceers_steps.compat import datamodels
-    from ceers_steps.pipeline import CeersAlignPipeline
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.detection.catalogs import build_catalog
+    from ceers_steps.steps.pipeline import CeersAlignPipeline
 
     params = CeersAlignPipeline.from_config_file(str(PARAMS)).catalog.detection_parameters()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,8 +171,8 @@ def make_data(n, directory, real):
 
 
 def score(out_dir, visit):
-    from ceers_steps.compat import datamodels
-    from ceers_steps.wcs_utils import alignment_accuracy
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.core.wcs_utils import alignment_accuracy
 
     models = []
     for image in visit.images:

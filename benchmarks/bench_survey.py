@@ -12,7 +12,7 @@ by CEERS' real pointings: F200W (SW, group 02201), F150W (SW, group 04201; visit
 detector's first rows and columns, a subarray; 1024 by default to keep the run
 within minutes; CEERS' are 2048). The reference catalog is the real HST F160W one;
 each group has its own visit error (~0.5"), dither errors and galaxy offsets as in
-`ceers_steps.synthetic.make_visit`. Parameters: the package's CEERS parameter files.
+`ceers_steps.synthetic.visits.make_visit`. Parameters: the package's CEERS parameter files.
 
 Then, with ``--n-jobs`` processes: (1) ``ceers-align --all`` over the whole folder,
 (2) ``ceers-align VISIT FILTER`` once per group, one after the other (as CEERS ran
@@ -83,7 +83,7 @@ def run(cmd, cwd):
 def accuracy(out, names, truth, shape):
     import asdf
 
-    from ceers_steps.wcs_utils import angular_separation_mas
+    from ceers_steps.core.wcs_utils import angular_separation_mas
 
     g = np.linspace(0, shape - 1, 16)
     x, y = np.meshgrid(g, g)

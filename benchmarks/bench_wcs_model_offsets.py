@@ -9,7 +9,7 @@ Reads the 690 real CEERS tweaked WCS models (``../shared/ceers/tweakreg_wcs`` or
 ``$CEERS_DATA_DIR``). Each is the pipeline WCS with CEERS' TweakReg correction (the
 ``tp_affine`` of the ``v2v3vacorr -> v2v3corr`` transform): with that correction set to the
 identity, the model is the pipeline WCS the image had, so the tweak's size is the largest
-distance between the two over a 5 x 5 grid of the image (`ceers_steps.wcs_io.wcs_offset_arcsec`).
+distance between the two over a 5 x 5 grid of the image (`ceers_steps.io.wcs_models.wcs_offset_arcsec`).
 Printed beside it: the smallest distance, over the same grid, between a model and the models of
 the other dithers of its detector, and of the other detectors of its exposure: what applying a
 model of another image would move it by.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ceers_steps.io.wcs_models import MAX_WCS_OFFSET, read_wcs_model_file, wcs_offset_arcsec
 from ceers_steps.synthetic import ceers_data_dir
-from ceers_steps.wcs_io import MAX_WCS_OFFSET, read_wcs_model_file, wcs_offset_arcsec
 
 _NAME = re.compile(r"(jw\d{11})_(\d{5})_(\d{5})_(nrc\w+?)_tweakreg\.asdf")
 SHAPE = (2048, 2048)

@@ -13,12 +13,12 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 _LAZY = {
-    "CatalogStep": "ceers_steps.catalog_step",
-    "CeersTweakRegStep": "ceers_steps.tweakreg_step",
-    "ApplyWcsStep": "ceers_steps.apply_wcs_step",
-    "CeersAlignPipeline": "ceers_steps.pipeline",
-    "CeersImage3Pipeline": "ceers_steps.stage3",
-    "AllImagesFailedError": "ceers_steps._stpipe",
+    "CatalogStep": "ceers_steps.steps.catalog_step",
+    "CeersTweakRegStep": "ceers_steps.steps.tweakreg_step",
+    "ApplyWcsStep": "ceers_steps.steps.apply_wcs_step",
+    "CeersAlignPipeline": "ceers_steps.steps.pipeline",
+    "CeersImage3Pipeline": "ceers_steps.steps.stage3",
+    "AllImagesFailedError": "ceers_steps.steps.base",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -14,9 +14,9 @@ def get_steps():
         Fully qualified class name, class alias, and whether it is a pipeline.
     """
     return [
-        ("ceers_steps.catalog_step.CatalogStep", "ceers_catalog", False),
-        ("ceers_steps.tweakreg_step.CeersTweakRegStep", "ceers_tweak", False),
-        ("ceers_steps.apply_wcs_step.ApplyWcsStep", "apply_wcs", False),
-        ("ceers_steps.pipeline.CeersAlignPipeline", "ceers_align", True),
-        ("ceers_steps.stage3.CeersImage3Pipeline", "calwebb_image3_ceers", True),
+        ("ceers_steps.steps.catalog_step.CatalogStep", "ceers_catalog", False),
+        ("ceers_steps.steps.tweakreg_step.CeersTweakRegStep", "ceers_tweak", False),
+        ("ceers_steps.steps.apply_wcs_step.ApplyWcsStep", "apply_wcs", False),
+        ("ceers_steps.steps.pipeline.CeersAlignPipeline", "ceers_align", True),
+        ("ceers_steps.steps.stage3.CeersImage3Pipeline", "calwebb_image3_ceers", True),
     ]

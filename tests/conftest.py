@@ -22,7 +22,7 @@ def _collect_dropped_models():
     each test instead. Newer stacks are left to fail on any unclosed file.
     """
     yield
-    from ceers_steps.compat import HAS_MODEL_LIBRARY
+    from ceers_steps.core.compat import HAS_MODEL_LIBRARY
 
     if not HAS_MODEL_LIBRARY:
         import gc
@@ -117,9 +117,9 @@ def small_hostile_visit(root, folder):
 
 def shift_wcs(path, arcsec):
     """Rewrite a cal file with its WCS moved by ``arcsec`` (a wrong guide star)."""
-    from ceers_steps.compat import datamodels
-    from ceers_steps.synthetic import apply_correction
-    from ceers_steps.wcs_utils import tangent_plane
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.core.wcs_utils import tangent_plane
+    from ceers_steps.synthetic.visits import apply_correction
 
     with datamodels.open(path) as m:
         wi = m.meta.wcsinfo
@@ -147,7 +147,7 @@ def run_cli(args, cwd, timeout=600):
 
 def _visit_with_catalogs(tmp_path_factory, name, **kwargs):
     """A synthetic visit whose models carry SEP catalogs (files) and a written refcat."""
-    from ceers_steps.catalogs import build_catalog, write_catalog
+    from ceers_steps.detection.catalogs import build_catalog, write_catalog
     from ceers_steps.synthetic import make_visit
 
     visit = make_visit(**kwargs)
@@ -223,21 +223,21 @@ def local_cluster(tmp_path):
 
 def library_of(visit, subset=None):
     """Fresh copies of a visit's models (or of a subset) in a ModelLibrary."""
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     idx = range(len(visit.images)) if subset is None else subset
     return make_library([visit.images[i].model.copy() for i in idx])
 
 
 def models_of(library):
-    from ceers_steps.inputs import library_models
+    from ceers_steps.io.inputs import library_models
 
     return library_models(library)
 
 
 def accuracy(models, visit, subset=None):
     """Median per-image RMS and worst grid point (mas) of aligned vs true WCS."""
-    from ceers_steps.wcs_utils import alignment_accuracy
+    from ceers_steps.core.wcs_utils import alignment_accuracy
 
     idx = range(len(visit.images)) if subset is None else subset
     return alignment_accuracy(models, [visit.images[i].true_wcs for i in idx])

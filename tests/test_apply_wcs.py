@@ -10,9 +10,9 @@ import pytest
 from conftest import file_digest, models_of, run_cli
 
 from ceers_steps import ApplyWcsStep, CeersTweakRegStep
-from ceers_steps.compat import datamodels
-from ceers_steps.wcs_io import exposure_base
-from ceers_steps.wcs_utils import angular_separation_mas, pixel_grid
+from ceers_steps.core.compat import datamodels
+from ceers_steps.core.wcs_utils import angular_separation_mas, pixel_grid
+from ceers_steps.io.wcs_models import exposure_base
 
 
 def _blank_cal(base):
@@ -84,7 +84,7 @@ def test_round_trip_with_tweakreg(small_visit_dir, tmp_path):
 @pytest.fixture
 def saved_models(small_visit_dir, tmp_path):
     """WCS models for the small visit (its current WCS), and a work folder."""
-    from ceers_steps.wcs_io import save_wcs_model
+    from ceers_steps.io.wcs_models import save_wcs_model
 
     wcs_dir = tmp_path / "wcs"
     for image in small_visit_dir["visit"].images:
@@ -198,7 +198,7 @@ def test_streamed_files_written_like_in_memory(small_visit_dir, tmp_path, n_jobs
     end): the written files carry the same WCS as the in-memory path gives, the inputs are
     untouched, and the result is a library over the written files.
     """
-    from ceers_steps.wcs_io import save_wcs_model
+    from ceers_steps.io.wcs_models import save_wcs_model
 
     d = small_visit_dir
     wcs_dir = tmp_path / "wcs"

@@ -10,9 +10,9 @@ from astropy.table import Table
 from conftest import file_digest, run_cli
 
 from ceers_steps import CatalogStep
-from ceers_steps._stpipe import AllImagesFailedError
-from ceers_steps.compat import datamodels
-from ceers_steps.wcs_utils import world_to_pixel_exact
+from ceers_steps.core.compat import datamodels
+from ceers_steps.core.logs import AllImagesFailedError
+from ceers_steps.core.wcs_utils import world_to_pixel_exact
 
 
 def test_call_writes_catalog_into_output_dir(small_visit_dir, tmp_path):
@@ -123,7 +123,7 @@ def test_all_nan_image_gives_empty_catalog_and_warning(small_visit_dir, tmp_path
 def test_stpipe_list_shows_steps(tmp_path):
     proc = run_cli(["stpipe", "list"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "ceers_steps.catalog_step.CatalogStep (ceers_catalog)" in proc.stdout
+    assert "ceers_steps.steps.catalog_step.CatalogStep (ceers_catalog)" in proc.stdout
 
 
 def test_strun_offline_with_empty_environment(small_visit_dir, tmp_path):

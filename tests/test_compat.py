@@ -1,4 +1,4 @@
-"""What differs between jwst stacks (`ceers_steps.compat`), checked on the stack under test."""
+"""What differs between jwst stacks (`ceers_steps.core.compat`), checked on the stack under test."""
 
 import pickle
 
@@ -7,8 +7,8 @@ import pytest
 from conftest import library_of
 
 from ceers_steps import ApplyWcsStep, CatalogStep, CeersTweakRegStep
-from ceers_steps.compat import HAS_MODEL_LIBRARY, is_library, library_models
-from ceers_steps.pipeline import CeersAlignPipeline
+from ceers_steps.core.compat import HAS_MODEL_LIBRARY, is_library, library_models
+from ceers_steps.steps.pipeline import CeersAlignPipeline
 
 
 @pytest.mark.parametrize("cls", [CatalogStep, CeersTweakRegStep, ApplyWcsStep, CeersAlignPipeline])

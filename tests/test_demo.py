@@ -76,7 +76,7 @@ def test_stage3_readme_command_runs_offline_to_a_mosaic(demo):
     """The README's stage-3 command, as written, with no CRDS variables and no network."""
     from jwst.resample import ResampleStep
 
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
 
     if "drizpars" in ResampleStep.reference_file_types:
         pytest.skip("this jwst's resample asks CRDS for a drizpars reference file (and for the "
@@ -220,8 +220,8 @@ def test_demo_grades_no_image_good_beyond_its_uncertainty(demo):
     import asdf
     from astropy.table import Table
 
+    from ceers_steps.core.wcs_utils import angular_separation_mas
     from ceers_steps.synthetic import make_visit
-    from ceers_steps.wcs_utils import angular_separation_mas
 
     out, _, _ = demo
     visit = make_visit(detectors=("nrca1", "nrca3"), n_dithers=3, shape=(1024, 1024),

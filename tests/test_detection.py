@@ -5,14 +5,14 @@ import logging
 import numpy as np
 import pytest
 
-from ceers_steps.detection import (
+from ceers_steps.detection.sources import (
     DEFAULT_KERNEL,
     DetectionParameters,
     detect_sources,
     detection_kernel,
     flat_rms,
 )
-from ceers_steps.synthetic import render_sources
+from ceers_steps.synthetic.visits import render_sources
 
 
 def _point_sources(n=60, shape=(600, 600), sigma=1.1, flux=30.0, noise=0.01, seed=0):

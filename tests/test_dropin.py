@@ -10,14 +10,14 @@ from astropy.table import Table
 from conftest import accuracy, library_of, models_of
 
 from ceers_steps import CatalogStep, CeersTweakRegStep
-from ceers_steps._stpipe import AllImagesFailedError
-from ceers_steps.jwstpars import IGNORED, MAPPED, choose_catalogs, detection_parameters
+from ceers_steps.core.logs import AllImagesFailedError
+from ceers_steps.stages.jwstpars import IGNORED, MAPPED, choose_catalogs, detection_parameters
 
 VISIT_FILTER = "jw01345001001_f200w"
 
 
 def _gaia_name():
-    from ceers_steps.compat import named_refcats
+    from ceers_steps.core.compat import named_refcats
 
     names = named_refcats(["GAIADR3"])
     return "GAIADR3" if "GAIADR3" in names else names[0]
@@ -77,7 +77,7 @@ def test_brightest_keeps_the_brightest(builtin_visit):
 def test_catalog_precedence_is_jwsts(catfile, asn, meta, custom, tmp_path):
     """The 72 combinations of jwst's own custom-catalog test, checked on the catalog chosen
     for the first image (jwst's test can only see the second one's)."""
-    from ceers_steps.jwstpars import parse_catfile
+    from ceers_steps.stages.jwstpars import parse_catfile
 
     cat = str(tmp_path / "custom.ecsv")
     member = {"expname": "a.fits"}
@@ -187,7 +187,7 @@ def test_ceers_run_tweakreg_call_per_detector(small_visit_dir, tmp_path, monkeyp
     for det in by_detector:
         assert f"{VISIT_FILTER}_{det}" in text  # each detector's absolute line
     assert text.count("Relative alignment:") == 4
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
 
     out = [datamodels.open(work / p.name.replace("_cal", "_tweakreg")) for p in sorted(d["paths"])]
     visit = d["visit"]
@@ -205,14 +205,14 @@ def test_ceers_run_tweakreg_call_per_detector(small_visit_dir, tmp_path, monkeyp
 def test_joint_results_are_in_tweakwcs_frame(builtin_visit):
     """Joint-mode rows reproduce each image's correction in tweakwcs' frame, and agree with a
     tweakwcs (CEERS-mode) fit of the same visit, whose rows are tweakwcs' fit_info."""
-    from ceers_steps.alignment import (
+    from ceers_steps.fitting.alignment import (
         AbsoluteParameters,
         AlignImage,
         RelativeParameters,
         align_visit,
         correction_in_frame,
     )
-    from ceers_steps.grouping import image_key
+    from ceers_steps.io.grouping import image_key
 
     v = builtin_visit
     refcat = Table.read(v["refcat"])
@@ -258,7 +258,7 @@ def test_joint_results_are_in_tweakwcs_frame(builtin_visit):
 def test_named_catalog_offline_is_a_clear_error(builtin_visit, monkeypatch):
     import requests
 
-    from ceers_steps.compat import catalog_service
+    from ceers_steps.core.compat import catalog_service
 
     def offline(*args, **kwargs):
         raise requests.exceptions.ConnectionError("Could not connect to the VO API server.")
@@ -272,7 +272,7 @@ def test_named_catalog_offline_is_a_clear_error(builtin_visit, monkeypatch):
 
 def test_named_catalog_is_fetched_around_the_visit(builtin_visit, monkeypatch):
     """GAIADR3 (jwst < 1.10: GAIADR2) goes to jwst's get_catalog, around the visit, at its epoch."""
-    from ceers_steps.compat import catalog_service
+    from ceers_steps.core.compat import catalog_service
 
     ref = Table.read(builtin_visit["refcat"])
     calls = []
@@ -317,7 +317,7 @@ def test_in_memory_detection_failures_stay_per_image(tmp_path):
                 raise RuntimeError("SEP extraction failed: internal pixel buffer full")
             return super()._find_sources(image_model)
 
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     out = models_of(Step.call(make_library(models), abs_refcat=str(refcat), minobj=8,
                               abs_minobj=8, save_fit_results=False, use_custom_catalogs=False))

@@ -25,8 +25,8 @@ import pytest
 from astropy.table import Table, vstack
 from conftest import clean_env, file_digest, module_tmp, shift_wcs
 
-from ceers_steps.cli import align_main, apply_wcs_main, convert_cfg_main
-from ceers_steps.wcs_io import exposure_base
+from ceers_steps.cli.commands import align_main, apply_wcs_main, convert_cfg_main
+from ceers_steps.io.wcs_models import exposure_base
 
 VISIT, FILTER = "jw01345001001", "f200w"
 LIMIT_MAS = 10.0
@@ -92,8 +92,8 @@ class Work:
 
     def statuses(self, out):
         """Every aligned image in ``out`` opens; COMPLETE ones are within 10 mas of the truth."""
-        from ceers_steps.compat import datamodels
-        from ceers_steps.wcs_utils import sky_difference_mas
+        from ceers_steps.core.compat import datamodels
+        from ceers_steps.core.wcs_utils import sky_difference_mas
 
         found = {}
         for path in sorted(Path(out).glob("*_tweakreg.fits")) if Path(out).is_dir() else []:
@@ -120,7 +120,7 @@ def _results(work, out="out"):
 
 
 def _edit(path, func):
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
 
     with datamodels.open(path) as m:
         func(m)
@@ -277,7 +277,7 @@ def test_align_output_dir_equal_to_input_dir_keeps_inputs(work, capsys):
 def test_inputs_img_0_and_img_1_keep_two_outputs(work):
     """Non-JWST names lose only a known pipeline suffix: two inputs, two outputs, two models."""
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps.wcs_io import read_wcs_model_file
+    from ceers_steps.io.wcs_models import read_wcs_model_file
 
     a, b = work.root / "img_0.fits", work.root / "img_1.fits"
     shutil.copy(work.path(0), a)
@@ -443,7 +443,7 @@ def test_model_of_another_exposure_is_refused(aligned, capsys):
 def test_model_with_small_bounding_box_is_refused(aligned, capsys):
     import asdf
 
-    from ceers_steps.compat import open_asdf_in_memory
+    from ceers_steps.core.compat import open_asdf_in_memory
 
     work = aligned
     wcs_dir = work.root / "out" / "tweakreg_wcs"
@@ -569,7 +569,7 @@ def test_convert_cfg_output_folder_that_is_a_file(work, capsys):
 
 
 def test_demo_with_unknown_detector(tmp_path, capsys):
-    from ceers_steps.demo import main
+    from ceers_steps.cli.demo import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--detectors", "nrcz9", "--output-dir", str(tmp_path / "demo")])
@@ -593,7 +593,7 @@ def test_refcat_with_every_row_twice(work, capsys):
 
 def test_duplicated_association_member_is_used_once(work, caplog):
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps.fileio import write_association
+    from ceers_steps.core.fileio import write_association
 
     names = [work.names[0], *work.names]
     asn = write_association(work.cal / "dup_asn.json", "dup", names)
@@ -716,7 +716,7 @@ def test_parameter_file_that_is_not_asdf(work, capsys):
 
 def test_association_member_missing(work):
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps.fileio import write_association
+    from ceers_steps.core.fileio import write_association
 
     asn = write_association(work.cal / "gone_asn.json", "gone", [*work.names, "gone_cal.fits"])
     work.snapshot()
@@ -741,7 +741,7 @@ def test_catalog_named_in_catfile_missing_fails_alone(work):
 
 def test_input_that_is_not_an_image(work):
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps._stpipe import AllImagesFailedError
+    from ceers_steps.core.logs import AllImagesFailedError
 
     work.snapshot()
     with pytest.raises(AllImagesFailedError, match="refcat.ecsv.*cannot be opened as a JWST"):

@@ -15,8 +15,8 @@ from astropy.io import fits
 from astropy.table import Table
 from conftest import module_tmp, small_hostile_visit
 
-from ceers_steps.cli import align_main, apply_wcs_main
-from ceers_steps.wcs_io import exposure_base
+from ceers_steps.cli.commands import align_main, apply_wcs_main
+from ceers_steps.io.wcs_models import exposure_base
 
 VISIT, FILTER = "jw01345001001", "f200w"
 
@@ -80,7 +80,7 @@ def align(work, *args, visit=VISIT, filt=FILTER):
 
 def final_statuses(out, names):
     """Image -> its final status in the results tables of ``out`` (absolute row, else relative)."""
-    from ceers_steps.report import final_rows
+    from ceers_steps.report.html import final_rows
 
     found = {}
     for path in Path(out).glob("*_tweakreg_results.ecsv"):
@@ -120,9 +120,9 @@ def test_dotdot_in_header_values_writes_nothing_outside_the_output_folder(work, 
 
 
 def test_output_paths_are_proven_inside_the_output_folder(tmp_path):
-    from ceers_steps.fileio import inside_folder
-    from ceers_steps.grouping import UnsafeNameError, name_part
-    from ceers_steps.results import results_paths
+    from ceers_steps.core.fileio import inside_folder
+    from ceers_steps.io.grouping import UnsafeNameError, name_part
+    from ceers_steps.io.results import results_paths
 
     assert inside_folder(tmp_path / "x" / "y.ecsv", tmp_path) == tmp_path / "x" / "y.ecsv"
     with pytest.raises(ValueError, match="outside the output folder"):
@@ -160,7 +160,7 @@ def lw_files(request, tmp_path_factory):
 def test_pupil_filter_defines_the_group(lw_files, tmp_path, capsys):
     """F444W+F470N is f470n, F444W+CLEAR f444w, F150W2+F162M f162m: three groups, each found
     by ``ceers-align VISIT <filter>`` (before: one f444w group; 'that visit has: f444w')."""
-    from ceers_steps.survey import discover_groups, select_images
+    from ceers_steps.survey.survey import discover_groups, select_images
 
     cal = tmp_path / "cal"
     cal.mkdir()
@@ -190,9 +190,9 @@ def test_pupil_filter_defines_the_group(lw_files, tmp_path, capsys):
 
 def test_detection_uses_the_psf_of_the_pupil_filter(lw_files):
     """The cosmic-ray cut's PSF width is that of the bandpass: F162M behind F150W2."""
-    from ceers_steps.artifacts import NIRCAM_PSF_FWHM
-    from ceers_steps.catalogs import image_psf_fwhm
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.detection.artifacts import NIRCAM_PSF_FWHM
+    from ceers_steps.detection.catalogs import image_psf_fwhm
 
     with datamodels.open(lw_files["nrca1"]) as m:
         clear = image_psf_fwhm(m)
@@ -209,8 +209,8 @@ def test_invalid_filter_is_rejected_per_image_not_grouped_raw(work, capsys):
     Both now fail that image, naming the file and FILTER, and align the others.
     """
     from ceers_steps import CeersTweakRegStep
-    from ceers_steps.compat import datamodels
-    from ceers_steps.survey import discover_groups
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.survey.survey import discover_groups
 
     bad = work["cal"] / work["names"][1]
     set_header(bad, FILTER="F200W'; rm -rf")
@@ -242,7 +242,7 @@ def test_copy_without_exposure_keys_is_left_out(work, capsys, strip):
     now found by its exposure start, time and pointing, or (those changed too) by its pixels,
     and left out by both ``ceers-align --all`` and ``ceers-align VISIT FILTER``, naming both files.
     """
-    from ceers_steps.survey import discover_groups, select_images
+    from ceers_steps.survey.survey import discover_groups, select_images
 
     original = work["cal"] / work["names"][0]
     # Named as the archive would name another dither, so that VISIT FILTER's glob finds it too.
@@ -266,7 +266,7 @@ def test_copy_without_exposure_keys_is_left_out(work, capsys, strip):
 
 def test_different_exposures_are_not_copies(work):
     """Blank frames (no pixel print) and the four real dithers and detectors stay apart."""
-    from ceers_steps.survey import discover_groups
+    from ceers_steps.survey.survey import discover_groups
 
     for i in (1, 2):
         with fits.open(work["cal"] / work["names"][i], mode="update") as hdul:
@@ -282,8 +282,8 @@ def test_different_exposures_are_not_copies(work):
 def _models_of_own_wcs(cal, names, wcs_dir, relabel=None):
     """A WCS model per image from its own WCS; ``relabel=(a, b)``: image a gets b's WCS
     under a's labels (file name, exposure), as a relabelled file would carry them."""
-    from ceers_steps.compat import datamodels
-    from ceers_steps.wcs_io import save_wcs_model, wcs_model_path
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.io.wcs_models import save_wcs_model, wcs_model_path
 
     models = {}
     for name in names:
@@ -300,8 +300,8 @@ def test_relabelled_wcs_model_is_refused(work, capsys):
     labels alone: the image moved ~175 arcsec, COMPLETE. The model must now put the image within
     max_offset (2 arcsec by default) of its own WCS, else the image fails with the reason.
     """
-    from ceers_steps.compat import datamodels
-    from ceers_steps.wcs_utils import angular_separation_mas
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.core.wcs_utils import angular_separation_mas
 
     names = work["names"]
     a1, b4 = names[0], next(n for n in names if "nrcb4" in n)
@@ -337,10 +337,10 @@ def test_relabelled_wcs_model_is_refused(work, capsys):
 
 def test_wcs_model_offset_limit_is_a_parameter(work):
     from ceers_steps import ApplyWcsStep
-    from ceers_steps.compat import datamodels
-    from ceers_steps.synthetic import apply_correction
-    from ceers_steps.wcs_io import save_wcs_model, wcs_model_path, wcs_offset_arcsec
-    from ceers_steps.wcs_utils import tangent_plane
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.core.wcs_utils import tangent_plane
+    from ceers_steps.io.wcs_models import save_wcs_model, wcs_model_path, wcs_offset_arcsec
+    from ceers_steps.synthetic.visits import apply_correction
 
     name = work["names"][0]
     wcs_dir = work["root"] / "wcs"
@@ -452,7 +452,7 @@ def test_fuzzed_header_values_never_write_outside_the_output_folder(work, capsys
     assert code_vf == (0 if set(vf.values()) == {"COMPLETE"} else 1), err_vf[-2000:]
     # Every image aligned or FAILED with a reason, in every run; the good ones aligned.
     # (VISIT FILTER selects one filter: an image of another, valid, filter is not its business.)
-    from ceers_steps.survey import discover_groups
+    from ceers_steps.survey.survey import discover_groups
 
     other = {p.name for g in discover_groups(cal)[0] if g.name != f"{VISIT}_{FILTER}"
              for p in g.images}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ceers_steps.jointfit import JointParameters, joint_fit, offset_from_2dhist
+from ceers_steps.fitting.jointfit import JointParameters, joint_fit, offset_from_2dhist
 
 
 def _rot(deg, scale=1.0):
@@ -88,9 +88,9 @@ def test_stacked_corrections_are_exact(ceers_dir):
     """A correction on top of a real (already tweaked) CEERS WCS lands where it is asked to."""
     import asdf
 
-    from ceers_steps.correctors import StackedJWSTWCSCorrector
-    from ceers_steps.synthetic import rotation_matrix, tangent_plane
-    from ceers_steps.wcs_utils import pixel_grid
+    from ceers_steps.core.wcs_utils import pixel_grid
+    from ceers_steps.fitting.correctors import StackedJWSTWCSCorrector
+    from ceers_steps.synthetic.visits import rotation_matrix, tangent_plane
 
     path = ceers_dir / "tweakreg_wcs" / "jw01345001001_02201_00001_nrca1_tweakreg.asdf"
     with asdf.open(path, lazy_load=False) as af:
@@ -360,7 +360,7 @@ def test_shared_detector_offsets_from_several_visits():
     1.34 -> 0.50 mas rms), and fixed in each visit's fit they bring the images closer to the
     truth than their visit alone (median 1.12 -> 0.89 mas).
     """
-    from ceers_steps.jointfit import combine_detector_offsets, offsets_significant
+    from ceers_steps.fitting.jointfit import combine_detector_offsets, offsets_significant
 
     rng = np.random.default_rng(7)
     u = rng.normal(0, 0.03, (8, 2))
@@ -405,7 +405,7 @@ def test_shared_detector_offsets_from_several_visits():
 
 
 def test_shared_detector_offsets_not_significant_without_offsets():
-    from ceers_steps.jointfit import offsets_significant
+    from ceers_steps.fitting.jointfit import offsets_significant
 
     estimates = []
     for v in range(4):

@@ -72,7 +72,7 @@ def test_ceers_align_bad_parameter_writes_nothing(work, capsys):
                                            ("abs_tolerance = -1e400", "abs_tolerance")])
 def test_cfg_number_that_overflows_named_by_file_section_key(work, capsys, line, key):
     """1e400 is inf (int(inf) an OverflowError): the message names file, section and key."""
-    from ceers_steps.cli import convert_cfg_main
+    from ceers_steps.cli.commands import convert_cfg_main
 
     cfg = work.root / "f200w.cfg"
     cfg.write_text(f"[{VISIT}]\n{line}\n")
@@ -86,8 +86,8 @@ def test_cfg_number_that_overflows_named_by_file_section_key(work, capsys, line,
 
 def test_cfg_with_a_utf8_byte_order_mark_is_read(tmp_path, capsys):
     """A cfg saved by a Windows editor starts with a BOM: read like any other."""
-    from ceers_steps.cfgconvert import read_cfg
-    from ceers_steps.cli import convert_cfg_main
+    from ceers_steps.cli.cfgconvert import read_cfg
+    from ceers_steps.cli.commands import convert_cfg_main
 
     cfg = tmp_path / "f200w.cfg"
     cfg.write_bytes(b"\xef\xbb\xbf" + f"[{VISIT}]\nminobj = 12\nabs_fitgeom = rscale\n".encode())
@@ -122,8 +122,8 @@ def test_wcs_model_filename_that_is_not_a_string_named(work, capsys):
     """``filename: 12345`` in a saved WCS model: ceers-apply-wcs names the model file and key."""
     import asdf
 
-    from ceers_steps.cli import apply_wcs_main
-    from ceers_steps.wcs_io import exposure_base
+    from ceers_steps.cli.commands import apply_wcs_main
+    from ceers_steps.io.wcs_models import exposure_base
 
     assert work.align() == 0
     wcs_dir = work.root / "out" / "tweakreg_wcs"
@@ -177,12 +177,12 @@ def test_survey_bad_tweakreg_parameter_writes_no_catalog(work, capsys, joint):
     import asdf
 
     params = work.root / "pars.asdf"
-    asdf.AsdfFile({"class": "ceers_steps.pipeline.CeersAlignPipeline", "name": "ceers_align",
+    asdf.AsdfFile({"class": "ceers_steps.steps.pipeline.CeersAlignPipeline", "name": "ceers_align",
                    "parameters": {},
-                   "steps": [{"class": "ceers_steps.tweakreg_step.CeersTweakRegStep",
+                   "steps": [{"class": "ceers_steps.steps.tweakreg_step.CeersTweakRegStep",
                               "name": "tweakreg", "parameters": {"abs_tolerance": -0.1}}]}
                   ).write_to(params)
-    from ceers_steps.cli import align_main
+    from ceers_steps.cli.commands import align_main
 
     work.snapshot()
     out = work.root / "out"

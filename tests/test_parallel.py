@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import clean_env, module_tmp
 
-from ceers_steps.engine import effective_jobs, run_tasks
+from ceers_steps.survey.engine import effective_jobs, run_tasks
 
 
 def _square(x):
@@ -87,7 +87,7 @@ def _close_opened():
 
 def _run_align(paths, refcat, out, **kwargs):
     from ceers_steps import CeersAlignPipeline
-    from ceers_steps.inputs import library_models
+    from ceers_steps.io.inputs import library_models
 
     out.mkdir(exist_ok=True)
     steps = {"tweakreg": {"abs_refcat": str(refcat), **kwargs.pop("tweakreg", {})}}
@@ -120,7 +120,7 @@ def test_parallel_run_identical_to_serial(builtin_files, tmp_path, abs_group):
 @pytest.fixture(scope="module")
 def visit24(request, tmp_path_factory):
     """24 images (8 SW detectors x 3 dithers, 1024x1024, built-in truth) on disk."""
-    from ceers_steps.synthetic import SW_DETECTORS, make_visit, write_visit
+    from ceers_steps.synthetic.visits import SW_DETECTORS, make_visit, write_visit
 
     visit = make_visit(detectors=SW_DETECTORS, n_dithers=3, shape=(1024, 1024), noise=0.03,
                        use_real=False, seed=2)
@@ -169,7 +169,7 @@ def test_no_dask_import_without_a_scheduler(builtin_files, tmp_path):
 
 def test_ctrl_c_leaves_no_half_written_output(visit24, tmp_path):
     """SIGINT while images are being written: every file present is complete, no temp left."""
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
 
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "strun"), "ceers_align", str(visit24["asn"]),

@@ -38,7 +38,7 @@ def test_convert_every_real_cfg(ceers_dir, tmp_path):
     from stpipe import Step
 
     from ceers_steps import CeersAlignPipeline
-    from ceers_steps.cfgconvert import CFG_KEYS, UNUSED_KEYS
+    from ceers_steps.cli.cfgconvert import CFG_KEYS, UNUSED_KEYS
 
     files = _cfg_files(ceers_dir)
     proc = run_cli(["ceers-convert-cfg", *map(str, files), "--output-dir", str(tmp_path),
@@ -70,7 +70,7 @@ def test_convert_every_real_cfg(ceers_dir, tmp_path):
 
 
 def test_committed_parameter_files_are_the_converted_cfgs(ceers_dir):
-    from ceers_steps.cfgconvert import parameter_tree, read_cfg
+    from ceers_steps.cli.cfgconvert import parameter_tree, read_cfg
 
     sections = [s for f in _cfg_files(ceers_dir) for s in read_cfg(f)]
     assert len(sections) == 30
@@ -109,7 +109,7 @@ def test_malformed_cfg_is_refused_and_nothing_written(tmp_path, text, message):
 
 def test_strun_parameter_file_aligns_synthetic_visit(builtin_files, tmp_path):
     """``strun parameter_files/<visit>_<filter>.asdf asn.json`` offline: <= 3 mas against truth."""
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
 
     d = builtin_files
     params = PARAMETER_FILES / "jw01345001001_f200w.asdf"
@@ -257,7 +257,7 @@ def test_ceers_align_errors_write_nothing(mixed_dir, ceers_dir, tmp_path, case):
         import asdf
 
         other = tmp_path / "other.asdf"
-        asdf.AsdfFile({"class": "ceers_steps.apply_wcs_step.ApplyWcsStep", "name": "apply_wcs",
+        asdf.AsdfFile({"class": "ceers_steps.steps.apply_wcs_step.ApplyWcsStep", "name": "apply_wcs",
                        "parameters": {}}).write_to(other)
         args += ["--params", str(other)]
     elif case == "no_section":
@@ -324,7 +324,7 @@ def test_parameter_files_are_part_of_the_package():
     """The 30 CEERS files ship inside the package (a wheel has them), where ceers-align looks."""
     from importlib.resources import files
 
-    from ceers_steps.survey import default_parameter_dirs
+    from ceers_steps.survey.survey import default_parameter_dirs
 
     folder = files("ceers_steps") / "parameter_files"
     assert len([p for p in folder.iterdir() if p.name.endswith(".asdf")]) == 30

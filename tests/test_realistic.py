@@ -9,10 +9,10 @@ from astropy.table import Table
 from conftest import accuracy, file_digest, local_cluster, module_tmp, run_cli
 
 from ceers_steps import detection
-from ceers_steps._stpipe import AllImagesFailedError
-from ceers_steps.catalogs import build_catalog
-from ceers_steps.compat import datamodels
-from ceers_steps.detection import DetectionParameters, _per_source, detect_sources
+from ceers_steps.core.compat import datamodels
+from ceers_steps.core.logs import AllImagesFailedError
+from ceers_steps.detection.catalogs import build_catalog
+from ceers_steps.detection.sources import DetectionParameters, _per_source, detect_sources
 from ceers_steps.synthetic import make_crowded_frame, make_visit, write_visit
 
 
@@ -209,7 +209,7 @@ def damaged_visit(request, tmp_path_factory):
 
 def _align(d, out, **kwargs):
     from ceers_steps import CeersAlignPipeline
-    from ceers_steps.inputs import library_models
+    from ceers_steps.io.inputs import library_models
 
     pipe = CeersAlignPipeline(steps={"tweakreg": {"abs_refcat": str(d["refcat"])}},
                               output_dir=str(out), save_results=True, **kwargs)

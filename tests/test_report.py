@@ -11,9 +11,9 @@ from astropy.table import Table
 from conftest import _visit_with_catalogs, library_of, models_of
 
 from ceers_steps import CeersTweakRegStep
-from ceers_steps.compat import make_library
-from ceers_steps.report import final_rows
-from ceers_steps.wcs_utils import alignment_accuracy
+from ceers_steps.core.compat import make_library
+from ceers_steps.core.wcs_utils import alignment_accuracy
+from ceers_steps.report.html import final_rows
 
 VF = "jw01345001001_f200w"
 ARTIFACTS = Path(os.environ.get("CEERS_TEST_ARTIFACTS",
@@ -202,7 +202,7 @@ def test_report_in_a_real_browser(small_visit_dir, tmp_path, capsys):
     """
     from selenium.webdriver.common.by import By
 
-    from ceers_steps.cli import align_main
+    from ceers_steps.cli.commands import align_main
 
     v = small_visit_dir
     out = tmp_path / "out"
@@ -287,7 +287,7 @@ def test_report_in_a_real_browser(small_visit_dir, tmp_path, capsys):
 def test_terms_not_fitted_and_idle_parameters_are_said_so():
     """Terms the fit left out read "not fitted" (not 0.00); jwst finder parameters that did
     nothing are named below the parameters table, not listed in it."""
-    from ceers_steps.report import _parameters_html, _terms_html
+    from ceers_steps.report.html import _parameters_html, _terms_html
 
     zero = {"east": 0.0, "north": 0.0, "err_east": 0.0, "err_north": 0.0}
     terms = {"common": {"east": 3.2, "north": -1.1, "err_east": 0.4, "err_north": 0.4,
@@ -349,7 +349,7 @@ def test_rms_bars_of_200_images_have_readable_labels():
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from ceers_steps.report import _png, _rms_bars, _short
+    from ceers_steps.report.html import _png, _rms_bars, _short
 
     names = [f"jw01345001001_02201_{d:05d}_{det}_cal.fits" for d in range(1, 26)
              for det in ("nrca1", "nrca2", "nrca3", "nrca4", "nrcb1", "nrcb2", "nrcb3", "nrcb4")]
@@ -376,7 +376,7 @@ def test_rms_bars_of_200_images_have_readable_labels():
 
 def _residuals(name, refs, rng, offset=(0.0, 0.0)):
     """An aligned image's matched residuals (mas) to the reference sources ``refs``."""
-    from ceers_steps.diagnostics import ImageResiduals
+    from ceers_steps.report.diagnostics import ImageResiduals
 
     n = len(refs)
     after = rng.normal(0, 10, (n, 2)) + np.asarray(offset)
@@ -391,7 +391,7 @@ def test_grades_need_the_holdout_and_enough_reference_sources():
     check (the reason says so); a visit whose uncertainty rests on fewer than 30
     reference sources is check; otherwise good.
     """
-    from ceers_steps.diagnostics import grade_images
+    from ceers_steps.report.diagnostics import grade_images
 
     rng = np.random.default_rng(3)
     many = [_residuals(f"im{i}", np.arange(40) + 40 * i, rng) for i in range(3)]

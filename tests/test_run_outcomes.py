@@ -12,7 +12,7 @@ import pytest
 from astropy.table import Table
 from conftest import file_digest, module_tmp, shift_wcs, small_hostile_visit
 
-from ceers_steps.cli import align_main, apply_wcs_main
+from ceers_steps.cli.commands import align_main, apply_wcs_main
 
 VISIT, FILTER = "jw01345001001", "f200w"
 NAME = f"{VISIT}_{FILTER}"

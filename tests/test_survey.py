@@ -12,9 +12,9 @@ import pytest
 from astropy.table import Table
 from conftest import clean_env, module_tmp
 
-from ceers_steps.cli import align_main
-from ceers_steps.survey import discover_groups, group_complete
-from ceers_steps.wcs_utils import angular_separation_mas
+from ceers_steps.cli.commands import align_main
+from ceers_steps.core.wcs_utils import angular_separation_mas
+from ceers_steps.survey.survey import discover_groups, group_complete
 
 # Two visits x two filters, 2 detectors x 2 dithers each (1024x1024, built-in truth): 16 images.
 GROUPS = [("jw01345001001", "F200W", "02201", (0.45, -0.25)),
@@ -252,7 +252,7 @@ def test_a_ruined_channel_fails_alone(tmp_path, capsys):
     channel stopped the whole survey (a NaN covariance in the shared-offsets estimate)
     and the rolled one failed every SW image of its visit.
     """
-    from ceers_steps.compat import datamodels
+    from ceers_steps.core.compat import datamodels
 
     cal, refcat, _, truth = _two_channel_visits(tmp_path)
     ruined = sorted(cal.glob("jw01345001001_*long_cal.fits"))

@@ -21,10 +21,15 @@ from conftest import (
 )
 
 from ceers_steps import CeersTweakRegStep
-from ceers_steps.alignment import AbsoluteParameters, AlignImage, RelativeParameters, align_visit
-from ceers_steps.grouping import image_key
-from ceers_steps.results import ceers_results_lines, results_table
-from ceers_steps.wcs_utils import angular_separation_mas, pixel_grid, sky_difference_mas
+from ceers_steps.core.wcs_utils import angular_separation_mas, pixel_grid, sky_difference_mas
+from ceers_steps.fitting.alignment import (
+    AbsoluteParameters,
+    AlignImage,
+    RelativeParameters,
+    align_visit,
+)
+from ceers_steps.io.grouping import image_key
+from ceers_steps.io.results import ceers_results_lines, results_table
 
 NO_FILES = dict(save_fit_results=False)
 
@@ -91,7 +96,7 @@ def test_relative_only_joint_fit_registers_the_dithers(real_sw_visit, tmp_path):
     Without a reference catalog the joint model ties each exposure to the first through every
     source seen twice: the dithers of each detector agree to <= 0.5 mas (median over pairs).
     """
-    from ceers_steps.wcs_utils import world_to_pixel_exact
+    from ceers_steps.core.wcs_utils import world_to_pixel_exact
 
     v = real_sw_visit
     out = models_of(CeersTweakRegStep.call(library_of(v["visit"]), output_dir=str(tmp_path),
@@ -400,7 +405,7 @@ def test_models_given_are_not_modified(builtin_visit):
     models = [im.model for im in v["visit"].images]
     x, y = pixel_grid((1024, 1024), 4)
     before = [np.array(m.meta.wcs(x, y)) for m in models]
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     CeersTweakRegStep.call(make_library(models), abs_refcat=str(v["refcat"]), **NO_FILES)
     after = [np.array(m.meta.wcs(x, y)) for m in models]
@@ -462,7 +467,7 @@ def test_relative_only_joint_fit_isolates_a_wrong_catalog(builtin_visit, tmp_pat
     v = builtin_visit
     models = models_of(library_of(v["visit"]))
     bad = models[4]
-    from ceers_steps.compat import make_library
+    from ceers_steps.core.compat import make_library
 
     assert v["visit"].images[4].dither == 1  # not the reference exposure
     cat = Table.read(bad.meta.tweakreg_catalog)

@@ -32,7 +32,7 @@ TOLERANCE_MAS = 0.01
 
 def _stage_make(work):
     """Write the synthetic visit with this stack."""
-    from ceers_steps.synthetic import SW_DETECTORS, make_visit, write_visit
+    from ceers_steps.synthetic.visits import SW_DETECTORS, make_visit, write_visit
 
     visit = make_visit(detectors=SW_DETECTORS, n_dithers=3, shape=(1024, 1024), use_real=False,
                        seed=3)
@@ -44,8 +44,8 @@ def _stage_grid(folder, pattern, out):
     """Evaluate each image's WCS on a 16 x 16 grid: {exposure: [ra, dec]} in degrees."""
     import numpy as np
 
-    from ceers_steps.compat import datamodels
-    from ceers_steps.wcs_io import exposure_base
+    from ceers_steps.core.compat import datamodels
+    from ceers_steps.io.wcs_models import exposure_base
 
     grid = {}
     for path in sorted(Path(folder).glob(pattern)):

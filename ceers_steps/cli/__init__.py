@@ -1,0 +1,1 @@
+"""Console commands (ceers-align, ceers-apply-wcs, ceers-convert-cfg, ceers-demo) and their console."""

@@ -1,0 +1,1 @@
+"""Source detection (SEP, the CEERS recipe), artifact cuts, and image catalogs."""

@@ -1,0 +1,1 @@
+"""The alignment fits: relative (tweakwcs), joint visit fit, judging each image, stacked correctors."""

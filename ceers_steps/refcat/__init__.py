@@ -1,0 +1,1 @@
+"""Absolute reference catalogs: read, cut, merge, move to the epoch of the images."""

@@ -1,0 +1,1 @@
+"""Residual diagnostics, grades, and the HTML alignment report."""

@@ -1,0 +1,1 @@
+"""One alignment run as stages: plan, detect, fit, write, report."""

@@ -1,0 +1,1 @@
+"""The stpipe Step and Pipeline classes (thin wrappers over the stages)."""

@@ -1,0 +1,33 @@
+"""Realistic synthetic NIRCam visits with a known WCS error, for tests, benchmarks and the demo."""
+
+from .visits import (
+    DETECTOR_GEOMETRY,
+    ArtifactRecord,
+    SyntheticImage,
+    SyntheticVisit,
+    add_nircam_artifacts,
+    ceers_data_dir,
+    ceers_data_missing_reason,
+    make_crowded_frame,
+    make_visit,
+    nircam_like_wcs,
+    oracle_floor,
+    tangent_plane,
+    write_visit,
+)
+
+__all__ = [
+    "ArtifactRecord",
+    "DETECTOR_GEOMETRY",
+    "SyntheticImage",
+    "SyntheticVisit",
+    "add_nircam_artifacts",
+    "ceers_data_dir",
+    "ceers_data_missing_reason",
+    "make_crowded_frame",
+    "make_visit",
+    "nircam_like_wcs",
+    "oracle_floor",
+    "tangent_plane",
+    "write_visit",
+]
