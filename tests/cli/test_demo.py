@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import clean_env, module_tmp, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _jwst_version():

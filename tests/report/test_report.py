@@ -17,7 +17,7 @@ from ceers_steps.report.html import final_rows
 
 VF = "jw01345001001_f200w"
 ARTIFACTS = Path(os.environ.get("CEERS_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+                                Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 def _rows(html):

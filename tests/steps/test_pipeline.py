@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import accuracy, file_digest, models_of, module_tmp, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PARAMETER_FILES = ROOT / "parameter_files"
 STAGE3 = ROOT / "pipelines" / "calwebb_image3_ceers.asdf"
 
