@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "compare_outputs.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "compare_outputs.py"
 RA, DEC = 214.9, 52.9
 
 
