@@ -268,7 +268,7 @@ def _options(args):
 def _probe(scheduler):
     """A scheduler that does not answer fails the command before it writes anything (its log too)."""
     if scheduler:
-        from ..survey.engine import probe_scheduler
+        from ..core.engine import probe_scheduler
 
         probe_scheduler(scheduler)
 

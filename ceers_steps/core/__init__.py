@@ -1,1 +1,1 @@
-"""Infrastructure every layer uses: jwst-version differences, logging, atomic file writes, WCS geometry."""
+"""Infrastructure every layer uses: jwst-version differences, logging, atomic writes, WCS geometry, task engine."""

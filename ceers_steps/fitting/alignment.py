@@ -588,7 +588,7 @@ def absolute_align(images, refcat, params, group_names, visit_name, runner=None,
         ``<visit>_<filter>``, names the visit-wide fit.
     runner : callable, optional
         ``runner(func, tasks, label=..., names=...)`` running independent group
-        fits (`ceers_steps.survey.engine.run_tasks` with the step's ``n_jobs``); serial if None.
+        fits (`ceers_steps.core.engine.run_tasks` with the step's ``n_jobs``); serial if None.
     info : dict, optional
         Filled with ``terms`` (`ceers_steps.fitting.jointfit.JointFitResult.terms`) by a
         successful joint fit (and ``channel_terms``, per filter, for several filters).
@@ -694,7 +694,7 @@ def _run_groups(task, images, groups, runner, label, extra=lambda idx: ()):
     ``(name, indices, params)`` through ``runner`` (serially when None) and copy
     the fitted WCSs back onto ``images``.
     """
-    from ..survey.engine import run_tasks
+    from ..core.engine import run_tasks
 
     runner = runner or (lambda *a, **k: run_tasks(*a, n_jobs=1, **k))
     args = [(_portable([images[i] for i in idx]), params, name, *extra(idx))

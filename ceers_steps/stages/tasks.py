@@ -1,4 +1,4 @@
-"""Per-image work units for `ceers_steps.survey.engine.run_tasks`: plain functions, picklable arguments.
+"""Per-image work units for `ceers_steps.core.engine.run_tasks`: plain functions, picklable arguments.
 
 A task opens one image, does its work, writes its output completely or not at
 all, releases the image and returns a small result. Workers therefore hold one

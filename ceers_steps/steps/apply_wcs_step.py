@@ -113,10 +113,10 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         import shutil
         import tempfile
 
+        from ..core.engine import run_tasks
         from ..core.fileio import check_outputs
         from ..io.inputs import written_library
         from ..stages.tasks import apply_wcs_task
-        from ..survey.engine import run_tasks
 
         out_dir = self.output_dir_path()
         if not self.overwrite:

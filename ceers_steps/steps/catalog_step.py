@@ -4,13 +4,13 @@ import json
 import os
 from pathlib import Path
 
+from ..core.engine import run_tasks
 from ..core.fileio import atomic_output
 from ..core.logs import AllImagesFailedError, get_logger
 from ..detection.catalogs import catalog_path_for
 from ..detection.sources import DetectionParameters
 from ..io.inputs import load_inputs, open_image, written_library
 from ..stages.tasks import detect_task, image_arrays
-from ..survey.engine import run_tasks
 from .base import CeersStep
 
 __all__ = ["CatalogStep", "log_catalog_results", "require_some_catalogs"]
@@ -127,7 +127,7 @@ class CatalogStep(CeersStep):
         return results
 
     def process(self, input_data):
-        from ..survey.engine import worker_pool
+        from ..core.engine import worker_pool
 
         inputs = load_inputs(input_data)
         with worker_pool(self.n_jobs, self.scheduler or None, n_tasks=len(inputs)):

@@ -65,7 +65,7 @@ class CeersAlignPipeline(ImageOutputMixin, CeersPipeline):
                 step.scheduler = self.scheduler
 
     def process(self, input_data):
-        from ..survey.engine import worker_pool
+        from ..core.engine import worker_pool
 
         self._share_engine()
         inputs = load_inputs(input_data)

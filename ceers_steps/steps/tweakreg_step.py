@@ -163,13 +163,13 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         parse_cuts(self.abs_cuts)
 
     def _run_tasks(self, func, tasks, label, names=None):
-        from ..survey.engine import run_tasks
+        from ..core.engine import run_tasks
 
         return run_tasks(func, tasks, n_jobs=self.n_jobs, scheduler=self.scheduler or None,
                          label=label, names=names)
 
     def process(self, input_data):
-        from ..survey.engine import worker_pool
+        from ..core.engine import worker_pool
 
         inputs = load_inputs(input_data)
         self.remember_inputs(inputs)

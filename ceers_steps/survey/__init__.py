@@ -1,1 +1,1 @@
-"""Many visits and filters: finding them among cal files, aligning each, summarising; the task engine."""
+"""Many visits and filters: finding them among cal files, aligning each, summarising."""

@@ -6,7 +6,7 @@ Each group runs as one task (`align_group`): its parameter file, one association
 per detector, `CeersAlignPipeline` streaming its images, its results tables,
 WCS models and report, all in the output folder, whose file names never collide
 between groups (they carry the image or the visit and filter). Groups run in
-parallel over local processes or a Dask scheduler (`ceers_steps.survey.engine`); one
+parallel over local processes or a Dask scheduler (`ceers_steps.core.engine`); one
 group that fails is recorded and the others go on. A group is COMPLETE when every
 one of its images was aligned, FAILED otherwise (the message says how many were
 not). Each group's manifest (`ceers_steps.io.runstate`), written last, records its
@@ -721,12 +721,12 @@ def align_unit(groups, out_dir, options, say):
     list of GroupOutcome
         One per group, in order.
     """
+    from ..core.engine import worker_pool
     from ..core.logs import AllImagesFailedError
     from ..io.inputs import load_inputs
     from ..io.results import format_summary
     from ..steps.catalog_step import CatalogStep
     from ..steps.tweakreg_step import CeersTweakRegStep
-    from .engine import worker_pool
 
     start = time.perf_counter()
     n = sum(len(g.images) for g in groups)
@@ -892,7 +892,7 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
     outcomes : list of GroupOutcome
     summary, index : Path
     """
-    from .engine import effective_jobs, run_tasks
+    from ..core.engine import effective_jobs, run_tasks
 
     out_dir = Path(out_dir)
     todo, outcomes = [], {}

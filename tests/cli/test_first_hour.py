@@ -12,7 +12,7 @@ import pytest
 from conftest import clean_env, models_of, run_cli
 
 from ceers_steps import ApplyWcsStep, CatalogStep, CeersTweakRegStep
-from ceers_steps.survey.engine import _Progress
+from ceers_steps.core.engine import _Progress
 
 
 @pytest.mark.parametrize("command", ["ceers-demo", "ceers-align", "ceers-apply-wcs",

@@ -608,7 +608,7 @@ def test_duplicated_association_member_is_used_once(work, caplog):
 
 
 def test_n_jobs_never_starts_more_workers_than_images():
-    from ceers_steps import engine
+    from ceers_steps.core import engine
 
     with engine.worker_pool(64, n_tasks=4):
         assert engine._ACTIVE[2]._max_workers == 4
@@ -628,7 +628,7 @@ def test_cfg_section_that_is_not_a_visit_id(work, capsys, section):
 
 _ORPHAN = """
 import os, sys, time
-from ceers_steps import engine
+from ceers_steps.core import engine
 
 def work(_):
     time.sleep(120)

@@ -77,7 +77,7 @@ def _run_script(tmp_path, body, env=None):
 
 
 #: Eight marked tasks of ``seconds`` each on a local pool of two workers.
-_EIGHT_TASKS = ("from ceers_steps.survey.engine import run_tasks\n"
+_EIGHT_TASKS = ("from ceers_steps.core.engine import run_tasks\n"
                 "run_tasks(marked, [(MARKS, i, {seconds}) for i in range(8)], n_jobs=2)\n")
 
 
@@ -169,7 +169,7 @@ def test_dask_scheduler_without_workers_fails_within_the_timeout(tmp_path, dask_
     """No worker on the scheduler: a clear SchedulerError after worker_timeout, no silent wait."""
     address, _ = dask_scheduler
     (tmp_path / "marktasks.py").write_text(TASKS_MODULE)
-    code = ("import time\nfrom ceers_steps.survey.engine import run_tasks\nt = time.monotonic()\n"
+    code = ("import time\nfrom ceers_steps.core.engine import run_tasks\nt = time.monotonic()\n"
             f"try:\n    run_tasks(time.sleep, [(0.1,)] * 3, scheduler={address!r}, label='Detection')\n"
             "except Exception as exc:\n"
             "    print(type(exc).__name__, exc)\n    print('after', time.monotonic() - t)\n")
@@ -191,7 +191,7 @@ def test_dask_losing_its_only_worker_fails_within_the_timeout(tmp_path, dask_sch
     address, start_worker = dask_scheduler
     worker = start_worker()
     proc, marks = _run_script(tmp_path, (
-        "import time\nfrom ceers_steps.survey.engine import run_tasks\nt = time.monotonic()\n"
+        "import time\nfrom ceers_steps.core.engine import run_tasks\nt = time.monotonic()\n"
         "try:\n"
         f"    run_tasks(marked, [(MARKS, i, 1.0) for i in range(20)], scheduler={address!r})\n"
         "except Exception as exc:\n"
@@ -216,7 +216,7 @@ def test_dask_losing_its_only_worker_fails_within_the_timeout(tmp_path, dask_sch
 def test_worker_timeout_option(monkeypatch):
     """The wait for a worker: the argument, else dask's configuration, else 120 s; finite only."""
     dask = pytest.importorskip("dask")
-    from ceers_steps.survey.engine import WORKER_TIMEOUT, worker_timeout
+    from ceers_steps.core.engine import WORKER_TIMEOUT, worker_timeout
 
     assert worker_timeout(7) == 7.0
     assert worker_timeout() == WORKER_TIMEOUT == 120.0
@@ -232,7 +232,7 @@ def test_ctrl_c_cancels_queued_dask_tasks(tmp_path, dask_scheduler):
     address, start_worker = dask_scheduler
     worker = start_worker()
     proc, marks = _run_script(tmp_path, (
-        "from ceers_steps.survey.engine import run_tasks\n"
+        "from ceers_steps.core.engine import run_tasks\n"
         f"run_tasks(marked, [(MARKS, i, 1.5) for i in range(8)], scheduler={address!r})\n"))
     try:
         assert _wait_for(lambda: len(_starts(marks)) >= 1 or proc.poll() is not None, 120)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import clean_env, module_tmp
 
-from ceers_steps.survey.engine import effective_jobs, run_tasks
+from ceers_steps.core.engine import effective_jobs, run_tasks
 
 
 def _square(x):

@@ -30,8 +30,8 @@ import sys
 import time
 from contextlib import contextmanager
 
-from ..core import compat  # noqa: F401 - on astropy < 5.3, lets WCS models pickle to workers
-from ..core.logs import get_logger
+from . import compat  # noqa: F401 - on astropy < 5.3, lets WCS models pickle to workers
+from .logs import get_logger
 
 __all__ = ["SchedulerError", "TaskCancelled", "effective_jobs", "probe_scheduler", "run_tasks",
            "worker_pool", "worker_timeout"]
