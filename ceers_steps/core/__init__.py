@@ -1,1 +1,1 @@
-"""Infrastructure every layer uses: jwst-version differences, logging, atomic writes, WCS geometry, task engine."""
+"""Infrastructure every layer uses: jwst-version differences, logging, atomic writes, WCS geometry, tasks."""
