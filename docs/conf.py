@@ -86,5 +86,134 @@ class StepArguments(Directive):
         return container.children
 
 
+PACKAGE = "ceers_steps"
+API_DIR = Path(__file__).resolve().parent / "api"
+
+
+def _own_members(module):
+    """
+    The names of ``module.__all__`` defined in the module itself (None: it has no ``__all__``).
+
+    A name a module re-exports (a package's ``__init__``, the one-line alias modules at the top)
+    is documented where it is defined, once: twice would be a duplicate object description.
+    """
+    names = getattr(module, "__all__", None)
+    if names is None:
+        return None
+    return [n for n in names
+            if getattr(getattr(module, n, None), "__module__", module.__name__) == module.__name__]
+
+
+class PackageModules(Directive):
+    """
+    ``.. package-modules:: ceers_steps.fitting``: the package's docstring, then one section per
+    module of it (its docstring and what its ``__all__`` defines), found by walking the package
+    at build time, so the page keeps up with modules that are split, added or removed.
+    """
+
+    required_arguments = 1
+    has_content = False
+    # :modules-only: leaves out the package's docstring (the page shows it itself).
+    option_spec = {"modules-only": directives.flag}
+
+    def run(self):
+        import importlib
+        import pkgutil
+
+        from sphinx.util.nodes import nested_parse_with_titles
+
+        package = importlib.import_module(self.arguments[0])
+        lines = []
+        if "modules-only" not in self.options:
+            lines += [f".. automodule:: {package.__name__}", "   :no-members:", ""]
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if info.ispkg:  # a subpackage has a page of its own
+                continue
+            name = f"{package.__name__}.{info.name}"
+            module = importlib.import_module(name)
+            own = _own_members(module)
+            lines += [name, "-" * len(name), "", f".. automodule:: {name}"]
+            if own is None:
+                lines += ["   :members:", ""]
+            elif own:
+                lines += [f"   :members: {', '.join(own)}", ""]
+            else:
+                lines += ["   :no-members:", ""]
+            others = [n for n in getattr(module, "__all__", ()) if n not in (own or ())]
+            if others:
+                lines += ["Also importable from here: " + ", ".join(
+                    f":obj:`~{getattr(module, n).__module__}.{n}`" for n in others), ""]
+        container = nodes.container()
+        nested_parse_with_titles(self.state, StringList(lines, source=self.arguments[0]), container)
+        return container.children
+
+
+def check_api_pages(app):
+    """
+    Every subpackage of ceers_steps has its page ``docs/api/ceers_steps.<name>.rst`` and every
+    page there names a package that exists (with ``-W`` a missing or stale page fails the build).
+    """
+    import importlib
+    import pkgutil
+
+    from sphinx.util import logging
+
+    log = logging.getLogger(__name__)
+    package = importlib.import_module(PACKAGE)
+    expected = {PACKAGE} | {f"{PACKAGE}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                            if m.ispkg}
+    pages = {p.stem for p in API_DIR.glob("*.rst")}
+    for name in sorted(expected - pages):
+        log.warning(f"subpackage {name} has no API page: add docs/api/{name}.rst "
+                    f"('.. package-modules:: {name}' under its title) and list it in docs/api.rst")
+    for name in sorted(pages - expected):
+        log.warning(f"docs/api/{name}.rst documents no subpackage of {PACKAGE} (moved or removed?)")
+
+
+_DOTTED = re.compile(r"`(ceers_steps(?:\.\w+)+)(?:\(\))?`")
+_FILE = re.compile(r"`((?:ceers_steps|tests|tools|benchmarks)/[\w/.-]+\.py)\b")
+
+
+def check_named_paths(app):
+    """
+    Every ``ceers_steps.x.y`` the pages name in backquotes resolves (a module, or a name in one),
+    and every ``ceers_steps/``, ``tests/``, ``tools/`` or ``benchmarks/`` file they name exists:
+    a function, module or test that moved fails the build with ``-W`` instead of a stale path.
+    """
+    import importlib
+
+    from sphinx.util import logging
+
+    log = logging.getLogger(__name__)
+    docs = Path(__file__).resolve().parent
+    for page in sorted(docs.rglob("*.md")):
+        if "_build" in page.parts:
+            continue
+        for lineno, line in enumerate(page.read_text().splitlines(), 1):
+            for path in _FILE.findall(line):
+                if not (ROOT / path).is_file():
+                    log.warning(f"{path} does not exist (moved or renamed?)",
+                                location=(str(page.relative_to(docs).with_suffix("")), lineno))
+            for dotted in _DOTTED.findall(line):
+                parts = dotted.split(".")
+                for cut in range(len(parts), 0, -1):
+                    try:
+                        obj = importlib.import_module(".".join(parts[:cut]))
+                    except ImportError:
+                        continue
+                    try:
+                        for attr in parts[cut:]:
+                            obj = getattr(obj, attr)
+                    except AttributeError:
+                        obj = None
+                    break
+                if obj is None:
+                    log.warning(f"{dotted} does not resolve (moved or renamed?)",
+                                location=(str(page.relative_to(docs).with_suffix("")), lineno))
+
+
 def setup(app):
     app.add_directive("step-arguments", StepArguments)
+    app.add_directive("package-modules", PackageModules)
+    app.connect("builder-inited", check_api_pages)
+    app.connect("builder-inited", check_named_paths)
