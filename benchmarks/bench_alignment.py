@@ -74,9 +74,9 @@ FIT_SECONDS, REPORTED = [], {}
 
 def _instrument():
     """Time the joint fit itself and keep each image's reported uncertainty."""
-    from ceers_steps import alignment
+    from ceers_steps.fitting import absolute
 
-    fit, uncertainty = alignment.joint_fit, alignment._uncertainty
+    fit, uncertainty = absolute.joint_fit, absolute._uncertainty
 
     def timed_fit(*args, **kwargs):
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def _instrument():
         REPORTED[im.name] = out["err_center"]
         return out
 
-    alignment.joint_fit, alignment._uncertainty = timed_fit, kept_uncertainty
+    absolute.joint_fit, absolute._uncertainty = timed_fit, kept_uncertainty
 
 
 def centre_errors(models, visit):

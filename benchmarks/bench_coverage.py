@@ -13,7 +13,7 @@ per-dither errors, 30 mas per-detector errors for ``sw-det``) and detections
 drawn the way SEP sees the rendered sources (a signal-to-noise cut and a
 centroid error sqrt(2) sigma / SNR, ``--confirm`` compares both on full runs).
 Each image's detections, seen through its erroneous WCS, go through the step's
-own code: `ceers_steps.fitting.alignment._judged_fit` (screening, joint fit, judgement)
+own code: `ceers_steps.fitting.absolute._judged_fit` (screening, joint fit, judgement)
 with the step's parameters (CEERS jw01345001001 for sw / sw-det / lw, the step
 defaults for ``demo``: 2 SW detectors x 3 dithers of 1024x1024 pixels), and the
 uncertainty at the image centre as the step computes it (`position_sigma`).
@@ -141,17 +141,17 @@ def draw(case, seed, offsets="source", galaxy_scatter=0.010):
 
 
 def _params(case):
-    from ceers_steps.fitting.alignment import AbsoluteParameters
+    from ceers_steps.fitting.parameters import AbsoluteParameters
 
     return AbsoluteParameters(**CASES[case]["abs"])
 
 
 def run(case, visit, holdout=False):
     """The step's joint fit on one draw: per image (true centre error, err_center, rms, ...)."""
-    from ceers_steps import alignment
+    from ceers_steps.fitting import absolute
 
     params = _params(case)
-    jp = alignment.JointParameters(fitgeometry=params.fitgeometry, searchrad=params.searchrad,
+    jp = absolute.JointParameters(fitgeometry=params.fitgeometry, searchrad=params.searchrad,
                                    use2dhist=params.use2dhist, separation=params.separation,
                                    tolerance=params.tolerance, minobj=params.minobj,
                                    significance=params.significance,
@@ -163,8 +163,8 @@ def run(case, visit, holdout=False):
     if case == "swlw":
         channels = ["LW" if k in LW_DETECTORS else "SW" for _, k in visit["names"]]
         geometry_lw = {"SW": params.fitgeometry, "LW": params.fitgeometry}
-    fit, rejected = alignment._judged_fit(images, pos, visit["ref"], jp, params,
-                                          channels=channels, geometry=geometry_lw)
+    fit, rejected = absolute._judged_fit(images, pos, visit["ref"], jp, params,
+                                         channels=channels, geometry=geometry_lw)
     out = []
     if fit is None or not fit.success:
         return out, fit

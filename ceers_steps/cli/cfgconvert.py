@@ -103,7 +103,7 @@ def _convert_value(path, section, key, raw, kind):
 def _check_values(path, section, steps):
     """The values must make sense to the steps (positive tolerances...): checked by their rules."""
     from ..detection.sources import DetectionParameters
-    from ..fitting.alignment import AbsoluteParameters, RelativeParameters
+    from ..fitting.parameters import AbsoluteParameters, RelativeParameters
 
     tw = steps["tweakreg"]
     rel = {k: v for k, v in tw.items() if not k.startswith("abs_")}

@@ -139,8 +139,8 @@ def visit_residuals(images, statuses, refcat=None, tolerance=0.1, plane=None):
 
     Parameters
     ----------
-    images : list of `ceers_steps.fitting.alignment.AlignImage`
-        After `ceers_steps.fitting.alignment.align_visit` (``original_wcs`` is the input WCS).
+    images : list of `ceers_steps.fitting.images.AlignImage`
+        After `ceers_steps.fitting.visit.align_visit` (``original_wcs`` is the input WCS).
     statuses : dict
         Image name -> (``meta.cal_step.tweakreg``, WCS name): the aligned WCS is an
         image's when COMPLETE, its input WCS otherwise.
@@ -158,7 +158,7 @@ def visit_residuals(images, statuses, refcat=None, tolerance=0.1, plane=None):
         One per image, in order (an image without a catalog has no sources).
     """
     from ..core.wcs_utils import tangent_plane
-    from ..fitting.alignment import sky_centre
+    from ..fitting.images import sky_centre
 
     out, sky = [], {}  # sky: index -> (points, corners) through the input and aligned WCS
     for im in images:

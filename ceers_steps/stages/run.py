@@ -15,7 +15,8 @@ import numpy as np
 
 from ..core.logs import AllImagesFailedError, get_logger
 from ..detection.catalogs import catalog_xy, read_catalog
-from ..fitting.alignment import AlignImage, align_visit, result_row
+from ..fitting.images import AlignImage, result_row
+from ..fitting.visit import align_visit
 from ..io.grouping import image_key, read_primary_header
 from ..io.inputs import open_image, written_library
 from ..io.results import (
@@ -376,7 +377,7 @@ class TweakRegRun:
         as without the option) with fewer than two visits measured, or when the combined
         offsets are not significant (``abs_significance``).
         """
-        from ..fitting.alignment import detector_offset_estimate
+        from ..fitting.absolute import detector_offset_estimate
         from ..fitting.jointfit import combine_detector_offsets, offsets_significant
 
         estimates = []
@@ -452,7 +453,7 @@ class TweakRegRun:
 
     def _fetch_named(self, name, group, visit_filter, epochs):
         """A jwst named catalog around a visit's footprint, at the visit's mean epoch."""
-        from ..fitting.alignment import footprint_centre
+        from ..fitting.images import footprint_centre
         from ..refcat.refcats import at_epoch, fetch_named_catalog
 
         ra, dec, radius = footprint_centre(group)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from ..core import compat  # noqa: F401 - on astropy < 5.3, lets WCS models pickle back from workers
 from ..detection.catalogs import build_catalog, write_catalog
+from ..fitting.images import ImageHeader
 from ..io.grouping import image_key, read_primary_header
 
 __all__ = [
@@ -27,31 +28,6 @@ __all__ = [
     "key_from_file",
     "write_aligned_task",
 ]
-
-
-class ImageHeader:
-    """
-    The metadata alignment needs from an image, without its pixels (picklable).
-
-    Stands in for the image model in `ceers_steps.fitting.alignment.AlignImage`:
-    ``meta.filename``, ``meta.wcs``, ``meta.wcsinfo.v2_ref/v3_ref/roll_ref`` and
-    ``meta.exposure.mid_time`` (MJD, the epoch for reference proper motions).
-    """
-
-    def __init__(self, filename, wcs, wcsinfo, mid_time=None):
-        self.meta = SimpleNamespace(filename=filename, wcs=wcs,
-                                    wcsinfo=SimpleNamespace(**wcsinfo),
-                                    exposure=SimpleNamespace(mid_time=mid_time))
-
-    @classmethod
-    def from_model(cls, model):
-        from ..refcat.refcats import image_epoch
-
-        wi = model.meta.wcsinfo
-        epoch = image_epoch(model)
-        return cls(model.meta.filename, model.meta.wcs,
-                   {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref},
-                   mid_time=None if epoch is None else float(epoch.mjd))
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ..core.logs import get_logger
-from ..fitting.alignment import AbsoluteParameters, RelativeParameters
+from ..fitting.parameters import AbsoluteParameters, RelativeParameters
 from ..io.inputs import load_inputs
 from ..refcat.refcats import named_catalog, read_reference_catalogs
 from ..stages.jwstpars import detection_parameters, parse_catfile

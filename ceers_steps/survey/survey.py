@@ -672,7 +672,7 @@ def _tweakreg_options(tweakreg, options, say):
 
 
 def _is_lw_group(group):
-    from ..fitting.alignment import is_long_wavelength
+    from ..fitting.images import is_long_wavelength
 
     return all(is_long_wavelength(det) for det in group.selected)
 

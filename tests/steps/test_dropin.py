@@ -205,13 +205,10 @@ def test_ceers_run_tweakreg_call_per_detector(small_visit_dir, tmp_path, monkeyp
 def test_joint_results_are_in_tweakwcs_frame(builtin_visit):
     """Joint-mode rows reproduce each image's correction in tweakwcs' frame, and agree with a
     tweakwcs (CEERS-mode) fit of the same visit, whose rows are tweakwcs' fit_info."""
-    from ceers_steps.fitting.alignment import (
-        AbsoluteParameters,
-        AlignImage,
-        RelativeParameters,
-        align_visit,
-        correction_in_frame,
-    )
+    from ceers_steps.fitting.frames import correction_in_frame
+    from ceers_steps.fitting.images import AlignImage
+    from ceers_steps.fitting.parameters import AbsoluteParameters, RelativeParameters
+    from ceers_steps.fitting.visit import align_visit
     from ceers_steps.io.grouping import image_key
 
     v = builtin_visit

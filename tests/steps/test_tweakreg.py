@@ -22,12 +22,9 @@ from conftest import (
 
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.core.wcs_utils import angular_separation_mas, pixel_grid, sky_difference_mas
-from ceers_steps.fitting.alignment import (
-    AbsoluteParameters,
-    AlignImage,
-    RelativeParameters,
-    align_visit,
-)
+from ceers_steps.fitting.images import AlignImage
+from ceers_steps.fitting.parameters import AbsoluteParameters, RelativeParameters
+from ceers_steps.fitting.visit import align_visit
 from ceers_steps.io.grouping import image_key
 from ceers_steps.io.results import ceers_results_lines, results_table
 
