@@ -288,40 +288,16 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
     (`combine_detector_offsets`), applied as fixed terms. Images of several filters
     (`joint_channels`) are fitted as channels sharing the exposures' terms.
     """
-    from .correctors import StackedJWSTWCSCorrector
-
     plane, ref_xy, ref_err, ref_group, positions, jp, channels, geometry = _joint_setup(
         images, refcat, params)
-    fixed, fixed_cov = None, None
-    if shared:
-        fixed, fixed_cov = {}, {}
-        for im in images:
-            det = im.key.detector
-            if det in shared and det not in fixed:
-                axes = _detector_axes(im, plane)
-                fixed[det] = axes @ shared[det][0]
-                fixed_cov[det] = axes @ shared[det][1] @ axes.T
+    fixed, fixed_cov = _fixed_offsets(images, shared, plane) if shared else (None, None)
     det_group = {im.key.detector: f"{im.key.visit_filter}_{im.key.detector}" for im in images}
     geom_of = {im.name: geometry[im.key.filter] for im in images}
     fit, rejected = _judged_fit(images, positions, ref_xy, jp, params, ref_err=ref_err,
                                 ref_group=ref_group, channels=channels, geometry=geometry,
                                 fixed=fixed, fixed_cov=fixed_cov)
     if fit is None or not fit.success or len(rejected) == len(images):
-        status = ("FAILED: every image failed its judgement" if len(rejected) == len(images)
-                  else "FAILED: images kept failing their judgement after three fits"
-                  if fit is None else fit.status)
-        log.warning("%s: joint absolute alignment failed: %s; WCS left unchanged",
-                    visit_name, status)
-        rows = []
-        for stage, group, g in (("relative", lambda im: im.key.visit_filter, lambda im: "shift"),
-                                ("absolute", lambda im: det_group[im.key.detector],
-                                 lambda im: geom_of[im.name])):
-            for i, im in enumerate(images):
-                st = f"FAILED: {rejected[i]}" if i in rejected else status
-                rows.append(result_row(stage, group(im), im.name, st, g(im)))
-        for i in rejected:
-            images[i].status["rejected"] = rejected[i]
-        return rows
+        return _joint_failed(images, fit, rejected, det_group, geom_of, visit_name)
     for i, reason in rejected.items():
         log.warning("%s: %s: not aligned: %s; its WCS is left unchanged", visit_name,
                     images[i].name, reason)
@@ -330,50 +306,8 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
     index = {i: k for k, i in enumerate(kept)}
 
     limit = 2 * (params.searchrad + params.tolerance)
-    new_wcs, rel_frame, abs_frame = {}, {}, {}
-    first_kept = {}
-    for i in kept:
-        first_kept.setdefault(images[i].key.detector, i)
-    for i in kept:
-        im = images[i]
-        det = im.key.detector
-        corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
-        # The rows in tweakwcs' frame, measured on this corrector before it is corrected: an
-        # image's dither term in its own frame (a relative shift), a detector's common +
-        # detector terms in the frame of its first image (a tweakwcs group fit).
-        rel_frame[i] = tweakwcs_frame(im, plane, np.eye(2), fit.dither_shift[im.key.exposure],
-                                      "shift", frame=corr)
-        matrix = fit.image_matrix[index[i]]
-        if first_kept[det] == i and det in fit.detector_stats:
-            # Common + detector terms (with the detector's own rotation about its centre):
-            # the image's total minus its dither's.
-            abs_frame[det] = tweakwcs_frame(im, plane, matrix,
-                                            fit.image_shift[index[i]]
-                                            - fit.dither_shift[im.key.exposure],
-                                            geom_of[im.name], frame=corr)
-        corr.set_correction(matrix=matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
-        new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
-    errors = {i: _uncertainty(fit, index[i], images[i], plane) for i in kept}
-    centres = np.array([_footprint_centre(images[i], plane) for i in kept])
-    held = fit.holdout(centres)
-    if held is not None:
-        for i in kept:
-            k = index[i]
-            errors[i].update(holdout_err=1e3 * float(held["err"][k]),
-                             holdout_n=int(held["n"][k]),
-                             holdout_sigma=1e3 * float(held["sigma"][k]))
-    log.info("%s: uncertainty of the aligned images (1-sigma, mas, centre / worst corner; "
-             "widened x%.2f for a reference scatter from %.0f degrees of freedom): %s",
-             visit_name, fit.small_sample_factor, fit.dof_reference,
-             ", ".join(f"{images[i].name} {e['err_center']:.2f}/{e['err_corner']:.2f}"
-                       for i, e in errors.items()))
-    if held is not None:
-        log.info("%s: hold-out by reference source (%d folds; mas: 1-sigma at the centre, "
-                 "held-out mean residual +- its noise per axis, sources): %s", visit_name,
-                 HOLDOUT_FOLDS, ", ".join(
-                     f"{images[i].name} {e['holdout_err']:.2f}, "
-                     f"{1e3 * float(np.hypot(*held['mean'][index[i]])):.1f} +- "
-                     f"{e['holdout_sigma']:.1f} ({e['holdout_n']})" for i, e in errors.items()))
+    new_wcs, rel_frame, abs_frame = _joint_corrections(images, kept, index, fit, plane, geom_of)
+    errors = _joint_errors(images, kept, index, fit, plane, visit_name)
     size = max(s for _, s in new_wcs.values())
     status = "SUCCESS"
     if size > limit:
@@ -397,6 +331,103 @@ def _absolute_joint(images, refcat, params, visit_name, info=None, shared=None):
                                nmatch=st["nmatch"], nmatch_all=st["nmatch"], rmse=st["rmse"],
                                mae=st["mae"], xshift=rel_frame[i]["xshift"],
                                yshift=rel_frame[i]["yshift"], **errors[i]))
+    return rows + _joint_absolute_rows(images, fit, rejected, status, abs_frame, errors,
+                                       det_group, geom_of)
+
+
+def _fixed_offsets(images, shared, plane):
+    """Shared detector offsets (each detector's pixel axes) turned into the visit plane."""
+    fixed, fixed_cov = {}, {}
+    for im in images:
+        det = im.key.detector
+        if det in shared and det not in fixed:
+            axes = _detector_axes(im, plane)
+            fixed[det] = axes @ shared[det][0]
+            fixed_cov[det] = axes @ shared[det][1] @ axes.T
+    return fixed, fixed_cov
+
+
+def _joint_failed(images, fit, rejected, det_group, geom_of, visit_name):
+    """The rows of a joint fit that failed (or left no image): every WCS left unchanged."""
+    status = ("FAILED: every image failed its judgement" if len(rejected) == len(images)
+              else "FAILED: images kept failing their judgement after three fits"
+              if fit is None else fit.status)
+    log.warning("%s: joint absolute alignment failed: %s; WCS left unchanged",
+                visit_name, status)
+    rows = []
+    for stage, group, g in (("relative", lambda im: im.key.visit_filter, lambda im: "shift"),
+                            ("absolute", lambda im: det_group[im.key.detector],
+                             lambda im: geom_of[im.name])):
+        for i, im in enumerate(images):
+            st = f"FAILED: {rejected[i]}" if i in rejected else status
+            rows.append(result_row(stage, group(im), im.name, st, g(im)))
+    for i in rejected:
+        images[i].status["rejected"] = rejected[i]
+    return rows
+
+
+def _joint_corrections(images, kept, index, fit, plane, geom_of):
+    """
+    Each kept image's corrected corrector and correction size (arcsec), and the fit in
+    tweakwcs' frame: per image its dither term, per detector its common + detector terms.
+    """
+    from .correctors import StackedJWSTWCSCorrector
+
+    new_wcs, rel_frame, abs_frame = {}, {}, {}
+    first_kept = {}
+    for i in kept:
+        first_kept.setdefault(images[i].key.detector, i)
+    for i in kept:
+        im = images[i]
+        det = im.key.detector
+        corr = StackedJWSTWCSCorrector(wcs=im.model.meta.wcs, wcsinfo=im.wcsinfo())
+        # The rows in tweakwcs' frame, measured on this corrector before it is corrected: an
+        # image's dither term in its own frame (a relative shift), a detector's common +
+        # detector terms in the frame of its first image (a tweakwcs group fit).
+        rel_frame[i] = tweakwcs_frame(im, plane, np.eye(2), fit.dither_shift[im.key.exposure],
+                                      "shift", frame=corr)
+        matrix = fit.image_matrix[index[i]]
+        if first_kept[det] == i and det in fit.detector_stats:
+            # Common + detector terms (with the detector's own rotation about its centre):
+            # the image's total minus its dither's.
+            abs_frame[det] = tweakwcs_frame(im, plane, matrix,
+                                            fit.image_shift[index[i]]
+                                            - fit.dither_shift[im.key.exposure],
+                                            geom_of[im.name], frame=corr)
+        corr.set_correction(matrix=matrix, shift=fit.image_shift[index[i]], ref_tpwcs=plane)
+        new_wcs[i] = (corr, _correction_size(corr.original_wcs, corr.wcs))
+    return new_wcs, rel_frame, abs_frame
+
+
+def _joint_errors(images, kept, index, fit, plane, visit_name):
+    """Each kept image's uncertainty (mas) and hold-out estimate, logged."""
+    errors = {i: _uncertainty(fit, index[i], images[i], plane) for i in kept}
+    centres = np.array([_footprint_centre(images[i], plane) for i in kept])
+    held = fit.holdout(centres)
+    if held is not None:
+        for i in kept:
+            k = index[i]
+            errors[i].update(holdout_err=1e3 * float(held["err"][k]),
+                             holdout_n=int(held["n"][k]),
+                             holdout_sigma=1e3 * float(held["sigma"][k]))
+    log.info("%s: uncertainty of the aligned images (1-sigma, mas, centre / worst corner; "
+             "widened x%.2f for a reference scatter from %.0f degrees of freedom): %s",
+             visit_name, fit.small_sample_factor, fit.dof_reference,
+             ", ".join(f"{images[i].name} {e['err_center']:.2f}/{e['err_corner']:.2f}"
+                       for i, e in errors.items()))
+    if held is not None:
+        log.info("%s: hold-out by reference source (%d folds; mas: 1-sigma at the centre, "
+                 "held-out mean residual +- its noise per axis, sources): %s", visit_name,
+                 HOLDOUT_FOLDS, ", ".join(
+                     f"{images[i].name} {e['holdout_err']:.2f}, "
+                     f"{1e3 * float(np.hypot(*held['mean'][index[i]])):.1f} +- "
+                     f"{e['holdout_sigma']:.1f} ({e['holdout_n']})" for i, e in errors.items()))
+    return errors
+
+
+def _joint_absolute_rows(images, fit, rejected, status, abs_frame, errors, det_group, geom_of):
+    """The absolute rows of a joint fit: per detector, its terms in tweakwcs' frame."""
+    rows = []
     for det, name in det_group.items():
         st = fit.detector_stats.get(det)
         frame = abs_frame.get(det)

@@ -39,6 +39,33 @@ def relative_align(images, params, group, group_ids=None):
     On success each aligned image's ``model.meta.wcs`` is replaced; on failure
     nothing changes. Returns one result row per image.
     """
+    refused = _refused(images, params, group, group_ids)
+    if refused:
+        return refused
+    group_ids = group_ids or [im.name for im in images]
+    empty = [im.name for im in images if len(im.inside_catalog()) == 0]
+    if empty:
+        log.warning("%s: empty catalog(s): %s", group, ", ".join(empty))
+    start = [im.model.meta.wcs for im in images]
+    correctors, reason = _attempt(images, group_ids, params, params.use2dhist, params.tolerance,
+                                  params.separation)
+    used2dhist, refined = params.use2dhist, False
+    if not params.use2dhist and _unaligned(correctors, reason):
+        correctors, reason, used2dhist, refined = _histogram_fallback(
+            images, group_ids, params, group, start, correctors, reason)
+    if reason is not None:
+        log.warning("%s: relative alignment failed: %s", group, reason)
+        return [result_row("relative", group, im.name, f"FAILED: {reason}", params.fitgeometry)
+                for im in images]
+    if used2dhist:
+        limit = 2 * (params.searchrad + params.tolerance)
+    else:
+        limit = 2 * (max(abs(params.xoffset), abs(params.yoffset)) + params.tolerance)
+    return _relative_rows(images, correctors, start, params.fitgeometry, group, limit, refined)
+
+
+def _refused(images, params, group, group_ids):
+    """The rows of a run no fit can align (one image, one group, confusion), else None."""
     geom = params.fitgeometry
     if len(images) < 2:
         return [result_row("relative", group, im.name, "FAILED: At least two exposures are "
@@ -57,61 +84,62 @@ def relative_align(images, params, group, group_ids=None):
     if params.separation <= _SQRT2 * params.tolerance:
         log.warning("%s: separation %.3g <= sqrt(2) x tolerance %.3g: matches may be confused",
                     group, params.separation, params.tolerance)
+    return None
 
+
+def _attempt(images, group_ids, params, use2dhist, tolerance, separation):
+    """One tweakwcs relative fit on fresh correctors: ``(correctors, failure reason or None)``."""
     align_wcs, XYXYMatch = _tweakwcs_api()
-    start = [im.model.meta.wcs for im in images]
+    correctors = [im.corrector(group_id=gid) for im, gid in zip(images, group_ids, strict=True)]
+    match = XYXYMatch(searchrad=params.searchrad, separation=separation,
+                      use2dhist=use2dhist, tolerance=tolerance,
+                      xoffset=params.xoffset, yoffset=params.yoffset)
+    try:
+        align_wcs(correctors, refcat=None, enforce_user_order=params.enforce_user_order,
+                  expand_refcat=params.expand_refcat, minobj=params.minobj, match=match,
+                  fitgeom=params.fitgeometry, nclip=params.nclip, sigma=(params.sigma, "rmse"))
+    except (ValueError, RuntimeError) as exc:
+        reason = algorithm_failure(exc)
+        if reason is None:
+            raise
+        return correctors, reason
+    return correctors, None
 
-    def attempt(use2dhist, tolerance, separation):
-        correctors = [im.corrector(group_id=gid) for im, gid in zip(images, group_ids, strict=True)]
-        match = XYXYMatch(searchrad=params.searchrad, separation=separation,
-                          use2dhist=use2dhist, tolerance=tolerance,
-                          xoffset=params.xoffset, yoffset=params.yoffset)
-        try:
-            align_wcs(correctors, refcat=None, enforce_user_order=params.enforce_user_order,
-                      expand_refcat=params.expand_refcat, minobj=params.minobj, match=match,
-                      fitgeom=geom, nclip=params.nclip, sigma=(params.sigma, "rmse"))
-        except (ValueError, RuntimeError) as exc:
-            reason = algorithm_failure(exc)
-            if reason is None:
-                raise
-            return correctors, reason
-        return correctors, None
 
-    empty = [im.name for im in images if len(im.inside_catalog()) == 0]
-    if empty:
-        log.warning("%s: empty catalog(s): %s", group, ", ".join(empty))
-    correctors, reason = attempt(params.use2dhist, params.tolerance, params.separation)
+def _histogram_fallback(images, group_ids, params, group, start, correctors, reason):
+    """
+    Matching within tolerance of the initial offset found too few pairs: the images are
+    offset by more than the tolerance. A 2-D histogram of the pair offsets within
+    searchrad finds the offset (jwst's default matching) to about a pixel; a fit with a
+    tolerance that allows for that brings the images close, and the fit with the
+    requested tolerance then starts from there. Kept only if it aligns more images.
+
+    Returns ``(correctors, reason, used2dhist, refined)``; the images' WCSs are as at ``start``.
+    """
     used2dhist, refined = params.use2dhist, False
-    if not params.use2dhist and _unaligned(correctors, reason):
-        # Matching within tolerance of the initial offset found too few pairs: the images are
-        # offset by more than the tolerance. A 2-D histogram of the pair offsets within
-        # searchrad finds the offset (jwst's default matching) to about a pixel; a fit with a
-        # tolerance that allows for that brings the images close, and the fit with the
-        # requested tolerance then starts from there. Kept only if it aligns more images.
-        rough_tol = max(params.tolerance, FALLBACK_TOLERANCE)
-        log.info("%s: matching within tolerance %.3g arcsec of the initial offset did not align "
-                 "every image; trying a 2-D histogram of offsets within searchrad %.3g arcsec",
-                 group, params.tolerance, params.searchrad)
-        rough, rough_reason = attempt(True, rough_tol, max(params.separation, 2 * rough_tol))
-        if _n_aligned(rough, rough_reason) > _n_aligned(correctors, reason):
-            for im, corr in zip(images, rough, strict=True):
-                if corr.meta.get("fit_info", {}).get("status") == "SUCCESS":
-                    im.set_wcs(corr.wcs)
-            fine, fine_reason = attempt(False, params.tolerance, params.separation)
-            if _n_aligned(fine, fine_reason) >= _n_aligned(rough, rough_reason):
-                correctors, reason, used2dhist, refined = fine, fine_reason, True, True
-            else:
-                correctors, reason, used2dhist = rough, rough_reason, True
-            for im, wcs in zip(images, start, strict=True):
-                im.set_wcs(wcs)
-    if reason is not None:
-        log.warning("%s: relative alignment failed: %s", group, reason)
-        return [result_row("relative", group, im.name, f"FAILED: {reason}", geom) for im in images]
+    rough_tol = max(params.tolerance, FALLBACK_TOLERANCE)
+    log.info("%s: matching within tolerance %.3g arcsec of the initial offset did not align "
+             "every image; trying a 2-D histogram of offsets within searchrad %.3g arcsec",
+             group, params.tolerance, params.searchrad)
+    rough, rough_reason = _attempt(images, group_ids, params, True, rough_tol,
+                                   max(params.separation, 2 * rough_tol))
+    if _n_aligned(rough, rough_reason) > _n_aligned(correctors, reason):
+        for im, corr in zip(images, rough, strict=True):
+            if corr.meta.get("fit_info", {}).get("status") == "SUCCESS":
+                im.set_wcs(corr.wcs)
+        fine, fine_reason = _attempt(images, group_ids, params, False, params.tolerance,
+                                     params.separation)
+        if _n_aligned(fine, fine_reason) >= _n_aligned(rough, rough_reason):
+            correctors, reason, used2dhist, refined = fine, fine_reason, True, True
+        else:
+            correctors, reason, used2dhist = rough, rough_reason, True
+        for im, wcs in zip(images, start, strict=True):
+            im.set_wcs(wcs)
+    return correctors, reason, used2dhist, refined
 
-    if used2dhist:
-        limit = 2 * (params.searchrad + params.tolerance)
-    else:
-        limit = 2 * (max(abs(params.xoffset), abs(params.yoffset)) + params.tolerance)
+
+def _relative_rows(images, correctors, start, geom, group, limit, refined):
+    """Each image's row of a fit that ran; a correction beyond ``limit`` (arcsec) is refused."""
     rows = []
     for im, corr, wcs0 in zip(images, correctors, start, strict=True):
         info = corr.meta.get("fit_info", {"status": "FAILED: unknown"})
