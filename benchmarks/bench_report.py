@@ -9,7 +9,7 @@ the real CEERS WCS models and HST catalog when present), SEP catalogs with the
 CEERS recipe, and runs CeersTweakRegStep with the CEERS jw01345001001 parameters
 ``--repeat`` times with ``save_report=True`` (the first run includes importing
 matplotlib) and once without. Prints per run the time of the report alone
-(`TweakRegRun._write_reports`: residuals, grades, figures, HTML, DS9 regions), the
+(`ceers_steps.stages.report.write_reports`: residuals, grades, figures, HTML, DS9 regions), the
 step's total time, the page's size and the grades; then the report's traced peak
 Python memory in one more run (tracing slows it, so it is not timed).
 """
@@ -25,30 +25,30 @@ from bench_alignment import CEERS_LW, CEERS_SW, add_truth_options, quiet, truth_
 
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.detection.catalogs import build_catalog, write_catalog
-from ceers_steps.stages.run import TweakRegRun
+from ceers_steps.stages import report as report_stage
 from ceers_steps.synthetic.visits import LW_DETECTORS, SW_DETECTORS, make_visit
 
-REPORT = []  # (seconds, traced peak bytes or None) of each _write_reports call
+REPORT = []  # (seconds, traced peak bytes or None) of each write_reports call
 TRACE = [False]  # trace memory in the next call (tracing slows Python code: timed apart)
 
 
 def _instrument():
-    original = TweakRegRun._write_reports
+    original = report_stage.write_reports
 
-    def timed(self, *args, **kwargs):
+    def timed(pars, *args, **kwargs):
         if TRACE[0]:
             tracemalloc.start()
         start = time.perf_counter()
         try:
-            return original(self, *args, **kwargs)
+            return original(pars, *args, **kwargs)
         finally:
             seconds = time.perf_counter() - start
             peak = tracemalloc.get_traced_memory()[1] if TRACE[0] else None
             tracemalloc.stop()
-            if self.report_enabled():
+            if report_stage.report_enabled(pars):
                 REPORT.append((seconds, peak))
 
-    TweakRegRun._write_reports = timed
+    report_stage.write_reports = timed
 
 
 def main():

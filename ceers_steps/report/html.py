@@ -313,7 +313,7 @@ def _parameters_html(parameters):
     The step parameters used, without jwst's star-finder parameters that did nothing here
     (at jwst's defaults, or unset): listed by name below the table instead.
     """
-    from ..stages.jwstpars import IGNORED, MAPPED
+    from ..detection.jwst_finder import IGNORED, MAPPED
 
     shown, idle = {}, []
     for name, value in parameters.items():

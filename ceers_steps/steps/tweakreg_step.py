@@ -44,7 +44,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
 
     Failures are per group or image: its WCS is left unchanged, its status is
     FAILED and the results say why; the others are aligned. The run itself is
-    `ceers_steps.stages.run.TweakRegRun`.
+    `ceers_steps.stages.run.run_stages`.
     """
 
     class_alias = "ceers_tweak"
@@ -181,13 +181,13 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         """
         Align an `InputSet`; write results, WCS models and (with ``save``) aligned images.
 
-        The work is `ceers_steps.stages.run.TweakRegRun.run`; see there for the
+        The work is `ceers_steps.stages.run.run_stages`; see there for the
         parameters. Returns a ModelLibrary or None.
         """
-        from ..stages.run import TweakRegRun
+        from ..stages.run import run_stages
 
-        return TweakRegRun(self).run(inputs, catalogs=catalogs, save=save, suffix=suffix,
-                                     stream=stream, copy_inputs=copy_inputs)
+        return run_stages(self, inputs, catalogs=catalogs, save=save, suffix=suffix,
+                          stream=stream, copy_inputs=copy_inputs)
 
     def _normalise_lists(self):
         """
