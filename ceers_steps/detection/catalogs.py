@@ -1,10 +1,9 @@
-"""Image catalogs and reference catalogs: build, write, read.
+"""Image catalogs: build, write, read.
 
 Image catalogs are ECSV tables with 0-based pixel columns ``xcentroid`` and
 ``ycentroid`` (the names jwst's TweakRegStep reads), ``id`` and ``flux``;
 reading also accepts ``x``/``y`` and ``x_centroid``/``y_centroid``.
-Reference catalogs are anything `astropy.table.Table.read` reads with RA/Dec
-columns (any case) or a ``sky_centroid`` column.
+Reference catalogs are read by `ceers_steps.refcat`.
 """
 
 from pathlib import Path
@@ -22,7 +21,6 @@ __all__ = [
     "catalog_xy",
     "image_psf_fwhm",
     "read_catalog",
-    "read_refcat",
     "write_catalog",
 ]
 
@@ -173,32 +171,3 @@ def catalog_xy(table, where="catalog"):
         f"{where}: no pixel position columns (expected x/y, xcentroid/ycentroid or "
         f"x_centroid/y_centroid; found {', '.join(table.colnames) or 'none'})"
     )
-
-
-def read_refcat(path, mag_column=None, mag_min=None, mag_max=None):
-    """
-    Read an absolute reference catalog and return ``RA``, ``DEC`` (deg) [+ ``MAG``].
-
-    Positions as given in the file (no epoch propagation); see
-    `ceers_steps.refcat.refcats.read_reference_catalogs` for proper motions, several
-    catalogs and cuts.
-
-    Parameters
-    ----------
-    path : str or Path
-        Any format `astropy.table.Table.read` understands (ECSV, FITS, CSV...).
-    mag_column : str, optional
-        Magnitude column for the optional limits; by default ``mag`` in any case.
-    mag_min, mag_max : float, optional
-        Keep only sources with ``mag_min <= mag <= mag_max``.
-    """
-    from ..refcat.refcats import read_reference_catalogs
-
-    full = read_reference_catalogs([path], mag_column=mag_column, mag_min=mag_min,
-                                   mag_max=mag_max)
-    out = Table({"RA": full["RA"], "DEC": full["DEC"]})
-    if "MAG" in full.colnames:
-        out["MAG"] = full["MAG"]
-    out.meta["source"] = str(path)
-    out.meta["n_duplicates_merged"] = full.meta.get("n_duplicates_merged", 0)
-    return out

@@ -8,9 +8,9 @@ from astropy.io import fits
 from astropy.table import Table
 from conftest import accuracy, file_digest, local_cluster, module_tmp, run_cli
 
-from ceers_steps import detection
 from ceers_steps.core.compat import datamodels
 from ceers_steps.core.logs import AllImagesFailedError
+from ceers_steps.detection import sep_extract as detection
 from ceers_steps.detection.catalogs import build_catalog
 from ceers_steps.detection.sources import DetectionParameters, _per_source, detect_sources
 from ceers_steps.synthetic import make_crowded_frame, make_visit, write_visit
