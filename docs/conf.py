@@ -90,18 +90,32 @@ PACKAGE = "ceers_steps"
 API_DIR = Path(__file__).resolve().parent / "api"
 
 
-def _own_members(module):
-    """
-    The names of ``module.__all__`` defined in the module itself (None: it has no ``__all__``).
+def _imported_names(module):
+    """The names a module binds by importing them (at its top level, or in a top-level if/try)."""
+    import ast
+    import inspect
 
-    A name a module re-exports (a package's ``__init__``, the one-line alias modules at the top)
-    is documented where it is defined, once: twice would be a duplicate object description.
+    names = set()
+    body = list(ast.parse(inspect.getsource(module)).body)
+    while body:
+        node = body.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try)):
+            body += node.body + node.orelse + getattr(node, "handlers", []) + getattr(
+                node, "finalbody", [])
+        elif isinstance(node, ast.ExceptHandler):
+            body += node.body
+    return names
+
+
+def _reexported(module):
     """
-    names = getattr(module, "__all__", None)
-    if names is None:
-        return None
-    return [n for n in names
-            if getattr(getattr(module, n, None), "__module__", module.__name__) == module.__name__]
+    The names of ``module.__all__`` it imports from elsewhere (a package's ``__init__``, the
+    one-line alias modules at the top): documented where they are defined, once (twice would be
+    a duplicate object description).
+    """
+    return [n for n in getattr(module, "__all__", ()) if n in _imported_names(module)]
 
 
 class PackageModules(Directive):
@@ -131,18 +145,19 @@ class PackageModules(Directive):
                 continue
             name = f"{package.__name__}.{info.name}"
             module = importlib.import_module(name)
-            own = _own_members(module)
+            others = _reexported(module)
+            own = [n for n in getattr(module, "__all__", [None]) if n not in others]
             lines += [name, "-" * len(name), "", f".. automodule:: {name}"]
-            if own is None:
-                lines += ["   :members:", ""]
-            elif own:
-                lines += [f"   :members: {', '.join(own)}", ""]
-            else:
-                lines += ["   :no-members:", ""]
-            others = [n for n in getattr(module, "__all__", ()) if n not in (own or ())]
+            # (Sphinx 9 replaces a list given to :members: by autodoc_default_options' True.)
+            lines += ["   :members:" if own else "   :no-members:"]
+            if own and others:
+                lines += [f"   :exclude-members: {', '.join(others)}"]
+            lines += [""]
             if others:
                 lines += ["Also importable from here: " + ", ".join(
-                    f":obj:`~{getattr(module, n).__module__}.{n}`" for n in others), ""]
+                    f":obj:`~{getattr(module, n).__module__}.{n}`"
+                    if hasattr(getattr(module, n), "__qualname__") else f"``{n}``"
+                    for n in others), ""]
         container = nodes.container()
         nested_parse_with_titles(self.state, StringList(lines, source=self.arguments[0]), container)
         return container.children
