@@ -209,7 +209,8 @@ def _align_parser():
                     "<visit> <filter>'): select its *_cal.fits by FILTER header, write one "
                     "association per detector, detect sources, align, write results and WCS "
                     "models, print the summary. With --all: every visit and filter found in "
-                    "--input-dir, in parallel, plus survey_summary.ecsv and survey_index.html.",
+                    "--input-dir, in parallel, plus survey_summary.ecsv, survey_crossfilter.ecsv (the "
+                    "filters of each visit compared after alignment) and survey_index.html.",
         epilog="Exit status: 0 when every image was aligned (COMPLETE; with --resume also "
                "groups left alone as complete); 1 when some or all images FAILED or a group "
                "could not run (each named on stderr with its reason), or the output folder is "
@@ -357,6 +358,7 @@ def _refuse_existing(groups, out_dir, args, survey=False):
     existing = [p for g in groups for p in existing_outputs(g, out_dir, args.save_results)]
     if survey:
         existing += [p for p in (Path(out_dir) / "survey_summary.ecsv",
+                                 Path(out_dir) / "survey_crossfilter.ecsv",
                                  Path(out_dir) / "survey_index.html") if p.exists()]
     if existing:
         raise FileExistsError(refuse_existing(

@@ -48,9 +48,9 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-__all__ = ["DEFAULT_TOLERANCE", "MIN_SOURCES", "aligned_sky_positions", "cross_filter_offsets",
-           "crossfilter_html", "match_sources", "merge_detections", "read_aligned_catalogs",
-           "robust_offset", "worst_offsets", "write_survey_crossfilter"]
+__all__ = ["DEFAULT_TOLERANCE", "MIN_SOURCES", "add_worst_offsets", "aligned_sky_positions",
+           "cross_filter_offsets", "crossfilter_html", "match_sources", "merge_detections",
+           "read_aligned_catalogs", "robust_offset", "worst_offsets", "write_survey_crossfilter"]
 
 #: Match radius between detections of one source, mas: ~3 SW pixels, well beyond centroid
 #: noise (a few mas) and the band-to-band offsets of galaxies (~10 mas), well inside the
@@ -377,6 +377,21 @@ def worst_offsets(table, visit, filter_name, detector):
         if np.isfinite(offset) and not offset <= best[0]:
             best = (offset, float(row["offset_err_mas"]), other)
     return best
+
+
+def add_worst_offsets(summary, table):
+    """
+    Add each image's `worst_offsets` to a survey summary (one row per image: ``visit``,
+    ``filter``, ``detector``): columns ``xfilter_offset``, ``xfilter_err`` (mas) and
+    ``xfilter_with``.
+    """
+    worst = [worst_offsets(table, str(r["visit"]), str(r["filter"]), str(r["detector"]))
+             for r in summary]
+    summary["xfilter_offset"] = np.array([w[0] for w in worst], float)
+    summary["xfilter_err"] = np.array([w[1] for w in worst], float)
+    summary["xfilter_with"] = np.array([w[2] for w in worst], str) if worst else np.zeros(0, str)
+    summary["xfilter_offset"].unit = summary["xfilter_err"].unit = "mas"
+    return summary
 
 
 def crossfilter_html(table):

@@ -555,7 +555,7 @@ def write_regions(directory, residuals):
     return out
 
 
-def write_survey_index(path, outcomes, summary):
+def write_survey_index(path, outcomes, summary, crossfilter=None):
     """
     ``survey_index.html``: one row per visit and filter of a survey, linking its report.
 
@@ -565,6 +565,8 @@ def write_survey_index(path, outcomes, summary):
     outcomes : list of `ceers_steps.survey.survey.GroupOutcome`
     summary : Table
         The survey summary (`ceers_steps.survey.survey.survey_summary`).
+    crossfilter : Table, optional
+        Offsets between the filters of each visit (`ceers_steps.report.crossfilter`): a section.
 
     Returns
     -------
@@ -593,6 +595,10 @@ def write_survey_index(path, outcomes, summary):
             f"{_num(float(np.median(err)) if len(err) else float('nan'))}"
             f"<td class='text'>{_e(run)}</td><td class='text'>{link}</td></tr>")
     parts.append("</table><p>One row per image in <code>survey_summary.ecsv</code>.</p>")
+    if crossfilter is not None:
+        from .crossfilter import crossfilter_html
+
+        parts.append(crossfilter_html(crossfilter))
     parts += [_table_html("Software", "versions", software_versions()), "</body></html>"]
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")

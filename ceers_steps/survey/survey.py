@@ -12,8 +12,9 @@ one of its images was aligned, FAILED otherwise (the message says how many were
 not). Each group's manifest (`ceers_steps.io.runstate`), written last, records its
 inputs, parameters and outcome: ``--resume`` leaves a group alone only when it was
 COMPLETE with the same inputs and parameters. The survey ends with
-``survey_summary.ecsv`` (one row per image) and ``survey_index.html`` (a link to
-every group's report).
+``survey_summary.ecsv`` (one row per image), ``survey_crossfilter.ecsv`` (the filters of
+each visit compared on the sky: `ceers_steps.report.crossfilter`) and ``survey_index.html``
+(a link to every group's report).
 
 Groups may be fitted together (`fit_units`): with ``joint_channels`` the filters of
 one visit that share exposures (NIRCam's SW and LW images taken at the same time),
@@ -932,10 +933,16 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
         path = report_path(out_dir, result.name)
         if result.status == "SKIPPED" and path.exists():
             result.report = str(path)
-    summary = survey_summary(ordered, groups, out_dir)
+    from ..report.crossfilter import write_survey_crossfilter
+
+    # The filters of each visit compared on the sky, from what the groups left on disk.
+    crossfilter = write_survey_crossfilter(out_dir, [(g.visit, g.filter, det, p.name)
+                                                     for g in groups for det in sorted(g.selected)
+                                                     for p in g.selected[det]])
+    summary = survey_summary(ordered, groups, out_dir, crossfilter)
     from ..report.html import write_survey_index
 
-    index = write_survey_index(out_dir / "survey_index.html", ordered, summary)
+    index = write_survey_index(out_dir / "survey_index.html", ordered, summary, crossfilter)
     return ordered, out_dir / "survey_summary.ecsv", index
 
 
@@ -946,14 +953,16 @@ def _column(row, name, missing, kind):
     return kind(row[name])
 
 
-def survey_summary(outcomes, groups, out_dir):
+def survey_summary(outcomes, groups, out_dir, crossfilter=None):
     """
     ``survey_summary.ecsv``: one row per image of the survey, from each group's results
     table (its absolute row, else its relative row): visit, filter, detector, image,
     status (COMPLETE = aligned, else FAILED with the reason), nmatch, rmse (mas),
     err_center, err_corner (mas), holdout_err (mas) and holdout_n (the hold-out estimate
     of the error and the reference sources behind it; NaN and 0 where not computed), the
-    group's outcome and its report.
+    group's outcome and its report; with ``crossfilter`` (`ceers_steps.report.crossfilter`),
+    the image's worst cross-filter offset on its detector, ``xfilter_offset``,
+    ``xfilter_err`` (mas) and the other filter ``xfilter_with`` (NaN and "" without one).
 
     Returns
     -------
@@ -990,6 +999,10 @@ def survey_summary(outcomes, groups, out_dir):
                   dtype=(str, str, str, str, str, "i4", "f8", "f8", "f8", "f8", "i4", str, str))
     for name in ("rmse", "err_center", "err_corner", "holdout_err"):
         table[name].unit = "mas"
+    if crossfilter is not None:
+        from ..report.crossfilter import add_worst_offsets
+
+        add_worst_offsets(table, crossfilter)
     table.meta["groups"] = len(groups)
     write_ecsv(table, Path(out_dir) / "survey_summary.ecsv")
     return table
