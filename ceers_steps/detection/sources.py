@@ -33,7 +33,7 @@ __all__ = [
     "flat_rms",
 ]
 
-log = get_logger(__name__)
+log = get_logger(__package__)  # "ceers_steps.detection", as before the split
 
 #: The rejection cuts, in the order they are applied; ``catalog.meta["rejected"]``
 #: counts the sources each removed.
