@@ -129,6 +129,69 @@ _META = {"PROGRAM": ("observation", "program_number"),
          "PUPIL": ("instrument", "pupil")}
 
 
+class _KeyReader:
+    """Header and metadata values of one image, collecting what is wrong with them."""
+
+    def __init__(self, model, name, header):
+        self.meta = getattr(model, "meta", None)
+        self.filename = getattr(self.meta, "filename", None) if self.meta is not None else None
+        self.source = name or self.filename or "image"
+        self.header = header
+        self.problems = []
+
+    def get(self, keyword, from_header=True):
+        meta, header = self.meta, self.header
+        value = None
+        if header is not None and (from_header or meta is None):
+            try:
+                value = header.get(keyword)
+            except Exception as exc:  # noqa: BLE001 - an unparsable card (astropy VerifyError)
+                self.problems.append(f"{self.source}: {keyword} cannot be read from the FITS "
+                                     f"header ({' '.join(str(exc).split())})")
+                return None
+        if value is None and meta is not None:
+            node, attr = _META[keyword]
+            value = getattr(getattr(meta, node, None), attr, None)
+        if value is None:
+            return None
+        text = str(value).strip()
+        return text or None
+
+    def checked(self, func, *args):
+        try:
+            return func(*args)
+        except UnsafeNameError as exc:
+            self.problems.append(str(exc))
+            return None
+
+    def visit_parts(self):
+        """PROGRAM, OBSERVTN, VISIT: digits each, else None (and a problem)."""
+        parts = []
+        for keyword, width in _VISIT_KEYS:
+            value = self.get(keyword)
+            if value is not None and not re.fullmatch(rf"[0-9]{{1,{width}}}", value, re.ASCII):
+                shown = value if len(value) <= 60 else value[:57] + "..."
+                self.problems.append(f"{self.source}: {keyword} {shown!r} is not a valid value "
+                                     f"(digits, at most {width})")
+                value = None
+            parts.append(value)
+        return parts
+
+
+def _exposure_id(reader, parts, visit, match, name):
+    group_id = getattr(reader.meta, "group_id", None)
+    if group_id:
+        return group_id
+    # Exposure ids name no file: the model's own values, as jwst groups them.
+    seq = tuple(reader.get(k, from_header=False)
+                for k in ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
+    if all(parts) and all(seq):
+        return f"{visit}_{seq[0]}{seq[1]}{seq[2]}_{seq[3]}"
+    if match:
+        return f"{match.group(1)}_{match.group(2)}_{match.group(3)}".lower()
+    return name or reader.filename or "exposure"
+
+
 def image_key(model, name=None, header=None):
     """
     The `ImageKey` of a JWST image, from its FITS header, its metadata or its file name.
@@ -146,71 +209,24 @@ def image_key(model, name=None, header=None):
     The filter is the bandpass (`bandpass_filter`). A value that is present but not
     valid (`name_part`; visit numbers must be digits) makes ``problem`` say so.
     """
-    meta = getattr(model, "meta", None)
-    filename = getattr(meta, "filename", None) if meta is not None else None
-    source = name or filename or "image"
-
-    problems = []
-
-    def get(keyword, from_header=True):
-        value = None
-        if header is not None and (from_header or meta is None):
-            try:
-                value = header.get(keyword)
-            except Exception as exc:  # noqa: BLE001 - an unparsable card (astropy VerifyError)
-                problems.append(f"{source}: {keyword} cannot be read from the FITS header "
-                                f"({' '.join(str(exc).split())})")
-                return None
-        if value is None and meta is not None:
-            node, attr = _META[keyword]
-            value = getattr(getattr(meta, node, None), attr, None)
-        if value is None:
-            return None
-        text = str(value).strip()
-        return text or None
-
-    def checked(func, *args):
-        try:
-            return func(*args)
-        except UnsafeNameError as exc:
-            problems.append(str(exc))
-            return None
-
-    parts = []
-    for keyword, width in _VISIT_KEYS:
-        value = get(keyword)
-        if value is not None and not re.fullmatch(rf"[0-9]{{1,{width}}}", value, re.ASCII):
-            shown = value if len(value) <= 60 else value[:57] + "..."
-            problems.append(f"{source}: {keyword} {shown!r} is not a valid value (digits, at "
-                            f"most {width})")
-            value = None
-        parts.append(value)
-    detector = get("DETECTOR")
-    detector = checked(name_part, detector, "DETECTOR", source) if detector else None
+    reader = _KeyReader(model, name, header)
+    parts = reader.visit_parts()
+    detector = reader.get("DETECTOR")
+    detector = reader.checked(name_part, detector, "DETECTOR", reader.source) if detector else None
     detector = detector.lower() if detector else None
-    filt = checked(bandpass_filter, get("FILTER"), get("PUPIL"), source)
-    match = _NAME_RE.match(name or filename or "")
+    filt = reader.checked(bandpass_filter, reader.get("FILTER"), reader.get("PUPIL"), reader.source)
+    match = _NAME_RE.match(name or reader.filename or "")
     if all(parts):
         visit = f"jw{int(parts[0]):05d}{int(parts[1]):03d}{int(parts[2]):03d}"
     elif match:
         visit = match.group(1).lower()
     else:
         visit = "unknown"
-    group_id = getattr(meta, "group_id", None)
-    if not group_id:
-        # Exposure ids name no file: the model's own values, as jwst groups them.
-        seq = tuple(get(k, from_header=False)
-                    for k in ("VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE"))
-        if all(parts) and all(seq):
-            group_id = f"{visit}_{seq[0]}{seq[1]}{seq[2]}_{seq[3]}"
-        elif match:
-            group_id = f"{match.group(1)}_{match.group(2)}_{match.group(3)}".lower()
-        else:
-            group_id = name or filename or "exposure"
+    group_id = _exposure_id(reader, parts, visit, match, name)
     if not detector and match:
         detector = match.group(4).lower()
     return ImageKey(visit=visit, filter=filt or "unknown", detector=detector or "unknown",
-                    exposure=str(group_id), problem="; ".join(problems) or None)
+                    exposure=str(group_id), problem="; ".join(reader.problems) or None)
 
 
 def group_images(keys, group_by="detector"):

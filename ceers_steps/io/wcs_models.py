@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..core.fileio import atomic_output
 from ..core.logs import get_logger
+from .inputs import trusted_assignment
 
 log = get_logger(__name__)
 
@@ -323,8 +324,6 @@ def load_wcs_for_image(model, wcs_dir, image_name=None, force=False, max_offset=
 
 def apply_wcs_model(model, wcsinfo, wcs):
     """Put a saved WCS on a model: ``meta.wcs``, ``meta.wcsinfo``, tweakreg COMPLETE."""
-    from .inputs import trusted_assignment
-
     with trusted_assignment(model):
         model.meta.wcs = wcs
         for key, value in wcsinfo.items():
