@@ -12,7 +12,7 @@ alignment is jwst's, with jwst's defaults.
 
 from pathlib import Path
 
-from ceers_steps.cfgconvert import STEP_CLASSES, write_parameter_file
+from ceers_steps.survey.cfgconvert import STEP_CLASSES, write_parameter_file
 
 CATALOG = {"detect_thresh": 4.0, "detect_minarea": 16, "deblend_nthresh": 4}
 TWEAKREG = {

@@ -186,7 +186,7 @@ def convert_cfg_main(argv=None):
                    help="replace parameter files that exist already (without it: nothing is "
                         "written and the first such file is named)")
     args = p.parse_args(argv)
-    from .cfgconvert import convert_cfg
+    from ..survey.cfgconvert import convert_cfg
 
     try:
         written = convert_cfg(args.cfg, args.output_dir, abs_refcat=args.abs_refcat,

@@ -136,7 +136,7 @@ def load_parameters(params, visit, filter_name, params_dirs):
         ``{"catalog": {...}, "tweakreg": {...}}``
     source : str
     """
-    from ..cli.cfgconvert import read_cfg
+    from .cfgconvert import read_cfg
 
     if params is None:
         for d in params_dirs:

@@ -86,8 +86,8 @@ def test_cfg_number_that_overflows_named_by_file_section_key(work, capsys, line,
 
 def test_cfg_with_a_utf8_byte_order_mark_is_read(tmp_path, capsys):
     """A cfg saved by a Windows editor starts with a BOM: read like any other."""
-    from ceers_steps.cli.cfgconvert import read_cfg
     from ceers_steps.cli.commands import convert_cfg_main
+    from ceers_steps.survey.cfgconvert import read_cfg
 
     cfg = tmp_path / "f200w.cfg"
     cfg.write_bytes(b"\xef\xbb\xbf" + f"[{VISIT}]\nminobj = 12\nabs_fitgeom = rscale\n".encode())

@@ -38,7 +38,7 @@ def test_convert_every_real_cfg(ceers_dir, tmp_path):
     from stpipe import Step
 
     from ceers_steps import CeersAlignPipeline
-    from ceers_steps.cli.cfgconvert import CFG_KEYS, UNUSED_KEYS
+    from ceers_steps.survey.cfgconvert import CFG_KEYS, UNUSED_KEYS
 
     files = _cfg_files(ceers_dir)
     proc = run_cli(["ceers-convert-cfg", *map(str, files), "--output-dir", str(tmp_path),
@@ -70,7 +70,7 @@ def test_convert_every_real_cfg(ceers_dir, tmp_path):
 
 
 def test_committed_parameter_files_are_the_converted_cfgs(ceers_dir):
-    from ceers_steps.cli.cfgconvert import parameter_tree, read_cfg
+    from ceers_steps.survey.cfgconvert import parameter_tree, read_cfg
 
     sections = [s for f in _cfg_files(ceers_dir) for s in read_cfg(f)]
     assert len(sections) == 30
