@@ -41,7 +41,7 @@ class ImageHeader:
 
     @classmethod
     def from_model(cls, model):
-        from ..refcat.refcats import image_epoch
+        from ..io.grouping import image_epoch
 
         wi = model.meta.wcsinfo
         epoch = image_epoch(model)

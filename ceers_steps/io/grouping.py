@@ -1,4 +1,4 @@
-"""Identify images (visit, filter, detector, exposure) and group them for alignment.
+"""Identify images (visit, filter, detector, exposure, epoch) and group them for alignment.
 
 Header values are untrusted input: every one that becomes part of a file name
 (visit keys, FILTER, PUPIL, DETECTOR) goes through `name_part`, which allows
@@ -9,8 +9,10 @@ FAILED with the reason (naming the file and the keyword); the run goes on.
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["GROUP_BY", "ImageKey", "UnsafeNameError", "bandpass_filter", "group_images",
-           "image_key", "name_part", "read_primary_header"]
+           "image_epoch", "image_key", "name_part", "read_primary_header"]
 
 GROUP_BY = ("detector", "exposure", "all")
 
@@ -259,3 +261,26 @@ def group_images(keys, group_by="detector"):
         runs.setdefault(name, []).append(i)
         group_ids.append(key.exposure if group_by == "exposure" else f"{key.exposure}_{key.detector}")
     return runs, group_ids
+
+
+def image_epoch(model):
+    """
+    When an image was taken (`astropy.time.Time`), or None: ``meta.exposure.mid_time``
+    (MJD), else ``start_time``, else ``meta.observation.date`` and ``time``.
+    """
+    from astropy.time import Time
+
+    exposure = getattr(model.meta, "exposure", None)
+    for key in ("mid_time", "start_time"):
+        value = getattr(exposure, key, None)
+        if isinstance(value, (int, float)) and np.isfinite(value) and value > 0:
+            return Time(float(value), format="mjd", scale="utc")
+    observation = getattr(model.meta, "observation", None)
+    date = getattr(observation, "date", None)
+    if date:
+        try:
+            return Time(f"{date}T{getattr(observation, 'time', None) or '00:00:00'}",
+                        scale="utc")
+        except ValueError:
+            return None
+    return None

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 from astropy.table import Table
 
+from ..io.grouping import image_epoch
 from .merge import _merge_by_priority
 
 __all__ = ["at_epoch", "image_epoch", "julian_year"]
@@ -131,27 +132,3 @@ def _merge_at_epoch(table):
     merged = _merge_by_priority(table, "ERR_RANK")
     merged.remove_column("ERR_RANK")
     return merged
-
-
-def image_epoch(model):
-    """
-    When an image was taken (`astropy.time.Time`), or None: ``meta.exposure.mid_time``
-    (MJD), else ``start_time``, else ``meta.observation.date`` and ``time``.
-    """
-    from astropy.time import Time
-
-    exposure = getattr(model.meta, "exposure", None)
-    for key in ("mid_time", "start_time"):
-        value = getattr(exposure, key, None)
-        if isinstance(value, (int, float)) and np.isfinite(value) and value > 0:
-            return Time(float(value), format="mjd", scale="utc")
-    observation = getattr(model.meta, "observation", None)
-    date = getattr(observation, "date", None)
-    if date:
-        try:
-            return Time(f"{date}T{getattr(observation, 'time', None) or '00:00:00'}",
-                        scale="utc")
-        except ValueError:
-            return None
-    return None
-

@@ -1,0 +1,67 @@
+"""The survey's summary: ``survey_summary.ecsv``, one row per image of every group."""
+
+from pathlib import Path
+
+__all__ = ["survey_summary"]
+
+
+def _column(row, name, missing, kind):
+    """``row[name]`` as ``kind``, or ``missing`` without a row or that column (older files)."""
+    if row is None or name not in row.colnames:
+        return missing
+    return kind(row[name])
+
+
+def survey_summary(outcomes, groups, out_dir, crossfilter=None):
+    """
+    ``survey_summary.ecsv``: one row per image of the survey, from each group's results
+    table (its absolute row, else its relative row): visit, filter, detector, image,
+    status (COMPLETE = aligned, else FAILED with the reason), nmatch, rmse (mas),
+    err_center, err_corner (mas), holdout_err (mas) and holdout_n (the hold-out estimate
+    of the error and the reference sources behind it; NaN and 0 where not computed), the
+    group's outcome and its report; with ``crossfilter`` (`ceers_steps.report.crossfilter`),
+    the image's worst cross-filter offset on its detector, ``xfilter_offset``,
+    ``xfilter_err`` (mas) and the other filter ``xfilter_with`` (NaN and "" without one).
+
+    Returns
+    -------
+    Table (also written)
+    """
+    from astropy.table import Table
+
+    from ..core.fileio import write_ecsv
+    from ..io.results import read_results_table
+    from ..report.html import final_rows
+
+    rows = []
+    for result, group in zip(outcomes, groups, strict=True):
+        table = read_results_table(result.results) if result.results else None
+        final = final_rows(table) if table is not None else {}
+        for det in sorted(group.selected):
+            for path in group.selected[det]:
+                row = final.get(path.name)
+                status = str(row["status"]) if row is not None else f"FAILED: {result.message}"
+                rows.append({
+                    "visit": group.visit, "filter": group.filter, "detector": det,
+                    "image": path.name, "status": status,
+                    "nmatch": int(row["nmatch"]) if row is not None else 0,
+                    "rmse": 1e3 * float(row["rmse"]) if row is not None else float("nan"),
+                    "err_center": float(row["err_center"]) if row is not None else float("nan"),
+                    "err_corner": float(row["err_corner"]) if row is not None else float("nan"),
+                    "holdout_err": _column(row, "holdout_err", float("nan"), float),
+                    "holdout_n": _column(row, "holdout_n", 0, int),
+                    "group_status": result.status,
+                    "report": Path(result.report).name if result.report else ""})
+    names = ("visit", "filter", "detector", "image", "status", "nmatch", "rmse", "err_center",
+             "err_corner", "holdout_err", "holdout_n", "group_status", "report")
+    table = Table(rows=[[r[n] for n in names] for r in rows], names=names,
+                  dtype=(str, str, str, str, str, "i4", "f8", "f8", "f8", "f8", "i4", str, str))
+    for name in ("rmse", "err_center", "err_corner", "holdout_err"):
+        table[name].unit = "mas"
+    if crossfilter is not None:
+        from ..report.crossfilter import add_worst_offsets
+
+        add_worst_offsets(table, crossfilter)
+    table.meta["groups"] = len(groups)
+    write_ecsv(table, Path(out_dir) / "survey_summary.ecsv")
+    return table
