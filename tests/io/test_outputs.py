@@ -113,7 +113,7 @@ def test_preloaded_reference_catalog_is_not_read_again(builtin_visit, monkeypatc
     from astropy.table import Table
     from conftest import library_of, models_of
 
-    from ceers_steps import tweakreg_step
+    from ceers_steps.steps import tweakreg_step
 
     step = CeersTweakRegStep(abs_refcat=str(builtin_visit["refcat"]), minobj=8, abs_minobj=8,
                              save_fit_results=False)
