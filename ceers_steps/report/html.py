@@ -282,6 +282,7 @@ overflow-x:auto}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 td.text,th.text{text-align:left}td.reason{text-align:left;min-width:12em}
 td.nofit{color:#777;font-style:italic;text-align:left}
+td[data-col=accuracy]{font-weight:bold}span.basis{font-weight:normal;color:#777;font-size:0.85em}
 .good{color:#1a7f37;font-weight:bold}.check{color:#b58100;font-weight:bold}
 .poor{color:#c62828;font-weight:bold}
 img{max-width:100%;border:1px solid #eee}
@@ -373,6 +374,35 @@ def _terms_html(terms):
             out.append(f"<tr><td class='text'>{_e(t['id'])}</td>{values}{fitted}</tr>")
         out.append("</table>")
     return "\n".join(out)
+
+
+#: Held-out sources behind an image's held-out error for it to be the accuracy its row leads
+#: with; fewer: the model's err centre, marked "model". The held-out error includes the
+#: image's mean held-out residual where significant, whose noise is the sources' scatter
+#: over sqrt(n): below ~10 sources it is too noisy to stand for the image.
+MIN_HOLDOUT_SOURCES = 10
+
+
+def _accuracy_cell(row):
+    """
+    The one accuracy number an image's row leads with (mas, 1-sigma at its centre): the
+    validated one, ``holdout_err``, with at least `MIN_HOLDOUT_SOURCES` held-out sources;
+    else the model's ``err_center``, marked "model".
+    """
+    names = row.colnames if hasattr(row, "colnames") else row.keys()
+    n = int(row["holdout_n"]) if "holdout_n" in names else 0
+    held = float(row["holdout_err"]) if "holdout_err" in names else float("nan")
+    if n >= MIN_HOLDOUT_SOURCES and np.isfinite(held):
+        value, basis = held, "held-out"
+        tip = f"held-out error: measured from {n} of its reference sources held out of the fit"
+    else:
+        value, basis = float(row["err_center"]), "model"
+        tip = ("the model's err centre: " + (f"only {n} sources held out" if n
+                                               else "no hold-out validation"))
+    if not np.isfinite(value):
+        return "<td data-col='accuracy'>-</td>"
+    return (f"<td data-col='accuracy' data-value='{value!r}' data-basis='{basis}' "
+            f"title='{_e(tip)}'>{value:.2f} <span class='basis'>{basis}</span></td>")
 
 
 def _holdout_cell(row):
@@ -467,7 +497,14 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
     parts.append("</dl>")
     if terms:
         parts += ["<h2>Fitted terms</h2>", _terms_html(terms)]
-    parts.append("<h2>Images</h2><table id='images'><tr><th class='text'>image</th>"
+    parts.append("<h2>Images</h2><p id='accuracy-note'>Accuracy: each image's error at its "
+                 "centre (mas, 1-sigma), the validated figure: its held-out error, measured "
+                 "from its own reference sources each held out of the fit once, when at least "
+                 f"{MIN_HOLDOUT_SOURCES} are behind it; else the model's err centre, marked "
+                 "<i>model</i>. The other columns are what it rests on: the fit's matches and "
+                 "rmse, the model's err centre and err corner (trusting the fit's error model), "
+                 "the held-out err, and this report's own residuals and grade.</p>"
+                 "<table id='images'><tr><th class='text'>image</th><th>accuracy (mas)</th>"
                  "<th class='text'>status</th><th>fit nmatch</th><th>fit rmse (mas)</th>"
                  "<th>err centre (mas)</th><th>held-out err (mas)</th><th>err corner (mas)</th>"
                  "<th>own matches</th>"
@@ -482,7 +519,9 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
             link = f"<a href='{_e(rel)}'>regions</a>"
         parts.append(
             f"<tr data-image='{_e(r.name)}'><td class='text' title='{_e(r.name)}'>"
-            f"{_e(_short(r.name))}</td><td class='text' data-col='status'>{_e(status)}</td>"
+            f"{_e(_short(r.name))}</td>"
+            + (_accuracy_cell(row) if row is not None else "<td data-col='accuracy'>-</td>")
+            + f"<td class='text' data-col='status'>{_e(status)}</td>"
             + (f"<td data-col='nmatch' data-value='{int(row['nmatch'])}'>{int(row['nmatch'])}</td>"
                + _num(1e3 * float(row["rmse"]), col="rmse")
                + _num(row["err_center"], col="err_center") + _holdout_cell(row)

@@ -1,5 +1,7 @@
 """Cross-filter consistency: the filters of a visit compared on the sky after alignment."""
 
+import re
+
 import asdf
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from ceers_steps.report.crossfilter import (
     robust_offset,
     worst_offsets,
 )
+from ceers_steps.report.html import MIN_HOLDOUT_SOURCES
 from ceers_steps.synthetic.visits import _DITHERS, apply_correction, nircam_like_wcs
 
 SHAPE = (1024, 1024)  # the end-to-end visit's images
@@ -180,6 +183,15 @@ def test_survey_writes_crossfilter_table_summary_and_index(tmp_path, capsys):
     np.testing.assert_allclose(summary["xfilter_offset"], row["offset_mas"])
     index = (out / "survey_index.html").read_text()
     assert "Cross-filter consistency" in index and "<table id='crossfilter'>" in index
+    # Each report's image rows lead with the validated accuracy (issue 28, point 4).
+    for r in summary:
+        html = (out / str(r["report"])).read_text()
+        row = re.search(rf"<tr data-image='{r['image']}'>(.*?)</tr>", html).group(1)
+        first = re.search(r"<td data-col='(\w+)' data-value='([^']+)' data-basis='([^']+)'", row)
+        assert re.findall(r"data-col='(\w+)'", row)[0] == first.group(1) == "accuracy"
+        basis = "held-out" if r["holdout_n"] >= MIN_HOLDOUT_SOURCES else "model"
+        value = r["holdout_err"] if basis == "held-out" else r["err_center"]
+        assert first.group(3) == basis and float(first.group(2)) == value
     # One filter's alignment pushed 5 mas (its saved WCS models, which the measure reads).
     for path in (out / "tweakreg_wcs").glob("*_02201_*_tweakreg.asdf"):
         with asdf.open(path) as af:
