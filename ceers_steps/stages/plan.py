@@ -23,6 +23,12 @@ from ..fitting.images import AlignImage, footprint_centre, result_row
 from ..io.grouping import image_key, read_primary_header
 from ..io.inputs import open_image
 from .jwstpars import choose_catalogs, ignored_settings, parse_catfile
+from .parameters import (
+    absolute_parameters,
+    check_sip_parameters,
+    normalise_lists,
+    relative_parameters,
+)
 from .tasks import describe_error, header_task, key_from_file
 
 __all__ = ["Plan", "RunSettings", "Unit", "plan", "plan_units", "settings"]
@@ -96,9 +102,9 @@ def settings(pars, inputs, stream=None, save=False, copy_inputs=None):
     ``stream`` defaults to ``save`` when every input is a file; ``copy_inputs`` to
     "not inside a pipeline" (pipelines that run on their own models align them in place).
     """
-    pars._normalise_lists()
-    rel, abs_ = pars.relative_parameters(), pars.absolute_parameters()
-    pars._check_sip_parameters()
+    normalise_lists(pars)
+    rel, abs_ = relative_parameters(pars), absolute_parameters(pars)
+    check_sip_parameters(pars)
     on_disk = all(image.path is not None for image in inputs.images)
     stream = on_disk and (save if stream is None else stream)
     refcat = None

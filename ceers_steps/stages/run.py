@@ -36,9 +36,8 @@ def run_stages(pars, inputs, catalogs=None, save=False, suffix="tweakreg", strea
     ----------
     pars : CeersTweakRegStep
         The step (or any object with its parameters and hooks: ``_find_sources``,
-        ``_write_catalog``, ``_run_tasks``, ``_sip``, ``output_dir_path``,
-        ``image_output_path``, ``read_refcat``, ``relative_parameters``,
-        ``absolute_parameters``). The results table is left in ``pars.results``,
+        ``_write_catalog``, ``_catalog_output_path``, ``_run_tasks``, ``output_dir_path``,
+        ``image_output_path``, ``read_refcat``). The results table is left in ``pars.results``,
         the reports written in ``pars.report_paths``.
     inputs : InputSet
     catalogs : list of CatalogResult, optional

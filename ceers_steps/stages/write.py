@@ -11,6 +11,7 @@ from ..io.inputs import written_library
 from ..io.results import results_paths, write_ceers_results, write_results_table
 from ..io.wcs_models import save_wcs_model, wcs_dir_path, wcs_model_path
 from ..refcat.refcats import named_catalog, refcat_paths
+from .parameters import sip_options
 from .tasks import finish_aligned_model, write_aligned_task
 
 __all__ = ["not_aligned_reason", "retire_earlier_results", "write_images", "write_results"]
@@ -48,7 +49,7 @@ def _finish_in_memory(pars, inputs, images, fitted, suffix, wcs_dir, save):
     readable = [im for im in images if im.model is not None]
     for im in readable:
         status, wcs_name = fitted.statuses[im.name]
-        finish_aligned_model(im.model, None, wcs_name, status, pars._sip(), log=log)
+        finish_aligned_model(im.model, None, wcs_name, status, sip_options(pars), log=log)
     # Every output of the run (images saved by stpipe afterwards, WCS models) checked first.
     saved = [im for im in readable if not im.status.get("unusable")] if wcs_dir else []
     wcs_paths = [(wcs_model_path(wcs_dir, im.model.meta.filename), im.name) for im in saved]
@@ -87,7 +88,7 @@ def _write_streamed(pars, inputs, the_plan, fitted, suffix, wcs_dir, save):
     tasks, members = [], []
     for image, im, cat, status, wcs_name, out_path, wcs_path in plan:
         tasks.append((image.path, out_path, im.model.meta.wcs if status == "COMPLETE" else None,
-                      wcs_name, status, pars._sip(), wcs_path, cat,
+                      wcs_name, status, sip_options(pars), wcs_path, cat,
                       not_aligned_reason(fitted.rows, im.name) if status != "COMPLETE" else None))
         members.append({"expname": str(out_path), "exptype": "science",
                         "group_id": im.key.exposure})

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from ..core.logs import get_logger
-from ..fitting.parameters import AbsoluteParameters, RelativeParameters
 from ..io.inputs import load_inputs
 from ..refcat.refcats import named_catalog, read_reference_catalogs
+from ..stages import parameters as stage_parameters
 from ..stages.jwstpars import detection_parameters, parse_catfile
 from .base import CeersStep, ImageOutputMixin
 
@@ -129,21 +129,10 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
     """  # noqa: E501
 
     def relative_parameters(self):
-        return RelativeParameters(
-            fitgeometry=self.fitgeometry, use2dhist=self.use2dhist,
-            enforce_user_order=self.enforce_user_order, expand_refcat=self.expand_refcat,
-            minobj=self.minobj, searchrad=self.searchrad, separation=self.separation,
-            tolerance=self.tolerance, xoffset=self.xoffset, yoffset=self.yoffset,
-            nclip=self.nclip, sigma=self.sigma)
+        return stage_parameters.relative_parameters(self)
 
     def absolute_parameters(self):
-        return AbsoluteParameters(
-            minobj=self.abs_minobj, searchrad=self.abs_searchrad, use2dhist=self.abs_use2dhist,
-            separation=self.abs_separation, tolerance=self.abs_tolerance,
-            fitgeometry=self.abs_fitgeometry, nclip=self.abs_nclip, sigma=self.abs_sigma,
-            group=self.abs_group, significance=self.abs_significance,
-            image_minobj=self.abs_image_minobj, fitgeometry_lw=self.abs_fitgeometry_lw,
-            detector_rotations=self.abs_detector_rotations)
+        return stage_parameters.absolute_parameters(self)
 
     def check_parameters(self):
         """
@@ -190,18 +179,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
                           stream=stream, copy_inputs=copy_inputs)
 
     def _normalise_lists(self):
-        """
-        ``abs_refcat`` and ``abs_cuts`` as one string: on a command line or in a
-        parameter file configobj turns ``a.ecsv,b.ecsv`` into a list.
-        """
-        for name, sep in (("abs_refcat", ", "), ("abs_cuts", "; ")):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                setattr(self, name, sep.join(str(v).strip() for v in value))
-            elif value is None:
-                setattr(self, name, "")
-            elif not isinstance(value, str):
-                raise TypeError(f"{name} must be a string, not {value!r}")
+        stage_parameters.normalise_lists(self)
 
     def read_refcat(self):
         """
@@ -248,20 +226,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         return str(path)
 
     def _check_sip_parameters(self):
-        for name in ("sip_max_pix_error", "sip_max_inv_pix_error"):
-            value = getattr(self, name)
-            if value is None or not value > 0:
-                raise ValueError(f"{name} must be positive (pixels), not {value}")
-        if self.sip_npoints is None or self.sip_npoints < 3:
-            raise ValueError(f"sip_npoints must be at least 3, not {self.sip_npoints}")
-        for name in ("sip_degree", "sip_inv_degree"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be between 1 and 6 or None, not {value}")
+        stage_parameters.check_sip_parameters(self)
 
     def _sip(self):
-        if not self.sip_approx:
-            return None
-        return {"max_pix_error": self.sip_max_pix_error, "degree": self.sip_degree,
-                "max_inv_pix_error": self.sip_max_inv_pix_error,
-                "inv_degree": self.sip_inv_degree, "npoints": self.sip_npoints}
+        return stage_parameters.sip_options(self)
