@@ -21,7 +21,7 @@ from pathlib import Path
 import asdf
 import numpy as np
 
-from ceers_steps.fitting.jointfit import _rotation_deg
+from ceers_steps.fitting.visit_model import _rotation_deg
 from ceers_steps.synthetic import ceers_data_dir
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .jointfit import _isolated, _robust_sigma, offset_from_2dhist
+from .source_matching import _isolated, offset_from_2dhist
 
 __all__ = ["CHANCE_PROBABILITY", "MIN_RADIUS", "OFFSET_SIGMA", "SCATTER_FACTOR", "ImageVerdict",
            "judge_images", "screen_images"]
@@ -78,6 +78,12 @@ def _poisson():
     from scipy.stats import poisson
 
     return poisson
+
+
+def _robust_sigma(r):
+    """Per-axis scatter from the median absolute deviation (Gaussian-equivalent)."""
+    s = 1.4826 * np.median(np.abs(r - np.median(r, axis=0)), axis=0)
+    return np.maximum(s, 1e-6)
 
 
 def _density(ref_xy):
