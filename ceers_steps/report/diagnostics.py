@@ -376,15 +376,7 @@ def grade_images(residuals, uncertainty=None, searchrad=1.0, limits=None, failur
             check.append(f"uncertainty {err:.1f} mas at a corner")
         held = holdout.get(r.name)
         if held is not None:
-            h_err, h_sig, centre, h_n = (float(v) for v in held)
-            if (np.isfinite(h_err) and np.isfinite(centre) and centre > 0
-                    and h_err > limits.holdout_check * centre):
-                check.append(f"held-out error {h_err:.1f} mas ({int(h_n)} of its sources held "
-                             f"out), {h_err / centre:.1f}x the model's {centre:.1f} mas")
-            if n_refs < limits.min_reference_good:
-                check.append(f"uncertainty from only {n_refs} reference sources (fewer than "
-                             f"{limits.min_reference_good}): itself uncertain by "
-                             f"~{100 / np.sqrt(2 * max(n_refs - 3, 1)):.0f}%")
+            check += _holdout_checks(held, n_refs, limits)
         if r.correction > limits.correction_check * searchrad:
             check.append(f"correction {r.correction:.2f} arcsec, near the search radius "
                          f"{searchrad:g} arcsec")
@@ -399,3 +391,22 @@ def grade_images(residuals, uncertainty=None, searchrad=1.0, limits=None, failur
                                  rms_before=r.rms("before"), rms_after=r.rms("after"),
                                  offset=(float(mean[0]), float(mean[1])), offset_chi2=chi2))
     return grades
+
+
+def _holdout_checks(held, n_refs, limits):
+    """
+    What an image whose uncertainty comes from a joint fit needs checked: its held-out error
+    against the model's (``held``: ``holdout_err``, ``holdout_sigma``, ``err_center``,
+    ``holdout_n``, mas) and the reference sources behind its uncertainty.
+    """
+    check = []
+    h_err, h_sig, centre, h_n = (float(v) for v in held)
+    if (np.isfinite(h_err) and np.isfinite(centre) and centre > 0
+            and h_err > limits.holdout_check * centre):
+        check.append(f"held-out error {h_err:.1f} mas ({int(h_n)} of its sources held "
+                     f"out), {h_err / centre:.1f}x the model's {centre:.1f} mas")
+    if n_refs < limits.min_reference_good:
+        check.append(f"uncertainty from only {n_refs} reference sources (fewer than "
+                     f"{limits.min_reference_good}): itself uncertain by "
+                     f"~{100 / np.sqrt(2 * max(n_refs - 3, 1)):.0f}%")
+    return check
