@@ -142,7 +142,7 @@ def separation_mas(wcs_a, wcs_b, shape):
 def _image_wcs(path):
     """The gwcs of a FITS datamodel and its image shape; (None, None) for other FITS files."""
     from astropy.io import fits
-    from stdatamodels.jwst import datamodels
+    from jwst import datamodels  # on every jwst (1.7.2's stdatamodels has no .jwst)
 
     with fits.open(path) as h:
         if "ASDF" not in h:

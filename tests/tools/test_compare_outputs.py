@@ -38,7 +38,7 @@ def tiny_wcs(east_mas=0.0):
 
 
 def write_image(path, east_mas=0.0):
-    from stdatamodels.jwst.datamodels import ImageModel
+    from jwst.datamodels import ImageModel  # on every jwst (1.7.2's stdatamodels has no .jwst)
 
     with ImageModel(data=np.arange(32 * 32, dtype=np.float32).reshape(32, 32)) as model:
         model.meta.wcs = tiny_wcs(east_mas)
