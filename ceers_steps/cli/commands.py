@@ -136,7 +136,10 @@ def apply_wcs_main(argv=None):
               "that would overwrite the inputs", file=sys.stderr)
         return 2
     if not images[0].exists():
-        print(f"ceers-apply-wcs: image not found: {images[0]}", file=sys.stderr)
+        # Name the path the user gave (and where else it was looked for), not only the fallback.
+        given = Path(args.image) if args.image else images[0]
+        elsewhere = f" (nor {images[0]})" if images[0] != given else ""
+        print(f"ceers-apply-wcs: image not found: {given}{elsewhere}", file=sys.stderr)
         return 1
     from ..io.wcs_models import exposure_base
     from ..steps.apply_wcs_step import ApplyWcsStep

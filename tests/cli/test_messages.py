@@ -195,3 +195,15 @@ def test_survey_bad_tweakreg_parameter_writes_no_catalog(work, capsys, joint):
     assert "abs_tolerance must be positive" in captured.out + captured.err
     work.verify(0, 0)
     assert not [p for p in _written(out) if p.endswith(("_cat.ecsv", "_asn.json", ".fits"))]
+
+
+def test_apply_wcs_image_not_found_names_the_path_given(tmp_path, capsys, monkeypatch):
+    """A relative --image that exists nowhere is named as the user typed it, then the fallback."""
+    from ceers_steps.cli.commands import apply_wcs_main
+
+    monkeypatch.chdir(tmp_path)
+    code = apply_wcs_main(["--image", "calibrated/x_cal.fits", "--wcs-dir", "models"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "image not found: calibrated/x_cal.fits (nor calibrated/calibrated/x_cal.fits)" in err
+    assert not any(tmp_path.iterdir())
