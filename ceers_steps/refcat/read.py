@@ -1,6 +1,6 @@
 """Reading reference catalogs: columns in any case and unit, cuts, several files in priority order.
 
-The columns read are listed in `ceers_steps.refcat.refcats`.
+The columns read are listed in `ceers_steps.refcat`.
 """
 
 import operator

@@ -15,7 +15,7 @@ from ..core.logs import get_logger
 from ..fitting.images import result_row
 from ..fitting.visit import align_visit
 from ..io.results import format_summary, results_table, summary_line
-from ..refcat.refcats import refcat_label
+from ..refcat import refcat_label
 from .plan import joint_possible
 
 __all__ = ["Fitted", "fit", "statuses"]

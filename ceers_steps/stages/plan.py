@@ -348,7 +348,7 @@ def refcat_at_epoch(pars, refcat, group, visit_filter):
     """The reference catalog propagated to the mean epoch of a visit's images."""
     from astropy.time import Time
 
-    from ..refcat.refcats import at_epoch, collapse_near_duplicates, image_epoch
+    from ..refcat import at_epoch, collapse_near_duplicates, image_epoch
 
     epochs = [image_epoch(im.model) for im in group]
     known = [e for e in epochs if e is not None]
@@ -378,7 +378,7 @@ def refcat_at_epoch(pars, refcat, group, visit_filter):
 
 def fetch_named(pars, name, group, visit_filter, epochs):
     """A jwst named catalog around a visit's footprint, at the visit's mean epoch."""
-    from ..refcat.refcats import at_epoch, fetch_named_catalog
+    from ..refcat import at_epoch, fetch_named_catalog
 
     ra, dec, radius = footprint_centre(group)
     radius += pars.abs_searchrad / 3600.0

@@ -10,7 +10,7 @@ from ..core.logs import get_logger
 from ..io.inputs import written_library
 from ..io.results import results_paths, write_ceers_results, write_results_table
 from ..io.wcs_models import save_wcs_model, wcs_dir_path, wcs_model_path
-from ..refcat.refcats import named_catalog, refcat_paths
+from ..refcat import named_catalog, refcat_paths
 from .parameters import sip_options
 from .tasks import finish_aligned_model, write_aligned_task
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ..core.logs import get_logger
 from ..io.inputs import load_inputs
-from ..refcat.refcats import named_catalog, read_reference_catalogs
+from ..refcat import named_catalog, read_reference_catalogs
 from ..stages import parameters as stage_parameters
 from ..stages.jwstpars import detection_parameters, parse_catfile
 from .base import CeersStep, ImageOutputMixin
@@ -139,7 +139,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         Every parameter checked, naming it, before anything is read or written (a pipeline
         calls it before its catalog step writes catalogs).
         """
-        from ..refcat.refcats import _julian_year, parse_cuts
+        from ..refcat import julian_year, parse_cuts
 
         self.check_finite_parameters()
         self._normalise_lists()
@@ -148,7 +148,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         self._check_sip_parameters()
         detection_parameters(self)
         if self.abs_refcat_epoch is not None and str(self.abs_refcat_epoch).strip():
-            _julian_year(self.abs_refcat_epoch, "abs_refcat_epoch")
+            julian_year(self.abs_refcat_epoch, "abs_refcat_epoch")
         parse_cuts(self.abs_cuts)
 
     def _run_tasks(self, func, tasks, label, names=None):

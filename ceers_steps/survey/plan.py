@@ -173,7 +173,7 @@ def group_parameters(steps, options, fitted_with=()):
 
 def group_inputs(group, tweakreg):
     """A group's input files: its images and the reference catalog files it reads."""
-    from ..refcat.refcats import named_catalog, refcat_paths
+    from ..refcat import named_catalog, refcat_paths
 
     spec = tweakreg.get("abs_refcat") or ""
     refcats = [] if not spec or named_catalog(spec) else list(refcat_paths(spec))
@@ -211,7 +211,7 @@ def _planned_parameters(unit, options):
 
 def _tweakreg_options(tweakreg, options, say):
     """The options every run takes (refcat, WCS models, report); a message when it cannot run."""
-    from ..refcat.refcats import named_catalog, refcat_paths
+    from ..refcat import named_catalog, refcat_paths
 
     if options.abs_refcat:
         tweakreg["abs_refcat"] = options.abs_refcat

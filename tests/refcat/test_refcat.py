@@ -10,7 +10,7 @@ from conftest import accuracy, library_of, models_of, module_tmp
 
 from ceers_steps import CeersTweakRegStep
 from ceers_steps.core.wcs_utils import sky_difference_mas
-from ceers_steps.refcat.refcats import at_epoch, read_reference_catalogs
+from ceers_steps.refcat import at_epoch, read_reference_catalogs
 
 #: The synthetic visits are observed at MJD 59800 (2022-08-14).
 OBSERVED = Time(59800.002, format="mjd")
