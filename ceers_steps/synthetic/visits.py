@@ -6,7 +6,10 @@ size, plus a fixed per-source "intrinsic" offset from the catalog position, as
 galaxies' centroids differ between bands), noise, ERR and DQ, and an *assigned*
 WCS that carries a known error: a visit-wide shift and rotation, one shift per
 dither and optionally one shift per detector, all defined in a common tangent
-plane at the visit centre. Alignment is scored by comparing the aligned WCS
+plane at the visit centre. Optionally each detector also has a residual distortion (a
+smooth field of a few mas, the same in every visit and dither) that the assigned WCS
+lacks: the truth is then the true WCS with it inserted
+(`ceers_steps.core.distortion.insert_distortion`). Alignment is scored by comparing the aligned WCS
 with the true one on the sky (`ceers_steps.core.wcs_utils.sky_difference_mas`).
 
 Two sources of truth:
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ..core.distortion import DetectorDistortion, insert_distortion
 from ..core.fileio import write_association
 from ..core.wcs_utils import pixel_axes, tangent_plane, world_to_pixel_exact
 from .artifacts import ArtifactRecord, add_nircam_artifacts
@@ -65,14 +69,18 @@ __all__ = [
 
 @dataclass
 class SyntheticImage:
-    """One synthetic image: its model (assigned, erroneous WCS) and its true WCS."""
+    """
+    One synthetic image: its model (assigned, erroneous WCS) and its true WCS (with the
+    injected residual distortion inserted, when there is one).
+    """
 
     model: object
     true_wcs: object
     detector: str
     dither: int
     error_shift: tuple = (0.0, 0.0)
-    #: 0-based true pixel positions (x, y) and total fluxes of the rendered sources.
+    #: 0-based pixel positions (x, y) where the sources are rendered (their pixels through
+    #: ``true_wcs``) and their total fluxes.
     true_sources: object = None
     #: What `add_nircam_artifacts` added (None for a clean frame).
     artifacts: object = None
@@ -152,8 +160,12 @@ def _errors(rng, truths, detectors, n_dithers, plane, centers, cx, cy, dither_er
                    det_rotation=det_rotation, det_centre=det_centre)
 
 
-def _sources_on(sky, true, det, shape, rng, galaxy_offsets, galaxy_scatter, zeropoint):
-    """0-based true pixel positions, total fluxes and Gaussian sigmas of the sources on one image."""
+def _sources_on(sky, true, det, shape, rng, galaxy_offsets, galaxy_scatter, zeropoint,
+                distortion=None):
+    """
+    0-based pixel positions, total fluxes and Gaussian sigmas of the sources on one image:
+    their pixels through ``true``, moved by the residual ``distortion`` when given.
+    """
     cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
     refcat = sky.refcat
     scale = DETECTOR_GEOMETRY[det][3]
@@ -168,6 +180,9 @@ def _sources_on(sky, true, det, shape, rng, galaxy_offsets, galaxy_scatter, zero
         dec_s = np.asarray(refcat["DEC"])[near] + own_off[:, 1] / 3600.0
     x, y = world_to_pixel_exact(true, ra_s, dec_s)
     inside = (x > -20) & (x < shape[1] + 20) & (y > -20) & (y < shape[0] + 20)
+    x, y = x[inside], y[inside]
+    if distortion is not None:
+        x, y = _distorted_pixels(distortion, x, y)
     mags = np.asarray(refcat["MAG"])[near][inside]
     rh = np.asarray(refcat["rh"])[near][inside]
     # PSF (FWHM ~ 0.06" SW / 0.13" LW) convolved with a compact version of the HST size.
@@ -175,7 +190,37 @@ def _sources_on(sky, true, det, shape, rng, galaxy_offsets, galaxy_scatter, zero
     size = 0.25 * rh * 0.06 / 2.355
     sigma = np.hypot(psf_sigma, size) / scale
     flux = 10 ** (-0.4 * (mags - zeropoint))
-    return x[inside], y[inside], flux, sigma
+    return x, y, flux, sigma
+
+
+def _distorted_pixels(distortion, xt, yt, iterations=3):
+    """
+    The pixels ``x`` that the residual distortion takes to the true-WCS pixels ``xt``:
+    ``x + D(x) = xt``, by fixed-point steps (D's gradient is ~1e-4 per pixel, each step
+    gains ~4 decades).
+    """
+    x, y = xt.copy(), yt.copy()
+    for _ in range(iterations):
+        dx, dy = distortion.offset(x, y)
+        x, y = xt - dx, yt - dy
+    return x, y
+
+
+def _check_distortion(distortion, detectors):
+    """detector -> DetectorDistortion for this visit's detectors (those with one)."""
+    if distortion is None:
+        return {}
+    if not isinstance(distortion, dict):
+        raise TypeError("distortion must be a dict detector -> DetectorDistortion, "
+                        f"not {type(distortion).__name__}")
+    out = {}
+    for det, dist in distortion.items():
+        if not isinstance(dist, DetectorDistortion):
+            raise TypeError(f"distortion[{det!r}] must be a DetectorDistortion, "
+                            f"not {type(dist).__name__}")
+        if det in detectors and not dist.is_zero:
+            out[det] = dist
+    return out
 
 
 def _assigned_wcs(true, wcsinfo, plane, matrix, visit_shift, shift, rotation_arcsec, centre):
@@ -212,6 +257,7 @@ def make_visit(
     galaxy_offsets="source",
     intrinsic_offsets=None,
     offset_correlation=1.0,
+    distortion=None,
 ):
     """
     Build a synthetic visit with a known WCS error.
@@ -278,6 +324,14 @@ def make_visit(
     offset_correlation : float
         With ``intrinsic_offsets``: this channel's offsets are ``rho * given +
         sqrt(1 - rho**2) * own`` (``rho`` = this; 1: the same offsets in both filters).
+    distortion : dict, optional
+        Detector -> `~ceers_steps.core.distortion.DetectorDistortion` (`random_distortion`):
+        a residual distortion, the same in every dither (give the same dict to every visit
+        of a survey), that the assigned WCS lacks. A source whose pixel through the
+        distortion-free WCS is ``x_t`` is rendered at ``x`` with ``x + D(x) = x_t``; the
+        image's ``true_wcs`` is that WCS with ``D`` inserted, so every score against it
+        counts the residual. Detectors not in it have none. Draws no random numbers: a
+        seed gives the same visit otherwise.
 
     Returns
     -------
@@ -285,6 +339,7 @@ def make_visit(
     """
     from ..core.compat import ImageModel
 
+    distortion = _check_distortion(distortion, detectors)
     rng = np.random.default_rng(seed)
     data_dir = ceers_data_dir() if use_real in (None, True) else None
     if use_real and data_dir is None:
@@ -311,7 +366,7 @@ def make_visit(
     images = []
     for (det, d), (true, wcsinfo) in truths.items():
         x, y, flux, sigma = _sources_on(sky, true, det, shape, rng, galaxy_offsets,
-                                        galaxy_scatter, zeropoint)
+                                        galaxy_scatter, zeropoint, distortion.get(det))
         sci, err, dq = noisy_frame(shape, x, y, flux, sigma, noise, rng)
         record = None
         if artifacts:
@@ -323,6 +378,9 @@ def make_visit(
         # The read-noise variance, by which resample and outlier detection weight ("ivm").
         model = ImageModel(data=sci, err=err, dq=dq, var_rnoise=err.astype(np.float32) ** 2)
         _fill_meta(model, det, d, filter_name, visit_id, group, wcsinfo, assigned)
+        if det in distortion:
+            # Full frames and the corner of one alike: the image's first pixel is the frame's.
+            true = insert_distortion(true, distortion[det])
         images.append(SyntheticImage(model=model, true_wcs=true, detector=det, dither=d,
                                      error_shift=tuple(np.asarray(visit_shift) + shift),
                                      true_sources=np.column_stack([x, y, flux]),
@@ -336,6 +394,7 @@ def make_visit(
         "detector_rotation": errors.det_rotation,
         "intrinsic_offsets": sky.offsets,
         "galaxy_offsets": galaxy_offsets,
+        "distortion": distortion,
         "real": real,
     }
     return SyntheticVisit(images=images, refcat=refcat, center=(ra0, dec0), truth=truth)
@@ -419,8 +478,9 @@ def oracle_floor(visit, fitgeometry="rshift", detector_terms=True):
 
     The joint model is fitted to detections placed through the *true* WCS, whose
     ideal correction is the identity: what it finds instead is the noise of the
-    galaxies' intrinsic offsets. The images' catalogs are read from
-    ``meta.tweakreg_catalog``. Returns (median per-image RMS, worst point).
+    galaxies' intrinsic offsets. With an injected residual distortion the true WCS
+    carries it, so this is the floor of an alignment that knows the residual exactly.
+    The images' catalogs are read from ``meta.tweakreg_catalog``. Returns (median per-image RMS, worst point).
     """
     from ..core.wcs_utils import pixel_grid, tangent_plane
     from ..detection.catalogs import read_catalog
