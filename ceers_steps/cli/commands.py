@@ -104,6 +104,10 @@ def _apply_wcs_parser():
     p.add_argument("--max-offset", type=float, default=2.0, metavar="ARCSEC",
                    help="refuse a model that puts its image farther than this from the image's "
                         "own WCS (2 arcsec; CEERS' own tweaks moved images by < 0.4)")
+    p.add_argument("--distortion-file", default="", metavar="FILES",
+                   help="residual distortion to insert after the WCS models: a "
+                        "ceers_distortion_<detector>.asdf file, a comma-separated list, or a "
+                        "folder of them (an image whose WCS carries one already is refused)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist already (never the inputs); without "
                         "it such a run stops before writing anything, naming the file")
@@ -114,6 +118,12 @@ def _apply_wcs_parser():
 
     add_verbose(p)
     return p
+
+
+def _resolved_list(paths):
+    """A comma-separated list of paths, each resolved from the working directory."""
+    return ",".join(str(Path(p.strip()).expanduser().resolve()) for p in paths.split(",")
+                    if p.strip())
 
 
 @one_line_errors("ceers-apply-wcs")
@@ -163,6 +173,7 @@ def apply_wcs_main(argv=None):
                  output_dir=str(out_dir), suffix=args.output_suffix,
                  skip_missing=args.skip_missing, force=args.force, overwrite=args.overwrite,
                  save_results=True, max_offset=args.max_offset,
+                 distortion_file=_resolved_list(args.distortion_file),
                  n_jobs=args.n_jobs, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"ceers-apply-wcs: {exc}", file=sys.stderr)

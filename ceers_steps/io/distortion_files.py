@@ -45,6 +45,7 @@ __all__ = [
     "CONVENTION",
     "TREE_KEY",
     "apply_distortion",
+    "distorted_wcs",
     "distortion_file_name",
     "image_detector",
     "read_distortion_file",
@@ -344,6 +345,50 @@ def image_detector(model):
     return detector_from_name(name) if name else None
 
 
+def distorted_wcs(wcs, detector, distortions, origin=(0.0, 0.0), image_name="image"):
+    """
+    An image's WCS with its detector's residual distortion inserted.
+
+    Parameters
+    ----------
+    wcs : `gwcs.WCS` or None
+        The image's WCS (not changed).
+    detector : str or None
+        The image's detector, lower case (`image_detector`).
+    distortions : dict
+        Detector -> DetectorDistortion (`read_distortion_files`).
+    origin : (float, float)
+        Full-frame position of the image's first pixel
+        (`~ceers_steps.core.distortion.subarray_origin`).
+    image_name : str
+        Name of the image in messages.
+
+    Returns
+    -------
+    wcs : `gwcs.WCS`
+        A copy with the correction in front of the detector-to-V2V3 transform; ``wcs``
+        itself when there is no file for the detector.
+    status : str
+        ``"applied"``, or ``"no file for <detector>"``.
+
+    Raises
+    ------
+    ValueError
+        Naming the image: it has no WCS, or its WCS already carries a residual distortion
+        (a second would count the residual twice).
+    """
+    dist = distortions.get(detector) if detector else None
+    if dist is None:
+        return wcs, f"no file for {detector or 'an unknown detector'}"
+    if wcs is None:
+        raise ValueError(f"{image_name}: no WCS to insert the residual distortion into")
+    if has_distortion(wcs):
+        raise ValueError(f"{image_name}: its WCS already carries a residual distortion "
+                         "(ceers_distortion, e.g. from a --fit-distortion run); a second one "
+                         "would count the residual twice")
+    return insert_distortion(wcs, dist, origin), "applied"
+
+
 def apply_distortion(model, distortions, image_name=None):
     """
     Insert its detector's residual distortion into an image's WCS (``meta.wcs``).
@@ -352,8 +397,9 @@ def apply_distortion(model, distortions, image_name=None):
     ----------
     model : ImageModel
         Changed in place: ``meta.wcs`` becomes a copy with the correction in front of
-        its detector-to-V2V3 transform (`~ceers_steps.core.distortion.insert_distortion`,
-        origin `~ceers_steps.core.distortion.subarray_origin`).
+        its detector-to-V2V3 transform (`distorted_wcs`, origin
+        `~ceers_steps.core.distortion.subarray_origin`). The FITS keywords of
+        ``meta.wcsinfo`` (the SIP approximation) are not refitted.
     distortions : dict
         Detector -> DetectorDistortion (`read_distortion_files`).
     image_name : str, optional
@@ -367,24 +413,14 @@ def apply_distortion(model, distortions, image_name=None):
     Raises
     ------
     ValueError
-        Naming the image: it has no WCS, or its WCS already carries a residual distortion
-        (a second would count the residual twice).
+        Naming the image: it has no WCS, or its WCS already carries a residual distortion.
     """
     from .inputs import trusted_assignment
 
     name = image_name or getattr(model.meta, "filename", None) or "image"
-    det = image_detector(model)
-    dist = distortions.get(det) if det else None
-    if dist is None:
-        return f"no file for {det or 'an unknown detector'}"
-    wcs = getattr(model.meta, "wcs", None)
-    if wcs is None:
-        raise ValueError(f"{name}: no WCS to insert the residual distortion into")
-    if has_distortion(wcs):
-        raise ValueError(f"{name}: its WCS already carries a residual distortion "
-                         "(ceers_distortion, e.g. from a --fit-distortion run); a second one "
-                         "would count the residual twice")
-    new = insert_distortion(wcs, dist, subarray_origin(model))
-    with trusted_assignment(model):
-        model.meta.wcs = new
-    return "applied"
+    wcs, status = distorted_wcs(getattr(model.meta, "wcs", None), image_detector(model),
+                                distortions, subarray_origin(model), name)
+    if status == "applied":
+        with trusted_assignment(model):
+            model.meta.wcs = wcs
+    return status

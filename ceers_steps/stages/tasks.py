@@ -18,6 +18,8 @@ from ..io.grouping import image_key, read_primary_header
 
 __all__ = [
     "CatalogResult",
+    "WcsPlan",
+    "apply_wcs_plan",
     "apply_wcs_task",
     "ImageHeader",
     "describe_error",
@@ -26,6 +28,7 @@ __all__ = [
     "header_task",
     "image_arrays",
     "key_from_file",
+    "plan_apply_wcs",
     "write_aligned_task",
 ]
 
@@ -258,10 +261,114 @@ def header_task(path):
         model.close()
 
 
-def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir,
-                   max_offset=None):
+@dataclass
+class WcsPlan:
     """
-    Apply one image's saved WCS model and write the result into ``tmp_dir``.
+    What `plan_apply_wcs` decided for one image.
+
+    ``found`` is the saved WCS model to apply (path, wcsinfo, wcs) or None; ``wcs`` the WCS
+    with the residual distortion to set after it (None: none inserted); ``distortion`` the
+    distortion's status (``"applied"``, ``"no file for <detector>"``, or None when no
+    distortion was asked for or the image is passed through); ``skipped`` whether the image
+    is passed through without a saved model; ``warnings`` what to log; ``source`` the
+    distortion file inserted.
+    """
+
+    found: tuple | None
+    wcs: object = None
+    distortion: str | None = None
+    skipped: bool = False
+    warnings: list = None
+    source: str | None = None
+
+
+def plan_apply_wcs(model, name, wcs_dir, force, skip_missing, max_offset, distortions=None):
+    """
+    Check one image's saved WCS model and residual distortion before anything is applied.
+
+    Parameters
+    ----------
+    model : ImageModel
+        Not changed.
+    name : str
+        The image's name in messages.
+    wcs_dir, force, max_offset
+        As `ceers_steps.io.wcs_models.load_wcs_for_image`.
+    skip_missing : bool
+        Pass an image through unchanged, with a warning, instead of raising for its problem.
+    distortions : dict, optional
+        Detector -> DetectorDistortion, inserted after the saved model (into the image's own
+        WCS when it has no usable model and ``skip_missing`` passes it).
+
+    Returns
+    -------
+    WcsPlan
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Without ``skip_missing``: naming the image and the problem (no usable model; a WCS
+        that already carries a residual distortion).
+    """
+    from ..core.distortion import subarray_origin
+    from ..io.distortion_files import distorted_wcs, image_detector
+    from ..io.wcs_models import load_wcs_for_image
+
+    problem = None
+    try:
+        found = load_wcs_for_image(model, wcs_dir, name, force=force, max_offset=max_offset)
+    except (FileNotFoundError, ValueError) as exc:
+        if not skip_missing:
+            raise
+        found, problem = None, str(exc)
+    wcs, status, source = None, None, None
+    if distortions:
+        base = found[2] if found is not None else getattr(model.meta, "wcs", None)
+        try:
+            if base is not None:
+                det = image_detector(model)
+                wcs, status = distorted_wcs(base, det, distortions, subarray_origin(model),
+                                            name)
+                source = distortions[det].meta.get("file") if status == "applied" else None
+        except ValueError as exc:
+            if not skip_missing:
+                raise
+            return WcsPlan(None, skipped=True, warnings=[
+                "; ".join([p for p in (problem, str(exc)) if p])
+                + "; image passed through unchanged"])
+    warnings = []
+    if problem:
+        kept = ("keeps its own WCS, with the residual distortion" if status == "applied"
+                else "passed through unchanged")
+        warnings.append(f"{problem}; image {kept}")
+    if status is not None and status != "applied":
+        warnings.append(f"{name}: {status}: no residual distortion inserted")
+        wcs = None
+    return WcsPlan(found, wcs=wcs, distortion=status, skipped=found is None, warnings=warnings,
+                   source=source)
+
+
+def apply_wcs_plan(model, plan):
+    """Apply a `WcsPlan` to its image: the saved model, then the WCS with the distortion."""
+    from ..io.inputs import trusted_assignment
+    from ..io.wcs_models import apply_wcs_model
+
+    if plan.found is not None:
+        _, wcsinfo, wcs = plan.found
+        apply_wcs_model(model, wcsinfo, wcs)
+    elif plan.skipped:
+        model.meta.cal_step.tweakreg = model.meta.cal_step.tweakreg or "SKIPPED"
+    if plan.wcs is not None:
+        with trusted_assignment(model):
+            model.meta.wcs = plan.wcs
+    return model
+
+
+def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir,
+                   max_offset=None, distortions=None):
+    """
+    Apply one image's saved WCS model (and residual distortion) and write the result into
+    ``tmp_dir``.
 
     The caller publishes every written file only when every image succeeded
     (`ceers_steps.steps.apply_wcs_step.ApplyWcsStep`), so one bad image still stops a
@@ -271,12 +378,13 @@ def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir,
     -------
     dict
         ``name``, ``output`` (the final path), ``written`` (the file in ``tmp_dir``),
-        ``applied`` (the WCS model used, or None when passed through), ``warning``;
-        or, for a problem, ``name``, ``error`` (message) and ``kind`` (exception type name).
+        ``applied`` (the WCS model used, or None when passed through), ``distortion`` and
+        ``source`` (`WcsPlan`'s), ``warnings`` (list); or, for a problem, ``name``, ``error``
+        (message) and ``kind`` (exception type name).
     """
     from ..core.fileio import inside_folder
     from ..io.inputs import InputImage, open_image
-    from ..io.wcs_models import apply_wcs_model, exposure_base, load_wcs_for_image
+    from ..io.wcs_models import exposure_base
 
     name = Path(path).name
     try:
@@ -285,17 +393,12 @@ def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir,
         return {"name": name, "error": str(exc), "kind": type(exc).__name__}
     try:
         filename = model.meta.filename or name
-        warning, applied = None, None
         try:
-            applied, wcsinfo, wcs = load_wcs_for_image(model, wcs_dir, filename, force=force,
-                                                       max_offset=max_offset)
+            plan = plan_apply_wcs(model, filename, wcs_dir, force, skip_missing, max_offset,
+                                  distortions)
         except (FileNotFoundError, ValueError) as exc:
-            if not skip_missing:
-                return {"name": name, "error": str(exc), "kind": type(exc).__name__}
-            warning = f"{exc}; image passed through unchanged"
-            model.meta.cal_step.tweakreg = model.meta.cal_step.tweakreg or "SKIPPED"
-        else:
-            apply_wcs_model(model, wcsinfo, wcs)
+            return {"name": name, "error": str(exc), "kind": type(exc).__name__}
+        apply_wcs_plan(model, plan)
         try:
             output = inside_folder(Path(out_dir) / f"{exposure_base(filename)}_{suffix}.fits",
                                    out_dir)
@@ -308,4 +411,5 @@ def apply_wcs_task(path, wcs_dir, force, skip_missing, out_dir, suffix, tmp_dir,
     finally:
         model.close()
     return {"name": name, "output": str(output), "written": str(written),
-            "applied": None if applied is None else str(applied), "warning": warning}
+            "applied": None if plan.found is None else str(plan.found[0]),
+            "distortion": plan.distortion, "source": plan.source, "warnings": plan.warnings}

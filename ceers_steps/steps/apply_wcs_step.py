@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ..core.logs import get_logger
 from ..io.inputs import load_inputs, open_image
-from ..io.wcs_models import apply_wcs_model, load_wcs_for_image, wcs_dir_path
+from ..io.wcs_models import wcs_dir_path
 from .base import CeersStep, ImageOutputMixin
 
 __all__ = ["ApplyWcsStep"]
@@ -30,6 +30,15 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
     output file that exists already is an error naming it (nothing is written)
     unless ``overwrite`` is set; inputs are never written over.
 
+    ``distortion_file`` (a residual-distortion file ``ceers_distortion_<detector>.asdf``,
+    a comma-separated list of them, or a folder holding them) inserts each image's
+    detector's residual distortion into its WCS after the saved model (or into the image's
+    own WCS when ``skip_missing`` passes it without one), before the detector-to-V2V3
+    transform, so that resample uses it. An image whose WCS already carries one (a model
+    saved by a ``fit_distortion`` run) is refused like a bad model, never given a second;
+    an image of a detector without a file is left without one, with a warning. The FITS
+    SIP keywords of ``meta.wcsinfo`` are not refitted.
+
     Several image files with ``save_results`` (``strun`` on an association,
     ``ceers-apply-wcs --all``) are streamed: each worker of ``n_jobs`` (or of a
     Dask ``scheduler``) opens one image, checks and applies its model and writes
@@ -50,6 +59,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         output_use_model = boolean(default=True)  # Name outputs after meta.filename
         n_jobs = integer(default=None)  # Worker processes when streaming several files: None or 0 = all cores, 1 = serial, -N = all but N-1
         scheduler = string(default='')  # Address of a dask.distributed scheduler [tcp://host:8786] for that work; empty = local
+        distortion_file = string(default='')  # Residual distortion to insert after the saved WCS models: a ceers_distortion_<detector>.asdf file, a comma-separated list, or a folder of them; empty = none
     """  # noqa: E501
 
     def wcs_dir_path(self):
@@ -66,14 +76,23 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
             raise ValueError(f"max_offset must be a positive number of arcsec, not {value!r}")
         return float(value)
 
+    def distortions(self):
+        """The residual distortions of ``distortion_file``: detector -> DetectorDistortion."""
+        from ..io.distortion_files import read_distortion_files
+
+        return read_distortion_files(self.distortion_file or "")
+
     def process(self, input_data):
+        from ..stages.tasks import apply_wcs_plan, plan_apply_wcs
+
         inputs = load_inputs(input_data)
         self._max_offset()
+        distortions = self.distortions()
         self.remember_inputs(inputs)
         wcs_dir = self.wcs_dir_path()
         if (self.save_results and len(inputs.images) > 1
                 and all(image.path is not None for image in inputs.images)):
-            return self._stream(inputs, wcs_dir)
+            return self._stream(inputs, wcs_dir, distortions)
         plan = []
         # Check every image first, so that a bad one stops the run before anything is written.
         in_memory = set()  # ids of the models this run did not open from a file
@@ -82,24 +101,24 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
             if image.path is None:
                 in_memory.add(id(model))
             try:
-                found = load_wcs_for_image(model, wcs_dir, model.meta.filename or image.name,
-                                           force=self.force, max_offset=self._max_offset())
-            except (FileNotFoundError, ValueError) as exc:
-                if not self.skip_missing:
-                    # Files this run opened are closed before the run fails.
-                    for opened in [m for m, _ in plan] + [model]:
-                        if id(opened) not in in_memory:
-                            opened.close()
-                    raise
-                log.warning("%s; image passed through unchanged", exc)
+                planned = plan_apply_wcs(model, model.meta.filename or image.name, wcs_dir,
+                                         self.force, self.skip_missing, self._max_offset(),
+                                         distortions)
+            except (FileNotFoundError, ValueError):
+                # Files this run opened are closed before the run fails.
+                for opened in [m for m, _ in plan] + [model]:
+                    if id(opened) not in in_memory:
+                        opened.close()
+                raise
+            for warning in planned.warnings:
+                log.warning("%s", warning)
+            if planned.skipped:
                 model.meta.cal_step.tweakreg = model.meta.cal_step.tweakreg or "SKIPPED"
-                found = None
-            plan.append((model, found))
-        for model, found in plan:
-            if found is not None:
-                path, wcsinfo, wcs = found
-                apply_wcs_model(model, wcsinfo, wcs)
-                log.info("%s: applied %s", model.meta.filename, path)
+            plan.append((model, planned))
+        for model, planned in plan:
+            apply_wcs_plan(model, planned)
+            _log_applied(model.meta.filename, planned.found and planned.found[0],
+                         planned.distortion, planned.source)
         models = [m for m, _ in plan]
         if len(models) == 1 and inputs.asn is None:
             return models[0]
@@ -107,7 +126,7 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
 
         return make_library(models)
 
-    def _stream(self, inputs, wcs_dir):
+    def _stream(self, inputs, wcs_dir, distortions):
         """Per-image tasks write into a temporary folder; published only if all succeeded."""
         import os
         import shutil
@@ -137,7 +156,8 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         try:
             done = run_tasks(apply_wcs_task,
                              [(image.path, wcs_dir, self.force, self.skip_missing, out_dir,
-                               self.suffix, tmp, self._max_offset()) for image in inputs.images],
+                               self.suffix, tmp, self._max_offset(), distortions)
+                              for image in inputs.images],
                              n_jobs=self.n_jobs, scheduler=self.scheduler or None,
                              label="Applying WCS models",
                              names=[image.name for image in inputs.images])
@@ -149,10 +169,10 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
             check_outputs([(r["output"], r["name"]) for r in done], self._input_paths,
                           overwrite=self.overwrite)
             for result in done:
-                if result["warning"]:
-                    log.warning("%s", result["warning"])
-                else:
-                    log.info("%s: applied %s", result["name"], result["applied"])
+                for warning in result["warnings"]:
+                    log.warning("%s", warning)
+                _log_applied(result["name"], result["applied"], result["distortion"],
+                             result["source"])
                 os.replace(result["written"], result["output"])
                 log.info("Saved %s", result["output"])
         finally:
@@ -160,3 +180,11 @@ class ApplyWcsStep(ImageOutputMixin, CeersStep):
         name = (inputs.asn or {}).get("products", [{}])[0].get("name", "apply_wcs")
         members = [{"expname": r["output"], "exptype": "science"} for r in done]
         return written_library({"products": [{"name": name, "members": members}]}, outputs=True)
+
+
+def _log_applied(name, path, distortion, source):
+    """Say what was applied to an image: its saved model, the residual distortion."""
+    if path:
+        log.info("%s: applied %s", name, path)
+    if distortion == "applied":
+        log.info("%s: residual distortion inserted%s", name, f" ({source})" if source else "")

@@ -251,3 +251,127 @@ def test_streamed_outputs_never_overwrite_inputs(small_visit_dir, saved_models, 
                           output_dir=str(folder), suffix="cal", save_results=True, n_jobs=2)
     assert {p: file_digest(p) for p in paths} == digests
     assert sorted(folder.iterdir()) == sorted(paths)  # no temporary folder left either
+
+
+def _nrca1_distortion(folder):
+    """A residual of ~3 mas rms for NRCA1 only, written as its file; (distortion, path)."""
+    from ceers_steps.core.distortion import DetectorDistortion
+    from ceers_steps.io.distortion_files import distortion_file_name, write_distortion_file
+
+    rng = np.random.default_rng(7)
+    dist = DetectorDistortion("nrca1", rng.normal(0.0, 0.1, (2, 7)))
+    return dist, write_distortion_file(Path(folder) / distortion_file_name("nrca1"), dist)
+
+
+def test_distortion_file_moves_sky_by_the_residual(small_visit_dir, saved_models, tmp_path,
+                                                   caplog):
+    """The residual is inserted after the saved model: NRCA1's sky positions move by it (mas),
+    NRCB4 (no file) keeps the saved model's and says so; no input or file is changed."""
+    from ceers_steps.core.distortion import has_distortion
+    from ceers_steps.io.wcs_models import read_wcs_model
+
+    dist, dist_path = _nrca1_distortion(tmp_path / "distortion")
+    digests = {p: file_digest(p) for p in [*small_visit_dir["paths"], dist_path]}
+    result = models_of(ApplyWcsStep.call([str(p) for p in small_visit_dir["paths"]],
+                                         wcs_dir=str(saved_models),
+                                         distortion_file=str(dist_path.parent)))
+    assert {p: file_digest(p) for p in digests} == digests
+    x, y = pixel_grid((1024, 1024))
+    dx, dy = dist.offset(x, y)
+    moved_mas = 31.0 * np.hypot(dx, dy)
+    assert 1.0 < np.sqrt(np.mean(moved_mas**2)) < 20.0  # a residual of a few mas
+    for model in result:
+        saved = read_wcs_model(saved_models / f"{exposure_base(model.meta.filename)}"
+                                              "_tweakreg.asdf")[2]
+        got = model.meta.wcs(x, y)
+        assert model.meta.cal_step.tweakreg == "COMPLETE"
+        if model.meta.instrument.detector == "NRCA1":
+            assert has_distortion(model.meta.wcs)
+            assert angular_separation_mas(*saved(x + dx, y + dy), *got).max() < 1e-6
+            shift = angular_separation_mas(*saved(x, y), *got)
+            assert np.max(np.abs(shift - moved_mas)) < 0.05 * moved_mas.max()
+        else:
+            assert not has_distortion(model.meta.wcs)
+            assert angular_separation_mas(*saved(x, y), *got).max() < 1e-6
+    assert "no file for nrcb4: no residual distortion inserted" in caplog.text
+    assert "residual distortion inserted" in caplog.text
+
+
+def test_distortion_is_never_applied_twice(small_visit_dir, tmp_path, caplog):
+    """A saved model carrying a residual (a fit_distortion run) and a distortion file: refused,
+    naming the image, nothing written; skip_missing passes the image through unchanged."""
+    from ceers_steps.core.distortion import has_distortion, insert_distortion
+    from ceers_steps.io.wcs_models import save_wcs_model
+
+    dist, dist_path = _nrca1_distortion(tmp_path)
+    path = small_visit_dir["paths"][0]
+    image = small_visit_dir["visit"].images[0].model
+    assert image.meta.instrument.detector == "NRCA1"
+    wcs_dir = tmp_path / "wcs"
+    fitted = insert_distortion(image.meta.wcs, dist)
+    save_wcs_model(wcs_dir / f"{exposure_base(path.name)}_tweakreg.asdf", path.name,
+                   image.meta.wcsinfo, fitted)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"{path.name}: its WCS already carries a residual "
+                                         "distortion"):
+        ApplyWcsStep.call(str(path), wcs_dir=str(wcs_dir), distortion_file=str(dist_path),
+                          output_dir=str(out), save_results=True)
+    assert not out.exists() or not list(out.glob("*.fits"))
+    # Without the file the saved model (with its residual) applies as it is.
+    plain = ApplyWcsStep.call(str(path), wcs_dir=str(wcs_dir))
+    assert has_distortion(plain.meta.wcs)
+    passed = ApplyWcsStep.call(str(path), wcs_dir=str(wcs_dir), distortion_file=str(dist_path),
+                               skip_missing=True)
+    assert "image passed through unchanged" in caplog.text
+    assert passed.meta.cal_step.tweakreg == "SKIPPED"
+    x, y = pixel_grid((1024, 1024))
+    assert angular_separation_mas(*passed.meta.wcs(x, y), *image.meta.wcs(x, y)).max() < 1e-6
+
+
+def test_distortion_on_own_wcs_when_skip_missing(small_visit_dir, tmp_path, caplog):
+    """No saved model and skip_missing: the image's own WCS gets the residual."""
+    dist, dist_path = _nrca1_distortion(tmp_path)
+    path = small_visit_dir["paths"][0]
+    own = small_visit_dir["visit"].images[0].model.meta.wcs
+    result = ApplyWcsStep.call(str(path), wcs_dir=str(tmp_path / "none"), skip_missing=True,
+                               distortion_file=str(dist_path))
+    assert "image keeps its own WCS, with the residual distortion" in caplog.text
+    x, y = pixel_grid((1024, 1024))
+    dx, dy = dist.offset(x, y)
+    assert angular_separation_mas(*own(x + dx, y + dy), *result.meta.wcs(x, y)).max() < 1e-6
+
+
+def test_bad_distortion_file_stops_the_run(small_visit_dir, saved_models, tmp_path):
+    bad = tmp_path / "ceers_distortion_nrca1.asdf"
+    bad.write_text("not asdf")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"{bad}: cannot be read as an ASDF file"):
+        ApplyWcsStep.call([str(p) for p in small_visit_dir["paths"]], wcs_dir=str(saved_models),
+                          distortion_file=str(bad), output_dir=str(out), save_results=True)
+    assert not out.exists()
+
+
+def test_cli_distortion_file_streamed(small_visit_dir, saved_models, tmp_path):
+    """``ceers-apply-wcs --all --distortion-file`` (a path relative to the working directory):
+    the streamed outputs of NRCA1 carry the residual, NRCB4's do not; the file is unchanged."""
+    from ceers_steps.core.distortion import has_distortion
+
+    dist, dist_path = _nrca1_distortion(tmp_path / "dist")
+    digest = file_digest(dist_path)
+    inputs = tmp_path / "calibrated"
+    inputs.mkdir()
+    for p in small_visit_dir["paths"]:
+        shutil.copy(p, inputs / p.name)
+    proc = run_cli(["ceers-apply-wcs", "--all", "--output-dir", "out", "--wcs-dir",
+                    str(saved_models), "--distortion-file", "dist/ceers_distortion_nrca1.asdf",
+                    "--n-jobs", "1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert file_digest(dist_path) == digest
+    carried = {}
+    for out in sorted((tmp_path / "out").glob("*_tweakreg.fits")):
+        with datamodels.open(out) as m:
+            carried[m.meta.instrument.detector] = carried.get(m.meta.instrument.detector, []) + [
+                has_distortion(m.meta.wcs)]
+    assert carried == {"NRCA1": [True, True], "NRCB4": [False, False]}
+    log = (tmp_path / "out" / "ceers-apply-wcs.log").read_text()
+    assert "no file for nrcb4" in log and "residual distortion inserted" in log
