@@ -76,7 +76,7 @@ def run(cmd, cwd):
     # count once (a plain RSS sum counts the parent's jwst import once per worker).
     from bench_scaling import run_measured
 
-    seconds, peak_mib, code, _ = run_measured(cmd, cwd, dict(os.environ))
+    seconds, peak_mib, code, *_ = run_measured(cmd, cwd, dict(os.environ))
     return seconds, peak_mib * 2**20, code
 
 
