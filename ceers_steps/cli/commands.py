@@ -264,6 +264,11 @@ def _align_parser():
     p.add_argument("--shared-detector-terms", action="store_true",
                    help="with --all: measure detector offsets once from all visits, fixed in "
                         "every visit's fit (the run becomes one task)")
+    p.add_argument("--fit-distortion", action="store_true",
+                   help="with --all: fit each detector's residual distortion (degree 2-3 in its "
+                        "pixels, where significant), shared by every visit and filter, into every "
+                        "aligned WCS; files in OUT/distortion/ceers_distortion_<detector>.asdf "
+                        "(the run becomes one task)")
     from .console import add_verbose
 
     add_verbose(p)
@@ -277,7 +282,8 @@ def _options(args):
                          abs_refcat=args.abs_refcat, save_results=args.save_results,
                          report=not args.no_report, n_jobs=args.n_jobs, scheduler=args.scheduler,
                          joint_channels=args.joint_channels,
-                         shared_detector_terms=args.shared_detector_terms)
+                         shared_detector_terms=args.shared_detector_terms,
+                         fit_distortion=args.fit_distortion)
 
 
 def _probe(scheduler):
@@ -318,8 +324,9 @@ def align_main(argv=None):
         return _align_all(args)
     if not args.visit or not args.filter:
         parser.error("VISIT and FILTER are required (or --all)")
-    if args.resume or args.joint_channels or args.shared_detector_terms:
-        parser.error("--resume, --joint-channels and --shared-detector-terms go with --all")
+    if args.resume or args.joint_channels or args.shared_detector_terms or args.fit_distortion:
+        parser.error("--resume, --joint-channels, --shared-detector-terms and --fit-distortion "
+                     "go with --all")
     visit, filter_name = args.visit.strip().lower(), args.filter.strip().lower()
     if not re.fullmatch(r"jw\d{11}", visit):
         print(f"ceers-align: {args.visit!r} is not a visit id like jw01345001001", file=sys.stderr)

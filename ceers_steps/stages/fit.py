@@ -18,7 +18,7 @@ from ..io.results import format_summary, results_table, summary_line
 from ..refcat import refcat_label
 from .plan import joint_possible
 
-__all__ = ["Fitted", "fit", "statuses"]
+__all__ = ["Fitted", "fit", "fit_distortions", "statuses"]
 
 log = get_logger(__name__)
 
@@ -37,6 +37,8 @@ class Fitted:
     used_refcats: dict
     #: Visit and filter -> ``{"terms": ...}`` of its joint fit, or empty.
     visit_info: dict
+    #: The detectors' residual distortion (``fit_distortion``), or None.
+    distortion: object = None
 
 
 def fit(pars, the_plan, units, by_visit, run):
@@ -60,6 +62,11 @@ def fit(pars, the_plan, units, by_visit, run):
     failed_row = {row["image"]: row for row in the_plan.failed_rows}
     used_refcats = {vf: unit.refcat for unit in units if unit.refcat is not None
                     for vf in unit.visit_filters}
+    # The user's WCSs, which FAILED images keep (a fitted distortion is inserted before the
+    # visits are aligned, and their fits take that WCS as their start).
+    inputs = {id(im): im.model.meta.wcs for im in the_plan.images if im.model is not None}
+    distortion = (fit_distortions(pars, units, run) if getattr(pars, "fit_distortion", False)
+                  else None)
     shared = (shared_offsets([u.images for u in units], [u.refcat for u in units], run.abs_)
               if pars.shared_detector_terms and joint_possible(pars, run.refcat) else None)
     tables, visit_info = {}, {}
@@ -82,11 +89,13 @@ def fit(pars, the_plan, units, by_visit, run):
     for im in the_plan.images:
         # FAILED keeps the input WCS exactly (a fit may have touched it on its way, e.g.
         # older tweakwcs re-applies an identity correction to a relative reference).
+        wcs0 = inputs.get(id(im), im.original_wcs)
         if (image_statuses[im.name][0] == "FAILED" and im.model is not None
-                and im.original_wcs is not None and im.model.meta.wcs is not im.original_wcs):
-            im.set_wcs(im.original_wcs)
+                and wcs0 is not None and im.model.meta.wcs is not wcs0):
+            im.set_wcs(wcs0)
+            im.original_wcs = wcs0
     return Fitted(rows=rows, tables=tables, statuses=image_statuses, used_refcats=used_refcats,
-                  visit_info=visit_info)
+                  visit_info=visit_info, distortion=distortion)
 
 
 def _fit_unit(pars, unit, the_plan, run, shared):
@@ -171,6 +180,35 @@ def shared_offsets(unit_images, unit_refs, abs_):
                  f"{1e3 * u[1]:+.2f}±{1e3 * np.sqrt(c[1, 1]):.2f}"
                  for det, (u, c) in shared.items()))
     return shared
+
+
+def fit_distortions(pars, units, run):
+    """
+    Each detector's residual distortion from every unit of the run (``fit_distortion``),
+    inserted in every image's WCS before the units are aligned; None when it cannot be
+    fitted (the run goes on without it, and says why).
+    """
+    from ..fitting.distortion import fit_distortion
+
+    if not joint_possible(pars, run.refcat):
+        log.warning("fit_distortion needs abs_group = joint and an abs_refcat: not fitted")
+        return None
+    result = fit_distortion([u.images for u in units], [u.refcat for u in units], run.abs_,
+                            provenance={"abs_refcat": str(pars.abs_refcat)})
+    if not result.success:
+        log.warning("fit_distortion: %s; the images are aligned without one", result.status)
+        return result
+    for det, d in result.distortions.items():
+        ex, ey = d.rms_error_mas()
+        rx, ry = d.rms_mas()
+        if d.is_zero:
+            log.info("Residual distortion of %s: none kept (%s; %d reference sources)", det,
+                     d.meta.get("reason"), d.meta["n_sources"])
+        else:
+            log.info("Residual distortion of %s (degree <= %d, %d reference sources, %d visits): "
+                     "rms x %.2f +- %.2f mas, y %.2f +- %.2f mas", det, d.meta["max_degree"],
+                     d.meta["n_sources"], d.meta["n_visits"], rx, ex, ry, ey)
+    return result
 
 
 def statuses(pars, images, rows, absolute):

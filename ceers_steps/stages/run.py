@@ -20,7 +20,7 @@ from . import report as report_stage
 from .detect import detect
 from .fit import fit
 from .plan import plan, plan_units, settings
-from .write import retire_earlier_results, write_images, write_results
+from .write import retire_earlier_results, write_distortion_files, write_images, write_results
 
 __all__ = ["run_stages"]
 
@@ -86,6 +86,8 @@ def run_stages(pars, inputs, catalogs=None, save=False, suffix="tweakreg", strea
                     len(images), ", ".join(failed))
     # In-memory images are saved by stpipe after this returns; the tables come first then.
     result = write_images(pars, inputs, the_plan, fitted, run, save, suffix)
+    pars.distortion_fit = fitted.distortion
+    pars.distortion_paths = write_distortion_files(pars, fitted.distortion)
     _report_and_results(pars, images, fitted, earlier)
     return result
 

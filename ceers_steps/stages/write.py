@@ -14,7 +14,11 @@ from ..refcat import named_catalog, refcat_paths
 from .parameters import sip_options
 from .tasks import finish_aligned_model, write_aligned_task
 
-__all__ = ["not_aligned_reason", "retire_earlier_results", "write_images", "write_results"]
+__all__ = ["not_aligned_reason", "retire_earlier_results", "write_distortion_files", "write_images",
+           "write_results"]
+
+#: Folder of the residual-distortion files (``fit_distortion``), in the output directory.
+DISTORTION_DIR = "distortion"
 
 log = get_logger(__name__)
 
@@ -192,3 +196,25 @@ def not_aligned_reason(rows, name):
     if any(row["image"] == name and row["status"].startswith("REFERENCE") for row in rows):
         return f"FAILED: {REFERENCE_ALONE}"
     return "FAILED: not aligned"
+
+
+def write_distortion_files(pars, distortion):
+    """
+    One ``ceers_distortion_<detector>.asdf`` per detector of a successful ``fit_distortion``
+    in ``<output_dir>/distortion`` (each written completely or not at all; a detector
+    whose field was not significant gets a file with a zero field and the reason, so that
+    the folder describes every detector the run measured). Detector -> path.
+    """
+    if distortion is None or not distortion.success:
+        return {}
+    from ..io.distortion_files import distortion_file_name, write_distortion_file
+
+    folder = pars.output_dir_path() / DISTORTION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for det, field_ in distortion.distortions.items():
+        path = folder / distortion_file_name(det)
+        write_distortion_file(path, field_, overwrite=True)
+        paths[det] = path
+    log.info("Residual distortion files: %s", ", ".join(str(p) for p in paths.values()))
+    return paths

@@ -38,7 +38,8 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
       alignment (``group_by`` detector, ``fitgeometry`` shift) is the same model's.
       ``joint_channels`` fits a visit's filters that share exposures (SW and LW)
       together, ``shared_detector_terms`` measures detector offsets once from every
-      visit of the run;
+      visit of the run, ``fit_distortion`` each detector's residual distortion
+      (`ceers_steps.fitting.distortion`);
     - ``detector``: one tweakwcs fit per relative group, as CEERS did;
     - ``visit``: one rigid tweakwcs fit of all images, as jwst does.
 
@@ -109,6 +110,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         joint_channels = boolean(default=False)  # Joint fit: the filters of one visit that share exposures [NIRCam SW and LW] in one fit, sharing the common shift, rotation and dither terms; results per visit and filter as before
         abs_fitgeometry_lw = option('', 'shift', 'rshift', 'rscale', 'general', default='')  # Joint channels: geometry of the long-wavelength images [CEERS: rscale]; empty = abs_fitgeometry
         shared_detector_terms = boolean(default=False)  # Joint fit: detector offsets measured once from all visits of the run [in each detector's pixel axes], then fixed in every visit's fit
+        fit_distortion = boolean(default=False)  # Joint fit: fit each detector's residual distortion [Legendre terms of degree 2-3 in its pixels, kept where significant], shared by every visit and filter of the run; inserted before detector-to-V2V3 in every aligned WCS, written as <output_dir>/distortion/ceers_distortion_<detector>.asdf
         abs_mag_min = float(default=None)  # Use only reference sources at least this faint [needs a MAG column]
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright [needs a MAG column]
         save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf [default: when saving results]

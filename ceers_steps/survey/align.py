@@ -329,7 +329,8 @@ def align_unit(groups, out_dir, options, say):
 
 def _unit_task(unit, out_dir, options):
     """Groups fitted together, isolated like `_group_task`; a list of outcomes."""
-    if len(unit) == 1 and not (options.joint_channels or options.shared_detector_terms):
+    if len(unit) == 1 and not (options.joint_channels or options.shared_detector_terms
+                               or options.fit_distortion):
         return [_group_task(unit[0], out_dir, options)]
     lines = []
 

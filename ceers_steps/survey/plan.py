@@ -95,6 +95,7 @@ class SurveyOptions:
     scheduler: str = ""
     joint_channels: bool = False
     shared_detector_terms: bool = False
+    fit_distortion: bool = False
 
 
 def existing_outputs(group, out_dir, save_results=False):
@@ -190,7 +191,8 @@ def _planned_parameters(unit, options):
     or None when they cannot be worked out (the run itself then says why).
     """
     try:
-        if len(unit) == 1 and not (options.joint_channels or options.shared_detector_terms):
+        if len(unit) == 1 and not (options.joint_channels or options.shared_detector_terms
+                                   or options.fit_distortion):
             group = unit[0]
             steps, _ = load_parameters(options.params, group.visit, group.filter,
                                        options.params_dirs or default_parameter_dirs())
@@ -241,16 +243,17 @@ def _exposures(group):
     return {"_".join(p.name.split("_")[:3]) for p in group.images}
 
 
-def fit_units(groups, joint_channels=False, shared_detector_terms=False):
+def fit_units(groups, joint_channels=False, shared_detector_terms=False, fit_distortion=False):
     """
-    The groups fitted together: every group with ``shared_detector_terms``; the groups
+    The groups fitted together: every group with ``shared_detector_terms`` or
+    ``fit_distortion`` (what they measure is shared by every visit); the groups
     of one visit that share exposures with ``joint_channels``; else each alone.
 
     Returns
     -------
     list of list of Group
     """
-    if shared_detector_terms:
+    if shared_detector_terms or fit_distortion:
         return [list(groups)] if groups else []
     if not joint_channels:
         return [[g] for g in groups]
@@ -286,6 +289,8 @@ def _unit_parameters(groups, options):
             tweakreg["abs_fitgeometry_lw"] = lw_geometry
     if options.shared_detector_terms:
         tweakreg["shared_detector_terms"] = True
+    if options.fit_distortion:
+        tweakreg["fit_distortion"] = True
     if tweakreg.get("save_report") is None:
         # The step runs here outside CeersAlignPipeline, whose presence turns the report on:
         # each group of the unit gets the report a group aligned alone gets.

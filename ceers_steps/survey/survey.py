@@ -80,7 +80,8 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
     todo, outcomes = [], {}
     from ..io.runstate import read_manifest
 
-    for unit in fit_units(groups, options.joint_channels, options.shared_detector_terms):
+    for unit in fit_units(groups, options.joint_channels, options.shared_detector_terms,
+                          options.fit_distortion):
         # A unit is fitted as a whole: redone unless every group of it is complete, for
         # the same inputs and the same parameters as now.
         planned = _planned_parameters(unit, options) if resume else None
