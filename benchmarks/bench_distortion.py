@@ -195,7 +195,7 @@ def draw(args, exe, tmp, seed, index, can_fit, can_apply):
         common.append("--shared-detector-terms")
     res = {"seed": seed}
     print(f"{'run':32s} {'median mas':>10s} {'worst mas':>9s} {'seconds':>8s} {'peak MiB':>8s} "
-          f"{'exit':>4s}")
+          f"{'exit':>4s} {'models':>6s}")
     for label, residual, fit in RUNS:
         if fit and not can_fit:
             print(f"{label} (ceers-align has no --fit-distortion yet): skipped")
@@ -209,7 +209,9 @@ def draw(args, exe, tmp, seed, index, can_fit, can_apply):
                       "peak": peak / 2**20, "exit": code, "out": out}
         what = f"{label} {'residual' if residual else 'no residual'}, " \
                f"{'--fit-distortion' if fit else 'plain'}"
-        print(f"{what:32s} {med:10.3f} {worst:9.3f} {s:8.1f} {peak / 2**20:8.0f} {code:4d}")
+        saved = sum(np.isfinite(v[0]) for v in scores.values())
+        print(f"{what:32s} {med:10.3f} {worst:9.3f} {s:8.1f} {peak / 2**20:8.0f} {code:4d} "
+              f"{saved:3d}/{len(scores)}")
 
     if "C" in res:
         res["fitted"] = compare_residuals(res["C"]["out"] / "distortion", injected, args.shape)
