@@ -250,6 +250,10 @@ def _align_parser():
                    help="folder of <visit>_<filter>.asdf files (default: $CEERS_PARAMETER_FILES, "
                         "./parameter_files, the package's parameter_files)")
     p.add_argument("--abs-refcat", help="absolute reference catalog (overrides the parameter file)")
+    p.add_argument("--distortion-file", default="", metavar="FILES",
+                   help="residual distortion inserted into every image's WCS before the fit: "
+                        "a ceers_distortion_<detector>.asdf file, a comma-separated list, or a "
+                        "folder of them (e.g. an earlier run's <output-dir>/distortion)")
     p.add_argument("--save-results", action="store_true",
                    help="also write the aligned images <base>_tweakreg.fits")
     p.add_argument("--n-jobs", type=int, default=None,
@@ -283,7 +287,8 @@ def _options(args):
                          report=not args.no_report, n_jobs=args.n_jobs, scheduler=args.scheduler,
                          joint_channels=args.joint_channels,
                          shared_detector_terms=args.shared_detector_terms,
-                         fit_distortion=args.fit_distortion)
+                         fit_distortion=args.fit_distortion,
+                         distortion_file=_resolved_list(args.distortion_file))
 
 
 def _probe(scheduler):

@@ -30,14 +30,18 @@ class ImageHeader:
     The metadata alignment needs from an image, without its pixels (picklable).
 
     Stands in for the image model in `AlignImage`:
-    ``meta.filename``, ``meta.wcs``, ``meta.wcsinfo.v2_ref/v3_ref/roll_ref`` and
-    ``meta.exposure.mid_time`` (MJD, the epoch for reference proper motions).
+    ``meta.filename``, ``meta.wcs``, ``meta.wcsinfo.v2_ref/v3_ref/roll_ref``,
+    ``meta.exposure.mid_time`` (MJD, the epoch for reference proper motions) and
+    ``meta.subarray.xstart/ystart`` (1-based full-frame position of the first pixel, None
+    for a full frame: where a detector's residual distortion is evaluated).
     """
 
-    def __init__(self, filename, wcs, wcsinfo, mid_time=None):
+    def __init__(self, filename, wcs, wcsinfo, mid_time=None, subarray=(None, None)):
         self.meta = SimpleNamespace(filename=filename, wcs=wcs,
                                     wcsinfo=SimpleNamespace(**wcsinfo),
-                                    exposure=SimpleNamespace(mid_time=mid_time))
+                                    exposure=SimpleNamespace(mid_time=mid_time),
+                                    subarray=SimpleNamespace(xstart=subarray[0],
+                                                             ystart=subarray[1]))
 
     @classmethod
     def from_model(cls, model):
@@ -45,9 +49,11 @@ class ImageHeader:
 
         wi = model.meta.wcsinfo
         epoch = image_epoch(model)
+        sub = getattr(model.meta, "subarray", None)
         return cls(model.meta.filename, model.meta.wcs,
                    {"v2_ref": wi.v2_ref, "v3_ref": wi.v3_ref, "roll_ref": wi.roll_ref},
-                   mid_time=None if epoch is None else float(epoch.mjd))
+                   mid_time=None if epoch is None else float(epoch.mjd),
+                   subarray=(getattr(sub, "xstart", None), getattr(sub, "ystart", None)))
 
 
 @dataclass
@@ -68,6 +74,11 @@ class AlignImage:
         Sources with 0-based ``x``, ``y`` (and optional ``weight``).
     key : ImageKey
         Visit, filter, detector, exposure.
+    original_wcs : gwcs.WCS
+        The WCS the fit started from (set by `ceers_steps.fitting.visit.align_visit`).
+    input_wcs : gwcs.WCS or None
+        The user's input WCS when the run changed it before the fit (a residual distortion
+        inserted): what a FAILED image keeps. None: ``original_wcs`` is the input.
     """
 
     name: str
@@ -77,6 +88,7 @@ class AlignImage:
     status: dict = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
     original_wcs: object = None
+    input_wcs: object = None
 
     def wcsinfo(self):
         wi = self.model.meta.wcsinfo

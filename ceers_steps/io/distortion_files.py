@@ -47,6 +47,7 @@ __all__ = [
     "apply_distortion",
     "distorted_wcs",
     "distortion_file_name",
+    "distortion_paths",
     "image_detector",
     "read_distortion_file",
     "read_distortion_files",
@@ -286,6 +287,41 @@ def _spec_paths(spec):
     return [Path(p).expanduser() for p in parts if str(p)]
 
 
+def distortion_paths(spec):
+    """
+    The files a ``distortion_file`` value names: each file, and every
+    ``ceers_distortion_*.asdf`` of each folder (sorted).
+
+    Parameters
+    ----------
+    spec : str, Path or list
+        A file, files separated by commas, or a folder; a list of any of these. An empty
+        string names nothing.
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    FileNotFoundError
+        A named file or folder does not exist, or a folder holds no distortion file.
+    """
+    out = []
+    for entry in _spec_paths(spec):
+        if entry.is_dir():
+            files = sorted(entry.glob("ceers_distortion_*.asdf"))
+            if not files:
+                raise FileNotFoundError(f"{entry}: no distortion file (ceers_distortion_*.asdf) "
+                                        "in this folder")
+            out += files
+        elif entry.exists():
+            out.append(entry)
+        else:
+            raise FileNotFoundError(f"distortion file not found: {entry}")
+    return out
+
+
 def read_distortion_files(spec):
     """
     Read residual-distortion files: one, a comma-separated list, or a folder of them.
@@ -294,7 +330,7 @@ def read_distortion_files(spec):
     ----------
     spec : str, Path or list
         A file, files separated by commas, or a folder (every ``ceers_distortion_*.asdf``
-        in it); a list of any of these. An empty string reads nothing.
+        in it); a list of any of these (`distortion_paths`). An empty string reads nothing.
 
     Returns
     -------
@@ -310,23 +346,13 @@ def read_distortion_files(spec):
         detector (both named).
     """
     out = {}
-    for entry in _spec_paths(spec):
-        if entry.is_dir():
-            files = sorted(entry.glob("ceers_distortion_*.asdf"))
-            if not files:
-                raise FileNotFoundError(f"{entry}: no distortion file (ceers_distortion_*.asdf) "
-                                        "in this folder")
-        elif entry.exists():
-            files = [entry]
-        else:
-            raise FileNotFoundError(f"distortion file not found: {entry}")
-        for path in files:
-            dist = read_distortion_file(path)
-            if dist.detector in out:
-                raise ValueError(f"{out[dist.detector].meta['file']} and {path} both hold the "
-                                 f"residual distortion of detector {dist.detector.upper()}: "
-                                 "give one")
-            out[dist.detector] = dist
+    for path in distortion_paths(spec):
+        dist = read_distortion_file(path)
+        if dist.detector in out:
+            raise ValueError(f"{out[dist.detector].meta['file']} and {path} both hold the "
+                             f"residual distortion of detector {dist.detector.upper()}: "
+                             "give one")
+        out[dist.detector] = dist
     return out
 
 

@@ -63,8 +63,10 @@ def fit(pars, the_plan, units, by_visit, run):
     used_refcats = {vf: unit.refcat for unit in units if unit.refcat is not None
                     for vf in unit.visit_filters}
     # The user's WCSs, which FAILED images keep (a fitted distortion is inserted before the
-    # visits are aligned, and their fits take that WCS as their start).
-    inputs = {id(im): im.model.meta.wcs for im in the_plan.images if im.model is not None}
+    # visits are aligned, and their fits take that WCS as their start; a distortion_file's
+    # residual is in the WCS since the plan, the user's is then input_wcs).
+    inputs = {id(im): im.input_wcs if im.input_wcs is not None else im.model.meta.wcs
+              for im in the_plan.images if im.model is not None}
     distortion = (fit_distortions(pars, units, run) if getattr(pars, "fit_distortion", False)
                   else None)
     shared = (shared_offsets([u.images for u in units], [u.refcat for u in units], run.abs_)

@@ -52,6 +52,8 @@ class RunSettings:
     copy_inputs: bool
     #: ``catfile``: image name -> catalog, or None.
     catfile_map: dict = None
+    #: ``distortion_file``: detector -> DetectorDistortion inserted into the input WCSs.
+    distortions: dict = None
 
 
 @dataclass
@@ -123,7 +125,22 @@ def settings(pars, inputs, stream=None, save=False, copy_inputs=None):
     if copy_inputs is None:
         copy_inputs = pars.parent is None
     return RunSettings(rel=rel, abs_=abs_, refcat=refcat, stream=stream,
-                       copy_inputs=copy_inputs, catfile_map=catfile_map)
+                       copy_inputs=copy_inputs, catfile_map=catfile_map,
+                       distortions=read_distortions(pars))
+
+
+def read_distortions(pars):
+    """
+    The residual distortions of ``distortion_file`` (detector -> DetectorDistortion; empty
+    without one), each file named in the log.
+    """
+    from ..io.distortion_files import read_distortion_files
+
+    distortions = read_distortion_files(getattr(pars, "distortion_file", "") or "")
+    for det, dist in sorted(distortions.items()):
+        log.info("Residual distortion of %s from %s: %.2f x %.2f mas rms", det.upper(),
+                 dist.meta.get("file"), *dist.rms_mas())
+    return distortions
 
 
 def plan(pars, inputs, run, catalogs=None):
@@ -152,6 +169,9 @@ def plan(pars, inputs, run, catalogs=None):
     images, catalog_paths, to_detect, failed_rows = [], [], [], []
     for i, o in enumerate(opened):
         catalog, source, error = _catalog_of(i, names[i], o, catalogs, sources)
+        input_wcs = None
+        if error is None and run.distortions:
+            input_wcs, error = insert_distortion_of(names[i], o, run.distortions)
         if error is not None:
             log.error("%s: FAILED: %s; its WCS is left unchanged", names[i], error)
             failed_rows.append(result_row("relative", f"{o.key.visit_filter}_{o.key.detector}",
@@ -164,7 +184,8 @@ def plan(pars, inputs, run, catalogs=None):
             to_detect.append(i)
         else:
             log.info("%s: %d sources from %s", names[i], len(catalog), source)
-        images.append(AlignImage(name=names[i], model=o.model, catalog=catalog, key=o.key))
+        images.append(AlignImage(name=names[i], model=o.model, catalog=catalog, key=o.key,
+                                 input_wcs=input_wcs))
         catalog_paths.append(str(source) if source else None)
     not_run = nothing_to_do(pars, images, run.refcat)
     if not_run:
@@ -179,6 +200,39 @@ def plan(pars, inputs, run, catalogs=None):
     return Plan(images=images, catalog_paths=catalog_paths, to_detect=to_detect,
                 failed_rows=failed_rows, named_catalogs=named, relative_runs=relative_runs,
                 not_run=not_run)
+
+
+def insert_distortion_of(name, opened, distortions):
+    """
+    Insert its detector's residual distortion into an opened image's WCS (its model or
+    `ImageHeader`), before the fit.
+
+    Returns
+    -------
+    input_wcs : gwcs.WCS or None
+        The WCS it had (what it keeps if it is not aligned), or None when unchanged.
+    error : str or None
+        Why the image cannot be used: its WCS already carries a residual distortion.
+    """
+    from ..core.distortion import subarray_origin
+    from ..io.distortion_files import distorted_wcs
+    from ..io.inputs import trusted_assignment
+
+    model = opened.model
+    try:
+        wcs, status = distorted_wcs(model.meta.wcs, opened.key.detector, distortions,
+                                    subarray_origin(model), name)
+    except ValueError as exc:
+        return None, str(exc).removeprefix(f"{name}: ")
+    if status != "applied":
+        log.warning("%s: %s: no residual distortion inserted", name, status)
+        return None, None
+    before = model.meta.wcs
+    with trusted_assignment(model):
+        model.meta.wcs = wcs
+    log.info("%s: residual distortion of %s inserted (%s)", name, opened.key.detector.upper(),
+             distortions[opened.key.detector].meta.get("file"))
+    return before, None
 
 
 def _catalog_of(i, name, opened, catalogs, sources):

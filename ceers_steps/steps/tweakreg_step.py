@@ -115,6 +115,7 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         abs_mag_max = float(default=None)  # Use only reference sources at least this bright [needs a MAG column]
         save_wcs = boolean(default=None)  # Save each tweaked WCS as <wcs_dir>/<base>_tweakreg.asdf [default: when saving results]
         wcs_dir = string(default='tweakreg_wcs')  # Folder for saved WCS models; a relative one is in the output directory [as apply_wcs reads it]
+        distortion_file = string(default='')  # Residual distortion inserted into every input image's WCS before the fit [before its detector-to-V2V3 transform]: a ceers_distortion_<detector>.asdf file, a comma-separated list, or a folder of them; the aligned images and saved WCS models carry it, FAILED images keep their input WCS; an input WCS that carries one already is FAILED; empty = none
         save_report = boolean(default=None)  # Write <visit>_<filter>_alignment_report.html [plots, grades] and <visit>_<filter>_regions/*.reg [DS9]; None = on inside ceers_align [also ceers-align, calwebb_image3_ceers], off otherwise [alone or in jwst's pipelines, as jwst's TweakRegStep]
         save_fit_results = boolean(default=True)  # Write <visit>_<filter>_tweakreg_results.ecsv and tweakreg_results_all.<visit>_<filter>.txt
         sip_approx = boolean(default=True)  # Refresh the FITS SIP approximation in meta.wcsinfo
@@ -152,6 +153,9 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         if self.abs_refcat_epoch is not None and str(self.abs_refcat_epoch).strip():
             julian_year(self.abs_refcat_epoch, "abs_refcat_epoch")
         parse_cuts(self.abs_cuts)
+        from ..io.distortion_files import read_distortion_files
+
+        read_distortion_files(self.distortion_file or "")
 
     def _run_tasks(self, func, tasks, label, names=None):
         from ..core.engine import run_tasks

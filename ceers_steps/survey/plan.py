@@ -96,6 +96,7 @@ class SurveyOptions:
     joint_channels: bool = False
     shared_detector_terms: bool = False
     fit_distortion: bool = False
+    distortion_file: str = ""
 
 
 def existing_outputs(group, out_dir, save_results=False):
@@ -173,12 +174,17 @@ def group_parameters(steps, options, fitted_with=()):
 
 
 def group_inputs(group, tweakreg):
-    """A group's input files: its images and the reference catalog files it reads."""
+    """A group's input files: its images, the reference catalog and distortion files it reads."""
+    from ..io.distortion_files import distortion_paths
     from ..refcat import named_catalog, refcat_paths
 
     spec = tweakreg.get("abs_refcat") or ""
     refcats = [] if not spec or named_catalog(spec) else list(refcat_paths(spec))
-    return [*group.images, *refcats]
+    try:
+        distortions = distortion_paths(tweakreg.get("distortion_file") or "")
+    except FileNotFoundError:
+        distortions = []  # the run itself names what is missing
+    return [*group.images, *refcats, *distortions]
 
 
 def _noop(text, error=False):
@@ -220,6 +226,15 @@ def _tweakreg_options(tweakreg, options, say):
     if not tweakreg.get("abs_refcat"):
         say("ceers-align: no absolute reference catalog (--abs-refcat): relative alignment only",
             error=True)
+    if options.distortion_file:
+        from ..io.distortion_files import distortion_paths
+
+        tweakreg["distortion_file"] = options.distortion_file
+        try:
+            distortion_paths(options.distortion_file)
+        except FileNotFoundError as exc:
+            say(f"ceers-align: {exc}; nothing written", error=True)
+            return f"{exc}; nothing written"
     tweakreg["save_wcs"] = True
     if not options.report:
         tweakreg["save_report"] = False
