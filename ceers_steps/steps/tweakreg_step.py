@@ -156,6 +156,10 @@ class CeersTweakRegStep(ImageOutputMixin, CeersStep):
         from ..io.distortion_files import read_distortion_files
 
         read_distortion_files(self.distortion_file or "")
+        if self.fit_distortion and str(self.distortion_file or "").strip():
+            # Inputs carrying a field cannot be fitted for one (it would be counted twice).
+            raise ValueError("fit_distortion and distortion_file: give one of them (fit a new "
+                             "residual distortion, or apply the files' one)")
 
     def _run_tasks(self, func, tasks, label, names=None):
         from ..core.engine import run_tasks

@@ -133,6 +133,12 @@ def test_bad_distortion_file_is_refused_before_anything(distorted, tmp_path):
     with pytest.raises(FileNotFoundError, match="distortion file not found"):
         CeersTweakRegStep.call(library_of(distorted["visit"]), abs_refcat=str(distorted["refcat"]),
                                save_fit_results=False, distortion_file=str(tmp_path / "no.asdf"))
+    # Fitting a new field on inputs given one would count it twice: refused up front.
+    with pytest.raises(ValueError, match="fit_distortion and distortion_file: give one of them"):
+        CeersTweakRegStep.call(library_of(distorted["visit"]), output_dir=str(tmp_path / "out2"),
+                               abs_refcat=str(distorted["refcat"]), fit_distortion=True,
+                               distortion_file=str(distorted["root"] / "both"))
+    assert not (tmp_path / "out2").exists()
 
 
 def test_streamed_outputs_and_saved_models_carry_it(small_visit_dir, distorted, tmp_path):
