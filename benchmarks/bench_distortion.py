@@ -358,6 +358,9 @@ def main():
     results = []
     for i in range(args.draws):
         results.append(draw(args, exe, tmp, args.first_seed + i, i, can_fit, can_apply))
+        # A long run outlives a command's development: look again before the next draw.
+        can_fit = has_option(exe, "--fit-distortion")
+        can_apply = has_option(exe, "--distortion-file")
     report(results, args)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
