@@ -16,7 +16,9 @@ in every visit and dither; `ceers_steps.synthetic.visits.make_visit`), which the
 assigned WCS lacks and the truth carries.
 
 Four runs per draw, each a fresh ``ceers-align --all`` process (``--n-jobs``; with
-``--shared-detector-terms`` all four take it):
+``--shared-detector-terms`` all four take it; all with one ``--params`` file, visit
+001's F200W one by default, since ``--fit-distortion`` fits the run as one unit with its
+first group's parameters where a plain run gives each visit its own):
 
     A  no residual, plain          B  no residual, --fit-distortion
     C  residual, --fit-distortion  D  residual, plain
@@ -54,6 +56,10 @@ from bench_survey import VISITS, run
 
 #: The SW filter and the real CEERS pointings (truth group) of the survey.
 FILTER, GROUP = "F200W", "02201"
+#: One parameter file for every group: --fit-distortion fits the run as one unit with its
+#: first group's parameters, the plain runs each visit with its own (CEERS' differ).
+PARAMS = (Path(__file__).resolve().parents[1] / "ceers_steps" / "parameter_files"
+          / "jw01345001001_f200w.asdf")
 RUNS = (("A", False, False), ("B", False, True), ("C", True, True), ("D", True, False))
 
 
@@ -190,7 +196,7 @@ def draw(args, exe, tmp, seed, index, can_fit, can_apply):
     print(f"\ndraw seed {seed}: {args.visits} visits x {FILTER} x {len(args.detectors)} detectors "
           f"x 3 dithers = {len(all_names)} images {args.shape}x{args.shape} per survey, injected "
           f"{args.rms_mas} mas rms per axis (built both in {time.perf_counter() - start:.0f} s)")
-    common = ["--abs-refcat", str(refcat), "--n-jobs", str(args.n_jobs)]
+    common = ["--abs-refcat", str(refcat), "--n-jobs", str(args.n_jobs), "--params", args.params]
     if args.shared_detector_terms:
         common.append("--shared-detector-terms")
     res = {"seed": seed}
@@ -343,6 +349,8 @@ def main():
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--rms-mas", type=float, default=3.0)
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--params", default=str(PARAMS),
+                        help="parameter file of every run (default: visit 001's F200W file)")
     parser.add_argument("--shared-detector-terms", action="store_true",
                         help="pass --shared-detector-terms to every run")
     parser.add_argument("--cross-validate", action="store_true")
