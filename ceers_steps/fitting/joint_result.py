@@ -266,9 +266,10 @@ class JointFitResult:
         the covariance.
 
         The matched reference sources are split into ``folds`` groups at random; for each
-        group the fit is redone without those sources' reference positions (their
-        detections still link the images, as any unmatched source's would), one
-        Gauss-Newton step from the full solution with its matches (the model is linear
+        group the fit is redone without those sources -- their reference positions and all
+        their detections (the source is the independent unit: its detections share its
+        centroid and intrinsic scatter, which a fold keeping them would never sample) --
+        one Gauss-Newton step from the full solution with its matches (the model is linear
         but for the rotation, ~1e-4 rad), and each held-out detection's residual
         (reference minus aligned position) is kept: every matched source is held out
         once. Two measurements per image follow:

@@ -266,7 +266,7 @@ class GradeLimits:
         offset peak becomes possible near the search limit).
     holdout_check : float
         The hold-out error (``holdout_err``: the spread of the image's centre over fits
-        each without a tenth of the reference sources, plus its held-out sources' mean
+        each without a twentieth of the matched sources, plus its held-out sources' mean
         residual where significant) above this factor times the model's 1-sigma at the
         centre (``err_center``): check. The two measure the same error, one trusting the
         model and one not; they differ by this much only when the model misses something.
