@@ -220,7 +220,7 @@ def _holdout_cell(row):
 
 
 def write_report(path, table, residuals, grades, terms=None, parameters=None, regions=None,
-                 title=None, refcat=None):
+                 title=None, refcat=None, distortion=None):
     """
     Write the HTML report of one visit and filter (completely or not at all).
 
@@ -242,6 +242,9 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
     title : str, optional
     refcat : str, optional
         What the reference was (for the summary).
+    distortion : str, optional
+        The run's residual-distortion section (`ceers_steps.report.distortion.distortion_section`:
+        made once per run, the same in every visit report), placed after the figures.
 
     Returns
     -------
@@ -352,6 +355,8 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
         parts.append(f"<h2>{_e(name)}</h2><figure><img alt='{_e(name)}' "
                      f"src='data:image/png;base64,{_png(fig)}'><figcaption>{_e(caption)}"
                      "</figcaption></figure>")
+    if distortion:
+        parts.append(distortion)
     if parameters:
         parts.append(_parameters_html(parameters))
     parts += [_table_html("Software", "versions", software_versions()), "</body></html>"]
@@ -360,7 +365,7 @@ def write_report(path, table, residuals, grades, terms=None, parameters=None, re
     return path
 
 
-def write_survey_index(path, outcomes, summary, crossfilter=None):
+def write_survey_index(path, outcomes, summary, crossfilter=None, distortion=None):
     """
     ``survey_index.html``: one row per visit and filter of a survey, linking its report.
 
@@ -372,6 +377,8 @@ def write_survey_index(path, outcomes, summary, crossfilter=None):
         The survey summary (`ceers_steps.survey.survey.survey_summary`).
     crossfilter : Table, optional
         Offsets between the filters of each visit (`ceers_steps.report.crossfilter`): a section.
+    distortion : str, optional
+        The run's residual-distortion section (`ceers_steps.report.distortion.distortion_section`).
 
     Returns
     -------
@@ -404,6 +411,8 @@ def write_survey_index(path, outcomes, summary, crossfilter=None):
         from .crossfilter import crossfilter_html
 
         parts.append(crossfilter_html(crossfilter))
+    if distortion:
+        parts.append(distortion)
     parts += [_table_html("Software", "versions", software_versions()), "</body></html>"]
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")

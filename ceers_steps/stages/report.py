@@ -43,14 +43,39 @@ def write_reports(pars, images, fitted):
         return paths
     failures = {im.name: not_aligned_reason(fitted.rows, im.name) for im in images}
     parameters = pars.get_pars() if hasattr(pars, "get_pars") else {}
+    distortion = _distortion_section(pars, fitted)
     for visit_filter, table in fitted.tables.items():
-        path = _visit_report(pars, visit_filter, table, images, fitted, failures, parameters)
+        path = _visit_report(pars, visit_filter, table, images, fitted, failures, parameters,
+                             distortion)
         if path is not None:
             paths[visit_filter] = path
     return paths
 
 
-def _visit_report(pars, visit_filter, table, images, fitted, failures, parameters):
+def _distortion_section(pars, fitted):
+    """
+    The run's residual-distortion section (``fit_distortion``), made once for every visit
+    report; empty without one, or when it cannot be made (logged).
+    """
+    if getattr(fitted, "distortion", None) is None:
+        return ""
+    from ..report.distortion import distortion_section
+
+    start = time.perf_counter()
+    try:
+        section = distortion_section(fitted.distortion,
+                                     paths=getattr(pars, "distortion_paths", None) or {},
+                                     base=pars.output_dir_path(), scope="run")
+    except Exception as exc:  # noqa: BLE001 - the report must never fail the alignment
+        log.warning("residual-distortion section of the reports not made: %s: %s",
+                    type(exc).__name__, exc)
+        return ""
+    log.info("Residual-distortion section of the reports: %.2f s", time.perf_counter() - start)
+    return section
+
+
+def _visit_report(pars, visit_filter, table, images, fitted, failures, parameters,
+                  distortion=""):
     from ..report.diagnostics import grade_images, visit_residuals
     from ..report.html import final_rows, regions_dir, report_path, write_regions, write_report
 
@@ -73,7 +98,8 @@ def _visit_report(pars, visit_filter, table, images, fitted, failures, parameter
         path = write_report(report_path(out_dir, visit_filter), table, residuals, grades,
                             terms=fitted.visit_info.get(visit_filter, {}).get("terms"),
                             parameters=parameters, regions=regions,
-                            refcat=pars.abs_refcat if refcat is not None else None)
+                            refcat=pars.abs_refcat if refcat is not None else None,
+                            distortion=distortion)
     except Exception as exc:  # noqa: BLE001 - the report must never fail the alignment
         log.warning("%s: alignment report not written: %s: %s", visit_filter,
                     type(exc).__name__, exc)

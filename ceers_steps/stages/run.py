@@ -75,6 +75,9 @@ def run_stages(pars, inputs, catalogs=None, save=False, suffix="tweakreg", strea
     # an earlier run's tables are removed first, so an interrupted rerun has none.
     earlier = retire_earlier_results(pars, fitted.tables)
     images = the_plan.images
+    # Nothing written yet: a report made before the files (all images failed) links none.
+    pars.distortion_fit = fitted.distortion
+    pars.distortion_paths = {}
     failed = [im.name for im in images if im.status.get("unusable")]
     if failed and len(failed) == len(images):
         _report_and_results(pars, images, fitted, earlier)
@@ -86,7 +89,7 @@ def run_stages(pars, inputs, catalogs=None, save=False, suffix="tweakreg", strea
                     len(images), ", ".join(failed))
     # In-memory images are saved by stpipe after this returns; the tables come first then.
     result = write_images(pars, inputs, the_plan, fitted, run, save, suffix)
-    pars.distortion_fit = fitted.distortion
+    # The distortion files before the reports, which link them.
     pars.distortion_paths = write_distortion_files(pars, fitted.distortion)
     _report_and_results(pars, images, fitted, earlier)
     return result

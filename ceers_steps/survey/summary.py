@@ -12,7 +12,7 @@ def _column(row, name, missing, kind):
     return kind(row[name])
 
 
-def survey_summary(outcomes, groups, out_dir, crossfilter=None):
+def survey_summary(outcomes, groups, out_dir, crossfilter=None, distortions=None):
     """
     ``survey_summary.ecsv``: one row per image of the survey, from each group's results
     table (its absolute row, else its relative row): visit, filter, detector, image,
@@ -22,6 +22,9 @@ def survey_summary(outcomes, groups, out_dir, crossfilter=None):
     group's outcome and its report; with ``crossfilter`` (`ceers_steps.report.crossfilter`),
     the image's worst cross-filter offset on its detector, ``xfilter_offset``,
     ``xfilter_err`` (mas) and the other filter ``xfilter_with`` (NaN and "" without one).
+    With ``distortions`` (detector -> DetectorDistortion: the run's ``--fit-distortion``),
+    ``meta["distortion"]`` holds per detector the fitted field's RMS per axis and the RMS of
+    its uncertainty (mas), the degree kept, the reference sources and its file.
 
     Returns
     -------
@@ -63,5 +66,20 @@ def survey_summary(outcomes, groups, out_dir, crossfilter=None):
 
         add_worst_offsets(table, crossfilter)
     table.meta["groups"] = len(groups)
+    if distortions:
+        table.meta["distortion"] = {det: _distortion_meta(d)
+                                    for det, d in sorted(distortions.items())}
     write_ecsv(table, Path(out_dir) / "survey_summary.ecsv")
     return table
+
+
+def _distortion_meta(d):
+    (rx, ry), (ex, ey) = d.rms_mas(), d.rms_error_mas()
+    out = {"rms_x": round(rx, 4), "rms_y": round(ry, 4), "rms_error_x": round(ex, 4),
+           "rms_error_y": round(ey, 4), "unit": "mas",
+           "max_degree": int(d.meta.get("max_degree", 0)),
+           "n_sources": int(d.meta.get("n_sources", 0)),
+           "file": Path(d.meta.get("file", "")).name}
+    if d.is_zero:
+        out["reason"] = str(d.meta.get("reason", "none kept"))
+    return out

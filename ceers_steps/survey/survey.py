@@ -74,8 +74,11 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
     outcomes : list of GroupOutcome
     summary, index : Path
     """
+    import time
+
     from ..core.engine import effective_jobs, run_tasks
 
+    started = time.time()
     out_dir = Path(out_dir)
     todo, outcomes = [], {}
     from ..io.runstate import read_manifest
@@ -121,8 +124,44 @@ def run_survey(groups, out_dir, options, resume=False, n_jobs=None, scheduler=""
     crossfilter = write_survey_crossfilter(out_dir, [(g.visit, g.filter, det, p.name)
                                                      for g in groups for det in sorted(g.selected)
                                                      for p in g.selected[det]])
-    summary = survey_summary(ordered, groups, out_dir, crossfilter)
+    distortions = (_run_distortions(out_dir, ordered, started) if options.fit_distortion
+                   else None)
+    summary = survey_summary(ordered, groups, out_dir, crossfilter, distortions)
     from ..report.html import write_survey_index
 
-    index = write_survey_index(out_dir / "survey_index.html", ordered, summary, crossfilter)
+    section = ""
+    if distortions:
+        from ..report.distortion import distortion_section
+
+        section = distortion_section(distortions=distortions, base=out_dir, scope="survey")
+    index = write_survey_index(out_dir / "survey_index.html", ordered, summary, crossfilter,
+                               distortion=section)
     return ordered, out_dir / "survey_summary.ecsv", index
+
+
+def _run_distortions(out_dir, outcomes, started):
+    """
+    The run's residual distortion (``--fit-distortion``), read back from its files in
+    ``<out_dir>/distortion`` (so ``--resume`` finds it too; the fit's maps before and after
+    are in the visit reports only): detector -> DetectorDistortion, or None when there are
+    none, or when they are older than this run although it fitted again (a fit that failed
+    writes no file, and an earlier run's must not stand for it).
+    """
+    from ..io.distortion_files import read_distortion_files
+    from ..stages.write import DISTORTION_DIR
+
+    folder = Path(out_dir) / DISTORTION_DIR
+    if not folder.is_dir():
+        return None
+    try:
+        found = read_distortion_files(folder)
+    except (OSError, ValueError) as exc:
+        log.warning("residual distortion not in the survey index: %s", exc)
+        return None
+    refitted = any(o.status != "SKIPPED" for o in outcomes)
+    stale = [d for d, v in found.items() if Path(v.meta["file"]).stat().st_mtime < started]
+    if refitted and stale:
+        log.warning("residual distortion not in the survey index: %s predate this run, whose "
+                    "fit wrote none", ", ".join(Path(found[d].meta["file"]).name for d in stale))
+        return None
+    return found

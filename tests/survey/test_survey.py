@@ -332,9 +332,23 @@ def test_fit_distortion_survey(tmp_path, capsys):
     out = tmp_path / "out"
     code = align_main(["--all", "--input-dir", str(cal), "--output-dir", str(out), "--abs-refcat",
                        str(refcat), "--params-dir", str(tmp_path / "no_params"), "--n-jobs", "2",
-                       "--fit-distortion", "--no-report"])
+                       "--fit-distortion"])
     printed = capsys.readouterr().out
     assert code == 0, printed
+    # The index and every visit report show the run's field per detector, linking its file;
+    # the reports with the maps before and after, the summary with the RMS in its meta.
+    index = (out / "survey_index.html").read_text()
+    section = index[index.index("id='distortion'"):]
+    assert "<a href='distortion'>distortion</a>/" in section
+    for det in ("nrca1", "nrca2"):
+        assert f"<tr data-detector='{det}'>" in section
+        assert f"href='distortion/ceers_distortion_{det}.asdf'" in section
+    reports = sorted(out.glob("*_alignment_report.html"))
+    assert len(reports) == 3
+    sections = {r.read_text().split("id='distortion'")[1].split("<h2")[0] for r in reports}
+    assert len(sections) == 1 and "cells with fewer than" in sections.pop()
+    meta = Table.read(out / "survey_summary.ecsv").meta["distortion"]
+    assert set(meta) == {"nrca1", "nrca2"} and all(m["rms_x"] > 1.0 for m in meta.values())
     for det in ("nrca1", "nrca2"):
         got = read_distortion_file(out / "distortion" / f"ceers_distortion_{det}.asdf")
         assert got.meta["significant"] and got.meta["n_visits"] == 3
