@@ -220,13 +220,29 @@ class _System:
         self.refs = [set() for _ in range(n_det)]
         self.cells = []  # per detection with a reference: detector, x, y, offset (mas, pixel axes)
         self.n_rows = 0
-        self._cluster_base = 0
+        self._sky_ids = {}  # a reference source's sky position (10 mas cells) -> its cluster
+
+    def sky_ids(self, ra, dec):
+        """
+        One id per reference source of the run, by its sky position: the same galaxy seen by
+        several visits or filters (each fitted with its own catalog at its epoch) is one
+        cluster, its offset from the reference one error, not one per fit.
+        """
+        keys = zip(np.round(np.asarray(ra) * 3.6e5).astype(np.int64),
+                   np.round(np.asarray(dec) * 3.6e5).astype(np.int64), strict=True)
+        return np.array([self._sky_ids.setdefault(k, len(self._sky_ids)) for k in keys], int)
+
+    def new_ids(self, n):
+        """Ids of ``n`` clusters of their own (sources without a reference source)."""
+        start = len(self._sky_ids)
+        for k in range(n):
+            self._sky_ids[("own", start + k)] = start + k
+        return np.arange(start, start + n)
 
     def add(self, rows, rhs, clusters):
         self.normal += rows.T @ rows
         self.rhs += rows.T @ rhs
-        self.blocks.append((rows, rhs, clusters + self._cluster_base))
-        self._cluster_base += int(clusters.max()) + 1 if len(clusters) else 0
+        self.blocks.append((rows, rhs, clusters))
         self.n_rows += len(rows)
 
     def solve(self, coeffs, active, significance):
@@ -274,17 +290,15 @@ class _System:
         if not a.any():
             return cov
         bread = np.linalg.pinv(self.normal[np.ix_(a, a)], hermitian=True)
-        meat = np.zeros((a.sum(), a.sum()))
-        n_clusters = 0
         step = delta.ravel()
+        # Scores summed per cluster over every fit of the run (a galaxy in several visits or
+        # filters is one cluster).
+        summed = np.zeros((len(self._sky_ids), a.sum()))
         for rows, rhs, clusters in self.blocks:
-            scores = rows[:, a] * (rhs - rows @ step)[:, None]
-            ids, inv = np.unique(clusters, return_inverse=True)
-            summed = np.zeros((len(ids), a.sum()))
-            np.add.at(summed, inv, scores)
-            meat += summed.T @ summed
-            n_clusters += len(ids)
-        g = max(n_clusters, 2)
+            np.add.at(summed, clusters, rows[:, a] * (rhs - rows @ step)[:, None])
+        used = np.any(summed != 0.0, axis=1)
+        meat = summed[used].T @ summed[used]
+        g = max(int(used.sum()), 2)
         cov[np.ix_(a, a)] = bread @ meat @ bread * (g / (g - 1))
         return cov
 
@@ -348,19 +362,26 @@ def _add_visit(system, images, ref, params, slot):
         rhs += [-sd * (v[:, axis] - vbar[ci]), -sr * (q[:, axis] - vbar[rci])]
     full = np.zeros((sum(len(r) for r in rows), system.n))
     full[:, cols] = np.vstack(rows)
-    # Clusters: a reference source and every detection of it; a source without one alone.
+    # Clusters: a reference source (by its place on the sky, across the run's fits) and every
+    # detection of it; a source without one alone.
     ref_of_comp = np.full(obs.n_comp, -1)
     ref_of_comp[rci] = ri
-    top = int(ri.max()) + 1 if len(ri) else 0
-    det_cluster = np.where(ref_of_comp[ci] >= 0, ref_of_comp[ci], top + ci)
-    system.add(full, np.concatenate(rhs), np.concatenate([det_cluster, ri, det_cluster, ri]))
+    sky = np.zeros(len(ref_xy), int)
+    if len(ri):
+        used_refs = np.unique(ri)
+        sky[used_refs] = system.sky_ids(*plane.tanp_to_world(ref_xy[used_refs, 0],
+                                                             ref_xy[used_refs, 1]))
+    own = system.new_ids(obs.n_comp)
+    det_cluster = np.where(ref_of_comp[ci] >= 0, sky[np.maximum(ref_of_comp[ci], 0)], own[ci])
+    system.add(full, np.concatenate(rhs), np.concatenate([det_cluster, sky[ri], det_cluster,
+                                                          sky[ri]]))
     # Bookkeeping: detections and reference sources per detector; the residual maps
     # (reference minus aligned detection, along the detector's pixel axes, mas).
     has_ref = ref_of_comp[ci] >= 0
     for s in used:
         mine = det_slot[im_k] == s
         system.n_det[s] += int(mine.sum())
-        system.refs[s].update((id(ref), int(r)) for r in ref_of_comp[ci][mine & has_ref])
+        system.refs[s].update(sky[ref_of_comp[ci][mine & has_ref]].tolist())
     offset = ref_xy[ref_of_comp[ci[has_ref]]] - v[has_ref]
     along = 1e3 * np.einsum("nba,nb->na", axes[im_k[has_ref]], offset)
     system.cells.append((det_slot[im_k[has_ref]], pix[di[has_ref], 0], pix[di[has_ref], 1],
