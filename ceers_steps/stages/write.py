@@ -204,12 +204,23 @@ def write_distortion_files(pars, distortion):
     in ``<output_dir>/distortion`` (each written completely or not at all; a detector
     whose field was not significant gets a file with a zero field and the reason, so that
     the folder describes every detector the run measured). Detector -> path.
+
+    With ``fit_distortion``, the files an earlier run left there go first: the folder holds
+    this run's fields or, when this run could not fit one, none (a field another run fitted
+    on other data must not pass for this run's).
     """
+    folder = pars.output_dir_path() / DISTORTION_DIR
+    if getattr(pars, "fit_distortion", False) and folder.is_dir():
+        earlier = sorted(folder.glob("ceers_distortion_*.asdf"))
+        for path in earlier:
+            path.unlink()
+        if earlier and (distortion is None or not distortion.success):
+            log.warning("fit_distortion: no field fitted; the %d residual distortion file(s) of "
+                        "an earlier run in %s were removed", len(earlier), folder)
     if distortion is None or not distortion.success:
         return {}
     from ..io.distortion_files import distortion_file_name, write_distortion_file
 
-    folder = pars.output_dir_path() / DISTORTION_DIR
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for det, field_ in distortion.distortions.items():
