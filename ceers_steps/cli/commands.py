@@ -452,9 +452,34 @@ def _align_all(args):
             if error:
                 print(text, file=sys.stderr)
     _print_outcomes(outcomes)
+    if args.fit_distortion:
+        _print_distortion(out_dir)
     print(f"ceers-align: survey summary {summary}")
     print(f"ceers-align: survey index {index} (links every report; open it in a browser)")
     return 0 if all(r.status != "FAILED" for r in outcomes) else 1
+
+
+def _print_distortion(out_dir):
+    """One line on the run's residual distortion (``--fit-distortion``), from its files."""
+    from ..io.distortion_files import read_distortion_files
+    from ..stages.write import DISTORTION_DIR
+
+    folder = Path(out_dir) / DISTORTION_DIR
+    try:
+        fields = read_distortion_files(folder)
+    except (FileNotFoundError, ValueError):
+        print(f"ceers-align: no residual distortion fitted (why: {out_dir / 'ceers-align_all.log'})")
+        return
+    parts = []
+    for det, d in sorted(fields.items()):
+        if d.is_zero:
+            parts.append(f"{det} none ({d.meta.get('reason', 'not significant')}; "
+                         f"{d.meta.get('n_sources', 0)} reference sources)")
+        else:
+            (rx, ry), (ex, ey) = d.rms_mas(), d.rms_error_mas()
+            parts.append(f"{det} {rx:.2f}+-{ex:.2f} / {ry:.2f}+-{ey:.2f} mas")
+    print(f"ceers-align: residual distortion per detector (rms x / y): {', '.join(parts)}; "
+          f"files in {folder}")
 
 
 if __name__ == "__main__":

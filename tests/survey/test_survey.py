@@ -335,6 +335,9 @@ def test_fit_distortion_survey(tmp_path, capsys):
                        "--fit-distortion"])
     printed = capsys.readouterr().out
     assert code == 0, printed
+    # The console says what was fitted and where the files are.
+    assert "ceers-align: residual distortion per detector (rms x / y): nrca1 " in printed
+    assert f"files in {out / 'distortion'}" in printed
     # The index and every visit report show the run's field per detector, linking its file;
     # the reports with the maps before and after, the summary with the RMS in its meta.
     index = (out / "survey_index.html").read_text()
