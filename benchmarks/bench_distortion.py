@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_distortion.py [--visits 4] [--detectors nrca1 nrca2 nrca3 nrca4]
         [--shape 2048] [--draws 5] [--first-seed 1] [--rms-mas 3.0] [--n-jobs 2]
+        [--noise 0.1] [--mag-limit 26.5]
         [--shared-detector-terms] [--cross-validate] [--keep DIR]
 
 Per draw (seed ``s``), two CEERS-like surveys with the real CEERS WCS models as truth
@@ -63,7 +64,7 @@ PARAMS = (Path(__file__).resolve().parents[1] / "ceers_steps" / "parameter_files
 RUNS = (("A", False, False), ("B", False, True), ("C", True, True), ("D", True, False))
 
 
-def build(folders, n_visits, detectors, shape, seed, rms_mas):
+def build(folders, n_visits, detectors, shape, seed, rms_mas, noise=0.1, mag_limit=26.5):
     """
     Write the two surveys' cal files (``folders``: without, with the residual).
 
@@ -92,7 +93,7 @@ def build(folders, n_visits, detectors, shape, seed, rms_mas):
             v = make_visit(detectors=detectors, n_dithers=3, shape=(shape, shape), use_real=True,
                            seed=seed * 100 + 10 * k, visit_id=visit, filter_name=FILTER,
                            group=GROUP, visit_shift=shift,
-                           distortion=injected if survey else None)
+                           distortion=injected if survey else None, noise=noise, mag_limit=mag_limit)
             names[visit] = [im.model.meta.filename for im in v.images]
             for image in v.images:
                 image.model.save(folder / image.model.meta.filename)
@@ -191,7 +192,7 @@ def draw(args, exe, tmp, seed, index, can_fit, can_apply):
         c.mkdir(parents=True)
     start = time.perf_counter()
     truth, names, injected, refcat = build(cal, args.visits, args.detectors, args.shape, seed,
-                                           args.rms_mas)
+                                           args.rms_mas, args.noise, args.mag_limit)
     all_names = [n for ns in names.values() for n in ns]
     print(f"\ndraw seed {seed}: {args.visits} visits x {FILTER} x {len(args.detectors)} detectors "
           f"x 3 dithers = {len(all_names)} images {args.shape}x{args.shape} per survey, injected "
@@ -348,6 +349,12 @@ def main():
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--rms-mas", type=float, default=3.0)
+    # make_visit's defaults (noise 0.1, sources to 26.5) give ~30-60 detections per SW frame;
+    # --noise 0.03 --mag-limit 27.5: CEERS' depth (F200W 5-sigma ~28.9, deeper than the HST
+    # reference), every reference source in the frame detected.
+    parser.add_argument("--noise", type=float, default=0.1, help="pixel noise of make_visit")
+    parser.add_argument("--mag-limit", type=float, default=26.5,
+                        help="faintest reference source rendered")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--params", default=str(PARAMS),
                         help="parameter file of every run (default: visit 001's F200W file)")
