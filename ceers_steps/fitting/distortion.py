@@ -178,6 +178,23 @@ def fit_distortion(visits, refcats, params, significance=None, max_iter=6, tol_m
     return result
 
 
+def _threshold(significance, p, n):
+    """
+    The chi-square of ``p`` terms beyond which they are significant: a ``significance``-sigma
+    Gaussian event, for a covariance estimated from ``n`` clusters (Hotelling's T^2: an
+    F(p, n - p) law, the chi-square's for many clusters; with few, a field that is noise
+    would pass the chi-square's test too often).
+    """
+    from scipy.stats import chi2, f
+
+    alpha = _two_sided_p(significance)
+    if n - p < 1:
+        return float("inf")
+    if n > 100 * p:
+        return float(chi2.isf(alpha, p))
+    return float(p * (n - 1) / (n - p) * f.isf(alpha, p, n - p))
+
+
 def _pixel_scale(im):
     """The image's pixel scale at its centre, arcsec."""
     from .images import visit_plane
@@ -250,8 +267,6 @@ class _System:
         The update of every field (held at zero where not significant), its sandwich
         covariance and the matched reference sources per detector.
         """
-        from scipy.stats import chi2
-
         n_src = np.array([len(r) for r in self.refs])
         active = active.copy()
         active[n_src < MIN_SOURCES] = False
@@ -268,7 +283,7 @@ class _System:
                     continue
                 c = cov[np.ix_(cols[use], cols[use])]
                 value = float(total[use] @ np.linalg.pinv(c, hermitian=True) @ total[use])
-                if not value > chi2.isf(_two_sided_p(significance), int(use.sum())):
+                if not value > _threshold(significance, int(use.sum()), int(n_src[k])):
                     active[k] &= ~mask
         delta = self._restricted(coeffs, active)
         cov = self._sandwich(delta, active)
