@@ -32,9 +32,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.distortion import TERMS, DetectorDistortion, distortion_basis, has_distortion
-from ..core.distortion import insert_distortion as insert_distortion
-from ..core.distortion import subarray_origin as subarray_origin
+from ..core.distortion import (
+    TERMS,
+    DetectorDistortion,
+    distortion_basis,
+    has_distortion,
+    insert_distortion,
+    subarray_origin,
+)
 from ..core.logs import get_logger
 from ..core.wcs_utils import pixel_axes
 from .absolute import _joint_setup, _judged_fit
@@ -131,7 +136,9 @@ def fit_distortion(visits, refcats, params, significance=None, max_iter=6, tol_m
     if not pairs:
         return DistortionFit(status="FAILED: no visit with a reference catalog")
     start = {id(im): im.model.meta.wcs for v, _ in pairs for im in v}
-    scale = {im.key.detector: _pixel_scale(im) for v, _ in pairs for im in v}
+    # One image per detector gives its pixel scale (the same in every image of it).
+    first = {im.key.detector: im for v, _ in pairs for im in reversed(v)}
+    scale = {det: _pixel_scale(im) for det, im in first.items()}
     detectors = sorted(scale)
     slot = {d: k for k, d in enumerate(detectors)}
     coeffs = np.zeros((len(detectors), 2 * _K))
@@ -238,6 +245,7 @@ class _System:
         self.cells = []  # per detection with a reference: detector, x, y, offset (mas, pixel axes)
         self.n_rows = 0
         self._sky_ids = {}  # a reference source's sky position (10 mas cells) -> its cluster
+        self._n_ids = 0  # clusters so far (reference sources and sources without one)
 
     def sky_ids(self, ra, dec):
         """
@@ -247,14 +255,18 @@ class _System:
         """
         keys = zip(np.round(np.asarray(ra) * 3.6e5).astype(np.int64),
                    np.round(np.asarray(dec) * 3.6e5).astype(np.int64), strict=True)
-        return np.array([self._sky_ids.setdefault(k, len(self._sky_ids)) for k in keys], int)
+        out = []
+        for k in keys:
+            if k not in self._sky_ids:
+                self._sky_ids[k] = self._n_ids
+                self._n_ids += 1
+            out.append(self._sky_ids[k])
+        return np.array(out, int)
 
     def new_ids(self, n):
         """Ids of ``n`` clusters of their own (sources without a reference source)."""
-        start = len(self._sky_ids)
-        for k in range(n):
-            self._sky_ids[("own", start + k)] = start + k
-        return np.arange(start, start + n)
+        self._n_ids += n
+        return np.arange(self._n_ids - n, self._n_ids)
 
     def add(self, rows, rhs, clusters):
         self.normal += rows.T @ rows
@@ -308,7 +320,7 @@ class _System:
         step = delta.ravel()
         # Scores summed per cluster over every fit of the run (a galaxy in several visits or
         # filters is one cluster).
-        summed = np.zeros((len(self._sky_ids), a.sum()))
+        summed = np.zeros((self._n_ids, a.sum()))
         for rows, rhs, clusters in self.blocks:
             np.add.at(summed, clusters, rows[:, a] * (rhs - rows @ step)[:, None])
         used = np.any(summed != 0.0, axis=1)

@@ -5,7 +5,6 @@ centroid noise, through the step's own joint fits)."""
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import module_tmp  # noqa: F401 - the suite's temp-folder rules
 
 from ceers_steps.core.distortion import DetectorDistortion, has_distortion, insert_distortion
 from ceers_steps.core.wcs_utils import sky_difference_mas
